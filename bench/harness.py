@@ -1,0 +1,217 @@
+"""Benchmark harness shared by every ``bench/bench_<family>.py``.
+
+A family script describes each benchmark point as a :class:`Case` (inputs, the fastspec
+backends to time, the baselines, a correctness check) and runs them inside a
+:class:`Harness`. For each case the harness times ``torch.clone`` of the first input (the
+copy floor), every baseline and every backend in the same run, on the same rotating
+inputs; it checks each result once on fresh inputs and never times one that fails.
+On exit, also after SIGTERM or an error, it prints a table and writes
+``<out>/<family>-<device>.json`` (records as in DESIGN.md) and a PNG plot.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from fastspec import _timing
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NOT_SUPPORTED = (ValueError, TypeError, NotImplementedError)
+"""Errors that mean 'this input is not supported here' (the ops' validation): a skip."""
+
+
+@dataclasses.dataclass
+class Case:
+    """One benchmark point: an op at one shape and dtype.
+
+    make() returns fresh random inputs (a tuple) on the device; candidates maps a
+    fastspec backend, and baselines a baseline name, to fn(*inputs) -> output;
+    check(inputs, output) returns the relative error against a float64 reference;
+    target(backend, times_ms) may return a note on a speed target (times_ms holds
+    'clone', each baseline and each backend that ran).
+    """
+
+    op: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], tuple]
+    candidates: dict[str, Callable]
+    baselines: dict[str, Callable]
+    check: Callable[[tuple, torch.Tensor], float]
+    target: Callable[[str, dict[str, float]], str | None] | None = None
+
+
+def _nbytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+class Harness:
+    """Runs cases on one device and reports them; use as a context manager."""
+
+    def __init__(self, family: str, device: torch.device, out_dir: str | Path | None = None,
+                 *, warmup_ms: float = 25.0, rep_ms: float = 100.0):
+        self.family, self.device = family, torch.device(device)
+        self.out_dir = Path(out_dir) if out_dir else RESULTS
+        self.timing = {"warmup_ms": warmup_ms, "rep_ms": rep_ms}
+        self.info = _timing.run_info(self.device)
+        self.records: list[dict] = []
+        self.failures = 0
+
+    def __enter__(self):
+        def stop(signum, frame):
+            raise SystemExit(128 + signum)
+
+        self._old_handler = signal.signal(signal.SIGTERM, stop)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGTERM, self._old_handler)
+        self.report()
+        return False
+
+    def _measure(self, fn, case: Case, sets: list[tuple]) -> dict:
+        """Check fn once on fresh inputs, then time it on ``sets``: ms, rel_err, gbps,
+        peak_mb and status ('ok', 'skip: ...' or 'FAIL: ...')."""
+        res = {"ms": None, "rel_err": None, "gbps": None, "peak_mb": None}
+        try:
+            fresh = case.make()
+            out = fn(*fresh)
+            res["rel_err"] = err = case.check(fresh, out)
+            moved = _nbytes(fresh) + out.numel() * out.element_size()
+            del fresh, out
+            tol = _timing.TOLERANCE[case.dtype]
+            if not err <= tol:
+                return {**res, "status": f"FAIL: rel_err {err:.3g} > {tol:g}"}
+            res["ms"] = _timing.median_ms(fn, sets, device=self.device, **self.timing)
+            res["gbps"] = moved / res["ms"] / 1e6
+            res["peak_mb"] = self._peak_mb(fn, sets[0])
+            return {**res, "status": "ok"}
+        except NOT_SUPPORTED as exc:
+            return {**res, "status": f"skip: {exc}"}
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return {**res, "status": "skip: out of memory"}
+        except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+            return {**res, "status": f"FAIL: {type(exc).__name__}: {exc}"}
+
+    def _peak_mb(self, fn, args) -> float | None:
+        """Memory one call allocates beyond what is already held (CUDA only), MiB."""
+        if self.device.type != "cuda":
+            return None
+        torch.cuda.synchronize(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        held = torch.cuda.memory_allocated(self.device)
+        fn(*args)
+        torch.cuda.synchronize(self.device)
+        return (torch.cuda.max_memory_allocated(self.device) - held) / 2**20
+
+    def run(self, case: Case) -> None:
+        """Measure one case: clone, baselines and candidates; append its records."""
+        sets = [case.make()]
+        sets += [case.make() for _ in range(_timing.cache_copies(_nbytes(sets[0]), self.device) - 1)]
+        try:
+            clone_ms = _timing.median_ms(lambda x, *rest: x.clone(), sets, device=self.device, **self.timing)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            clone_ms = None
+        base = {name: self._measure(fn, case, sets) for name, fn in case.baselines.items()}
+        for name, res in base.items():
+            if res["status"] != "ok":
+                print(f"  baseline {name} at {case.shape} {case.dtype}: {res['status']}", flush=True)
+        cand = {name: self._measure(fn, case, sets) for name, fn in case.candidates.items()}
+        del sets
+        times = {"clone": clone_ms} if clone_ms else {}
+        times.update({k: r["ms"] for k, r in {**base, **cand}.items() if r["ms"]})
+        common = {"op": case.op, "shape": "x".join(map(str, case.shape)),
+                  "dtype": str(case.dtype).removeprefix("torch."), **self.info}
+        for backend, res in cand.items():
+            self.failures += res["status"].startswith("FAIL")
+            ms = res["ms"]
+            row = {**common, "backend": backend, **res,
+                   "copy_fraction": clone_ms / ms if ms and clone_ms else None,
+                   "target": case.target(backend, times) if case.target and ms else None}
+            baselines = [b for b in times if b not in cand] if ms else []
+            for b in baselines or [None]:
+                bms = times.get(b)
+                self.records.append({**row, "baseline": b, "baseline_ms": bms,
+                                     "speedup": bms / ms if bms and ms else None})
+
+    def rows(self) -> tuple[list[dict], list[str]]:
+        """One table row per (case, backend), with a 'vs <baseline>' column per baseline."""
+        rows, columns = {}, ["op", "shape", "dtype", "backend", "ms", "GB/s", "x clone"]
+        for r in self.records:
+            key = (r["op"], r["shape"], r["dtype"], r["backend"])
+            row = rows.setdefault(key, {
+                "op": r["op"], "shape": r["shape"], "dtype": r["dtype"], "backend": r["backend"],
+                "ms": r["ms"], "GB/s": r["gbps"], "rel_err": r["rel_err"], "peak MB": r["peak_mb"],
+                "x clone": 1 / r["copy_fraction"] if r["copy_fraction"] else None,
+                "target": r["target"], "status": r["status"]})
+            if r["baseline"] not in (None, "clone"):
+                col = f"vs {r['baseline']}"
+                row[col] = r["speedup"]
+                columns += [col] if col not in columns else []
+        columns += ["rel_err", "peak MB", "target", "status"]
+        return list(rows.values()), columns
+
+    def report(self) -> None:
+        """Print the table; write the JSON records and the PNG plot."""
+        if not self.records:
+            print("no results")
+            return
+        rows, columns = self.rows()
+        print(f"\n{self.family} on {self.info['device']} ({self.info['date']}, torch {self.info['torch']}, "
+              f"triton {self.info['triton']}); ms = median; x clone = ms / torch.clone ms; "
+              "vs <baseline> = baseline ms / ms")
+        print(_timing.format_table(rows, columns))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        stem = self.out_dir / f"{self.family}-{_timing.device_slug(self.device)}"
+        stem.with_suffix(".json").write_text(json.dumps(self.records, indent=1))
+        print(f"wrote {stem.with_suffix('.json')}")
+        self.plot(stem.with_suffix(".png"))
+
+    def plot(self, path: Path) -> None:
+        """Time relative to torch.clone per shape, one panel per dtype, one line per
+        backend and baseline."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            print("matplotlib is not installed: no plot")
+            return
+        series: dict[str, dict[str, dict[str, float]]] = {}  # dtype -> line -> shape -> x clone
+        for r in self.records:
+            lines = series.setdefault(r["dtype"], {})
+            if r["copy_fraction"]:
+                lines.setdefault(r["backend"], {})[r["shape"]] = 1 / r["copy_fraction"]
+            if r["baseline"] not in (None, "clone") and r["baseline_ms"] and r["copy_fraction"]:
+                clone_ms = r["ms"] * r["copy_fraction"]
+                lines.setdefault(f"baseline {r['baseline']}", {})[r["shape"]] = r["baseline_ms"] / clone_ms
+        series = {d: lines for d, lines in series.items() if lines}
+        if not series:
+            return
+        fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4.5), squeeze=False)
+        for ax, (dtype, lines) in zip(axes[0], series.items()):
+            shapes = list(dict.fromkeys(s for line in lines.values() for s in line))
+            for name, pts in lines.items():
+                xs = [i for i, s in enumerate(shapes) if s in pts]
+                ax.plot(xs, [pts[shapes[i]] for i in xs], "o-" if not name.startswith("baseline") else "x--", label=name)
+            ax.axhline(1.0, color="gray", lw=0.8)
+            ax.set_xticks(range(len(shapes)), shapes, rotation=45, ha="right", fontsize=7)
+            ax.set_yscale("log")
+            ax.set_ylabel("time / torch.clone time")
+            ax.set_title(f"{self.family} {dtype}")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{self.info['device']}, {self.info['date']}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(f"wrote {path}")

@@ -1,0 +1,166 @@
+"""``python -m fastspec``: self-check every op against its float64 reference on this
+device, then a short benchmark against a baseline.
+
+Options: ``--quick`` (fewer sizes, shorter timing), ``--no-bench``, ``--json PATH``.
+Exits non-zero if any check fails. Full benchmarks: ``bench/`` in the repository.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import sys
+from collections.abc import Callable
+
+import torch
+
+import fastspec
+from fastspec import _timing
+from fastspec.reference.fwht import fwht_reference
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One op family as the main job sees it.
+
+    ``make(shape, dtype, device)`` returns the op's inputs (a tuple); ``op(*inputs,
+    backend=)`` runs it; ``reference(*inputs)`` is the float64 result; ``baseline(device)``
+    gives (name, fn(*inputs)) to time against. Shapes are keyed by device type.
+    """
+
+    name: str
+    make: Callable[..., tuple]
+    op: Callable[..., torch.Tensor]
+    reference: Callable[..., torch.Tensor]
+    baseline: Callable[[torch.device], tuple[str, Callable]]
+    check_shapes: dict[str, list[tuple[int, ...]]]
+    bench_cases: dict[str, list[tuple[tuple[int, ...], torch.dtype]]]
+    dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+
+
+def _fwht_reference(x):
+    """Dense float64 product up to n = 4096; beyond, the torch backend in float64 (itself
+    checked against the dense product at the smaller sizes of the same run)."""
+    n = x.shape[-1]
+    if n <= 4096:
+        return fwht_reference(x, n**-0.5)
+    return fastspec.fwht(x.to(torch.float64), n**-0.5, backend="torch")
+
+
+def _fwht_baseline(device):
+    """CPU: the dense matmul x @ (H * scale). CUDA: torch.clone of x (the copy floor)."""
+    if device.type == "cuda":
+        return "clone", torch.clone
+    return "matmul", lambda x: x @ _dense_hadamard(x.shape[-1], x.dtype, x.device)
+
+
+@functools.lru_cache(maxsize=8)
+def _dense_hadamard(n, dtype, device):
+    return fastspec.hadamard_matrix(n, dtype=torch.float64, device=device).mul(n**-0.5).to(dtype)
+
+
+FAMILIES = [
+    Family(
+        name="fwht",
+        make=lambda shape, dtype, device: (torch.randn(shape, dtype=dtype, device=device),),
+        op=lambda x, backend: fastspec.fwht(x, x.shape[-1] ** -0.5, backend=backend),
+        reference=_fwht_reference,
+        baseline=_fwht_baseline,
+        check_shapes={
+            "cpu": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (2, 4096)],
+            "cuda": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (64, 4096), (16, 32768), (2, 2**20)],
+        },
+        bench_cases={
+            "cpu": [((256, 4096), torch.float32)],
+            "cuda": [((16 * 2048, n), torch.float16) for n in (256, 1024, 4096, 16384)],
+        },
+    ),
+]
+
+
+def _for_device(table: dict, device: torch.device):
+    """The entry of ``table`` for this device type ('cpu' for anything but CUDA)."""
+    return table["cuda" if device.type == "cuda" else "cpu"]
+
+
+def self_check(device: torch.device, quick: bool) -> list[dict]:
+    """Each family x usable backend x shape x dtype against its float64 reference; a
+    combination the op rejects by its own validation (ValueError/TypeError) is a SKIP."""
+    cases = []
+    for fam in FAMILIES:
+        shapes = _for_device(fam.check_shapes, device)
+        for backend in _timing.usable_backends(device, timing=False):
+            for shape in shapes[:2] if quick else shapes:
+                cases += [(fam, backend, shape, dtype) for dtype in fam.dtypes]
+    rows = []
+    for fam, backend, shape, dtype in _timing.progress(cases, "check", lambda c: f"{c[0].name} {c[1]} {c[2]} {c[3]}"):
+        row = {"op": fam.name, "backend": backend, "shape": "x".join(map(str, shape)),
+               "dtype": str(dtype).removeprefix("torch."), "tol": _timing.TOLERANCE[dtype]}
+        inputs = fam.make(shape, dtype, device)
+        try:
+            row["rel_err"] = _timing.rel_error(fam.op(*inputs, backend=backend), fam.reference(*inputs))
+            row["status"] = "PASS" if row["rel_err"] <= row["tol"] else "FAIL"
+        except (ValueError, TypeError) as exc:  # the op's own validation: not supported here
+            row["status"], row["note"] = "SKIP", str(exc)
+        except Exception as exc:  # noqa: BLE001 - any other error is a failure
+            row["status"], row["note"] = "FAIL", f"{type(exc).__name__}: {exc}"
+        rows.append(row)
+    return rows
+
+
+def bench(device: torch.device, quick: bool) -> list[dict]:
+    """Each family's bench cases: every timeable backend against the family's baseline."""
+    timing = {"warmup_ms": 10, "rep_ms": 30} if quick else {"warmup_ms": 25, "rep_ms": 100}
+    info = _timing.run_info(device)
+    cases = [(fam, shape, dtype) for fam in FAMILIES
+             for shape, dtype in _for_device(fam.bench_cases, device)]
+    records = []
+    for fam, shape, dtype in _timing.progress(cases, "bench", lambda c: f"{c[0].name} {c[1]} {c[2]}"):
+        first = fam.make(shape, dtype, device)
+        nbytes = sum(t.numel() * t.element_size() for t in first)
+        inputs = [first] + [fam.make(shape, dtype, device) for _ in range(_timing.cache_copies(nbytes, device) - 1)]
+        base_name, base_fn = fam.baseline(device)
+        base_ms = _timing.median_ms(base_fn, inputs, device=device, **timing)
+        for backend in _timing.usable_backends(device, timing=True):
+            ms = _timing.median_ms(lambda *a: fam.op(*a, backend=backend), inputs, device=device, **timing)
+            records.append({"op": fam.name, "backend": backend, "baseline": base_name,
+                            "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
+                            "ms": ms, "baseline_ms": base_ms, "speedup": base_ms / ms, **info})
+    return records
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fastspec", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing")
+    parser.add_argument("--no-bench", action="store_true", help="self-check only")
+    parser.add_argument("--json", metavar="PATH", help="also write checks and timings as JSON here")
+    args = parser.parse_args(argv)
+
+    device = _timing.default_device()
+    info = _timing.run_info(device)
+    print(f"fastspec {fastspec.__version__} on {info['device']}: torch {info['torch']}, triton {info['triton']}")
+    for name, b in fastspec.backends().items():
+        print(f"  backend {name:7s} {'available' if b.available else 'unavailable'}: {b.reason}")
+
+    checks = self_check(device, args.quick)
+    print("\nSelf-check (relative error vs float64 reference):")
+    print(_timing.format_table(checks, ["op", "backend", "shape", "dtype", "rel_err", "tol", "status", "note"]))
+    failed = sum(r["status"] == "FAIL" for r in checks)
+    print(f"{len(checks) - failed} of {len(checks)} checks passed or skipped, {failed} failed")
+
+    records = []
+    if not args.no_bench:
+        records = bench(device, args.quick)
+        print("\nBenchmark (median ms; speedup = baseline ms / ms):")
+        print(_timing.format_table(records, ["op", "shape", "dtype", "backend", "ms", "baseline", "baseline_ms", "speedup"]))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**info, "checks": checks, "bench": records}, f, indent=1)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Which backends exist here, and which one a call uses.
+
+Backends: ``torch`` (vectorised PyTorch, any device), ``triton`` (GPU; CPU tensors only
+under the Triton interpreter, ``TRITON_INTERPRET=1`` set before fastspec is imported)
+and ``cuda`` (the compiled extension ``fastspec._C``). A backend asked for by name that
+cannot run the call raises; it never falls back. ``auto`` asks the op's choice table;
+the environment variable ``FASTSPEC_BACKEND`` replaces ``auto`` (an explicit argument wins).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import os
+
+import torch
+
+NAMES = ("torch", "triton", "cuda")
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendInfo:
+    """Whether a backend can run here; ``reason`` says why not (or how it runs)."""
+
+    available: bool
+    reason: str
+
+
+def triton_interpreted() -> bool:
+    """True when Triton kernels run on the CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _import_reason(module: str) -> str | None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # noqa: BLE001 - report whatever broke the import
+        return f"cannot import {module}: {type(exc).__name__}: {exc}"
+    return None
+
+
+def backends() -> dict[str, BackendInfo]:
+    """Report which backends are usable here and why not."""
+    gpu = torch.cuda.is_available()
+    triton_err = _import_reason("triton")
+    if triton_err:
+        triton_info = BackendInfo(False, triton_err)
+    elif triton_interpreted():
+        triton_info = BackendInfo(True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors too")
+    elif gpu:
+        triton_info = BackendInfo(True, "Triton on CUDA")
+    else:
+        triton_info = BackendInfo(False, "no CUDA GPU (set TRITON_INTERPRET=1 to run on the CPU)")
+    cuda_err = _import_reason("fastspec._C")
+    if cuda_err:
+        cuda_info = BackendInfo(False, f"extension not built ({cuda_err})")
+    elif not gpu:
+        cuda_info = BackendInfo(False, "fastspec._C is built but no CUDA GPU is visible")
+    else:
+        cuda_info = BackendInfo(True, "fastspec._C on CUDA")
+    return {"torch": BackendInfo(True, "PyTorch ops, any device"), "triton": triton_info, "cuda": cuda_info}
+
+
+def device_ok(backend: str, device: torch.device) -> str | None:
+    """None if ``backend`` can run on ``device`` here, else the reason it cannot."""
+    if backend == "torch":
+        return None
+    info = backends()[backend]
+    if not info.available:
+        return info.reason
+    if device.type == "cuda" or (backend == "triton" and triton_interpreted() and device.type == "cpu"):
+        return None
+    return f"it runs on CUDA tensors{' (and CPU under TRITON_INTERPRET=1)' if backend == 'triton' else ''}, got a {device.type} tensor"
+
+
+def resolve(op: str, backend: str, device: torch.device, auto_choice) -> str:
+    """The concrete backend for one call.
+
+    ``auto_choice()`` is the op's table lookup, called only for ``auto``; a named
+    backend that cannot run on ``device`` raises RuntimeError with the reason.
+    """
+    if backend not in ("auto",) + NAMES:
+        raise ValueError(f"{op}: backend must be one of 'auto', 'torch', 'triton', 'cuda'; got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get("FASTSPEC_BACKEND", "auto") or "auto"
+        if backend not in ("auto",) + NAMES:
+            raise ValueError(f"FASTSPEC_BACKEND must be one of auto, torch, triton, cuda; got {backend!r}")
+        if backend == "auto":
+            return auto_choice()
+    reason = device_ok(backend, device)
+    if reason is not None:
+        raise RuntimeError(f"{op}: backend {backend!r} is not usable for this call: {reason}")
+    return backend

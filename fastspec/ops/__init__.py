@@ -1,0 +1,1 @@
+"""Registered torch custom ops, one module per op family."""

@@ -1,0 +1,45 @@
+"""Fixes for the Triton CPU interpreter, applied only when TRITON_INTERPRET=1, so that the
+interpreter computes what the GPU computes and the same kernels are tested on the CPU.
+
+Triton 3.6's interpreter stores bfloat16 as raw uint16 bits, and
+- its ``tl.dot`` multiplies those bits as integers: widen bfloat16 operands to float32
+  first (exact: the bits shifted left by 16);
+- it converts float32 to bfloat16 by truncation (its "round to nearest" adds the cut-off
+  bit without carrying into the exponent), where the GPU rounds to nearest even.
+Both fixes are harmless where the interpreter is already right.
+"""
+import numpy as np
+import triton.language as tl
+from triton.runtime import interpreter
+
+
+def _widen_bf16(handle):
+    if handle.dtype.scalar != tl.bfloat16:
+        return handle
+    return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+
+def _f32_to_bf16_rtne(data: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(data, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(data), np.uint16(0x7FC0), rounded)
+
+
+def patch() -> None:
+    builder = interpreter.InterpreterBuilder
+    if getattr(builder.create_dot, "_fastspec_patched", False):
+        return
+    original_dot = builder.create_dot
+    original_convert = interpreter._convert_float
+
+    def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
+        return original_dot(self, _widen_bf16(a), _widen_bf16(b), d, input_precision, max_num_imprecise_acc)
+
+    def convert_float(data, input_dtype, output_dtype, rounding_mode):
+        if input_dtype == tl.float32 and output_dtype == tl.bfloat16:
+            return _f32_to_bf16_rtne(data)
+        return original_convert(data, input_dtype, output_dtype, rounding_mode)
+
+    create_dot._fastspec_patched = True
+    builder.create_dot = create_dot
+    interpreter._convert_float = convert_float
