@@ -1,7 +1,7 @@
 """Triton FWHT: the Hadamard transform as small matrix products on the tensor cores.
 
 A row of length n = m·2^k is an (m, 2, 2, ..., 2) tensor and H_n = H_m ⊗ H_2 ⊗ ... ⊗ H_2.
-Each program loads a chunk (one row, or several short rows), views it as a 3-D tile
+Each program loads R rows (one long row, or several short ones), views each row as a 3-D tile
 (A, B, C), and multiplies every axis by a small dense matrix (the Kronecker product of
 the factors that fall on that axis, identity for axes that only enumerate rows):
 
@@ -76,54 +76,53 @@ def _load_matrix(ptr, S: tl.constexpr):
 def fwht_kernel(
     x_ptr, out_ptr, ma_ptr, mb_ptr, mc_ptr,
     numel, scale,
-    stride_a, stride_b, stride_c,
+    stride_r, stride_a, stride_b, stride_c,
     programs_per_group, group_stride, program_stride,
-    A_TRUE: tl.constexpr, B_TRUE: tl.constexpr, C_TRUE: tl.constexpr,
+    R: tl.constexpr, A_TRUE: tl.constexpr, B_TRUE: tl.constexpr, C_TRUE: tl.constexpr,
     A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
     APPLY_A: tl.constexpr, APPLY_B: tl.constexpr, APPLY_C: tl.constexpr,
     MODE: tl.constexpr,
 ):
-    """One (A, B, C) tile per program; see the module docstring. MODE: 0 float64,
-    1 float32 (split TF32), 2 float16/bfloat16 (split bfloat16)."""
+    """One (R, A, B, C) tile per program: R independent rows, each an (A, B, C) tile
+    (see the module docstring). MODE: 0 float64, 1 float32 (split TF32), 2 float16 and
+    bfloat16 (split bfloat16)."""
     pid = tl.program_id(0).to(tl.int64)
     base = (pid // programs_per_group) * group_stride + (pid % programs_per_group) * program_stride
-    a = tl.arange(0, A)
-    b = tl.arange(0, B)
-    c = tl.arange(0, C)
-    offs = a[:, None, None] * stride_a + b[None, :, None] * stride_b + c[None, None, :] * stride_c
-    mask = (a < A_TRUE)[:, None, None] & (b < B_TRUE)[None, :, None] & (c < C_TRUE)[None, None, :]
-    mask = mask & (base + offs < numel)
+    r = tl.arange(0, R)[:, None, None, None]
+    a = tl.arange(0, A)[None, :, None, None]
+    b = tl.arange(0, B)[None, None, :, None]
+    c = tl.arange(0, C)[None, None, None, :]
+    offs = r * stride_r + a * stride_a + b * stride_b + c * stride_c
+    mask = (a < A_TRUE) & (b < B_TRUE) & (c < C_TRUE) & (base + offs < numel)
     acc_type = tl.float64 if MODE == 0 else tl.float32
     x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(acc_type)
     if APPLY_C:
-        y = _matmul(tl.reshape(x, (A * B, C)), _load_matrix(mc_ptr, C), True, MODE)
-        x = tl.reshape(y, (A, B, C))
+        y = _matmul(tl.reshape(x, (R * A * B, C)), _load_matrix(mc_ptr, C), True, MODE)
+        x = tl.reshape(y, (R, A, B, C))
     if APPLY_B:
-        mbt = tl.broadcast_to(_load_matrix(mb_ptr, B)[None, :, :], (A, B, B))
-        x = _matmul(mbt, x, False, MODE)
+        mbt = tl.broadcast_to(_load_matrix(mb_ptr, B)[None, :, :], (R * A, B, B))
+        x = tl.reshape(_matmul(mbt, tl.reshape(x, (R * A, B, C)), False, MODE), (R, A, B, C))
     if APPLY_A:
-        y = _matmul(_load_matrix(ma_ptr, A), tl.reshape(x, (A, B * C)), False, MODE)
-        x = tl.reshape(y, (A, B, C))
+        mat = tl.broadcast_to(_load_matrix(ma_ptr, A)[None, :, :], (R, A, A))
+        x = tl.reshape(_matmul(mat, tl.reshape(x, (R, A, B * C)), False, MODE), (R, A, B, C))
     tl.store(out_ptr + base + offs, (x * scale).to(out_ptr.dtype.element_ty), mask=mask)
 
 
 # ----------------------------------------------------------------------------- planning
-# A factor of a chunk is ("h", 2) for one Sylvester bit, ("h", m) for a base block and
-# ("i", 2) for one row-index bit; factor lists run from the least significant up.
+# A factor is ("h", 2) for one Sylvester bit or ("h", m) for a base block; factor lists
+# run from the least significant up. Rows get their own tile dimension R: a matrix that
+# mixed rows (I ⊗ H) would multiply one row's NaN or Inf by zero into its neighbours.
 
 
 @dataclasses.dataclass(frozen=True)
 class _Axis:
     factors: tuple  # least significant first
     stride: int
+    applied: bool = True
 
     @property
     def true(self) -> int:
         return math.prod(size for _, size in self.factors)
-
-    @property
-    def applied(self) -> bool:
-        return any(kind == "h" for kind, _ in self.factors)
 
     @property
     def padded(self) -> int:
@@ -136,47 +135,43 @@ class _Pass:
     a: _Axis
     b: _Axis
     c: _Axis
-    chunk: int  # elements a program covers (for contiguous passes)
-    programs_per_group: int = 1
-    group_stride: int = 0
-    program_stride: int = 0
+    row: int = 0  # contiguous passes: the length of the rows this pass transforms, ...
+    rows: int = 1  # ... and R, how many of them one program takes
+    programs_per_group: int = 1  # strided pass: programs per row, ...
+    group_stride: int = 0  # ... the row length, ...
+    program_stride: int = 0  # ... and the columns one program covers
 
 
-def _valid(a: _Axis, b: _Axis, c: _Axis) -> bool:
-    ap, bp, cp = a.padded, b.padded, c.padded
-    return (
-        (not c.applied or ap * bp >= 16)
-        and (not b.applied or cp >= 16)
-        and (not a.applied or bp * cp >= 16)
-    )
+def _axis(factors, stride) -> _Axis:
+    return _Axis(tuple(factors), stride, applied=bool(factors))
 
 
 def _cost(axes) -> float:
-    padded = true = 1
-    for ax in axes:
-        padded *= ax.padded
-        true *= ax.true
-    flops = sum(ax.padded for ax in axes if ax.applied)
-    return padded / true * (_MEMORY_COST + flops)
+    """Relative time per element: padding waste × (memory + multiply-adds)."""
+    waste = math.prod(ax.padded for ax in axes) / math.prod(ax.true for ax in axes)
+    return waste * (_MEMORY_COST + sum(ax.padded for ax in axes if ax.applied))
 
 
 @functools.lru_cache(maxsize=None)
 def _plan_contiguous(m: int, k: int) -> _Pass:
-    """Best (A, B, C) split of a chunk of rows of length m·2^k (m = 1 or a base order)."""
+    """Cheapest (A, B, C) split of a row of length m·2^k, and the rows per program."""
     n_row = m * 2**k
-    rows = triton.next_power_of_2(max(1, -(-_CHUNK // n_row)))
-    factors = [("h", 2)] * k + ([("h", m)] if m > 1 else []) + [("i", 2)] * (rows.bit_length() - 1)
+    factors = [("h", 2)] * k + ([("h", m)] if m > 1 else [])
     best = None
-    for i in range(0, len(factors) + 1):
+    for i in range(len(factors) + 1):
         for j in range(i, len(factors) + 1):
-            fc, fb, fa = tuple(factors[:i]), tuple(factors[i:j]), tuple(factors[j:])
-            c = _Axis(fc, 1)
-            b = _Axis(fb, c.true)
-            a = _Axis(fa, b.true * c.true)
-            if _valid(a, b, c) and (best is None or _cost((a, b, c)) < best[0]):
+            c = _axis(factors[:i], 1)
+            b = _axis(factors[i:j], c.true)
+            a = _axis(factors[j:], b.true * c.true)
+            if (b.applied and c.padded < 16) or (a.applied and b.padded * c.padded < 16):
+                continue  # the N dimension of a stage's dot would be under 16
+            if best is None or _cost((a, b, c)) < best[0]:
                 best = (_cost((a, b, c)), a, b, c)
     _, a, b, c = best
-    return _Pass(a, b, c, chunk=n_row * rows)
+    rows = triton.next_power_of_2(max(1, -(-_CHUNK // n_row)))
+    if c.applied:  # the M dimension of the first dot, R·A·B, must reach 16
+        rows = max(rows, 16 // min(16, a.padded * b.padded))
+    return _Pass(a, b, c, row=n_row, rows=rows)
 
 
 def _plan(m: int, p: int, n: int) -> list[_Pass]:
@@ -185,14 +180,13 @@ def _plan(m: int, p: int, n: int) -> list[_Pass]:
         return [_plan_contiguous(m, p.bit_length() - 1)]
     inner = min(p, MAX_FUSED_N) if m > 1 else min(MAX_FUSED_N, n // 16)
     outer_bits = (p // inner).bit_length() - 1
-    outer = _Axis(tuple([("h", 2)] * outer_bits + ([("h", m)] if m > 1 else [])), inner)
+    outer = _axis([("h", 2)] * outer_bits + ([("h", m)] if m > 1 else []), inner)
     columns = max(16, _CHUNK // outer.padded)
     strided = _Pass(
-        outer, _Axis((), 0), _Axis((("i", columns),), 1), chunk=0,
+        outer, _axis((), 0), _Axis((("i", columns),), 1, applied=False),
         programs_per_group=inner // columns, group_stride=n, program_stride=columns,
     )
-    first = _plan_contiguous(1, inner.bit_length() - 1)
-    return [first, strided]
+    return [_plan_contiguous(1, inner.bit_length() - 1), strided]
 
 
 _DOT_DTYPE = {torch.float64: torch.float64, torch.float32: torch.float32,
@@ -205,10 +199,8 @@ def _axis_matrix(axis: _Axis, left: bool, dtype: torch.dtype, device: torch.devi
     """The padded (S, S) matrix of an axis: Kronecker product of its factors, most
     significant first; transposed when it multiplies from the left."""
     mat = torch.ones(1, 1, dtype=torch.float64)
-    for kind, size in reversed(axis.factors):
-        block = hadamard_block(size) if kind == "h" and size > 2 else (
-            sylvester(2) if kind == "h" else torch.eye(size, dtype=torch.float64))
-        mat = torch.kron(mat, block)
+    for _, size in reversed(axis.factors if axis.applied else ()):
+        mat = torch.kron(mat, sylvester(2) if size == 2 else hadamard_block(size))
     if left:
         mat = mat.T
     padded = torch.zeros(axis.padded, axis.padded, dtype=torch.float64)
@@ -223,14 +215,14 @@ def _launch(x: torch.Tensor, out: torch.Tensor, step: _Pass, scale: float) -> No
     if step.programs_per_group > 1:
         grid = (x.numel() // step.group_stride * step.programs_per_group,)
     else:
-        grid = (triton.cdiv(x.numel(), step.chunk),)
-        step = dataclasses.replace(step, group_stride=step.chunk)
-    volume = a.padded * b.padded * c.padded
+        grid = (triton.cdiv(x.numel(), step.rows * step.row),)
+        step = dataclasses.replace(step, group_stride=step.rows * step.row)
+    volume = step.rows * a.padded * b.padded * c.padded
     fwht_kernel[grid](
         x, out, *mats, x.numel(), scale,
-        a.stride, b.stride, c.stride,
+        step.row, a.stride, b.stride, c.stride,
         step.programs_per_group, step.group_stride, step.program_stride,
-        A_TRUE=a.true, B_TRUE=b.true, C_TRUE=c.true, A=a.padded, B=b.padded, C=c.padded,
+        R=step.rows, A_TRUE=a.true, B_TRUE=b.true, C_TRUE=c.true, A=a.padded, B=b.padded, C=c.padded,
         APPLY_A=a.applied, APPLY_B=b.applied, APPLY_C=c.applied, MODE=_MODE[x.dtype],
         num_warps=4 if volume <= 4096 else 8,
     )

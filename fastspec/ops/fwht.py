@@ -102,11 +102,12 @@ def _validate(x, scale, backend: str) -> None:
         raise TypeError(f"fwht: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() == 0:
         raise ValueError("fwht: x must have at least one dimension (the transform runs along the last), got a 0-dim tensor")
-    check_size(x.shape[-1])
+    n = int(x.shape[-1])  # a symbolic size (dynamic shapes) is specialised: kernels depend on n
+    check_size(n)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"fwht: scale must be a Python float, got {type(scale).__name__}")
     if backend in _IMPLS:
-        reason = _check_backend_supports(backend, x.dtype, x.shape[-1])
+        reason = _check_backend_supports(backend, x.dtype, n)
         if reason:
             raise ValueError(f"fwht: {reason}")
 
@@ -177,5 +178,5 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch
     run here.
     """
     _validate(x, scale, "auto")
-    chosen = _choose_backend(backend, x.device, x.dtype, x.shape[-1])
+    chosen = _choose_backend(backend, x.device, x.dtype, int(x.shape[-1]))
     return fwht_op(x, float(scale), chosen)

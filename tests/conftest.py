@@ -1,0 +1,78 @@
+"""Shared fixtures: where tests run, which backends they cover, and the tolerance rule.
+
+Without a GPU, Triton kernels run on the CPU interpreter: TRITON_INTERPRET=1 must be set
+before Triton compiles anything, so it is set here, before fastspec is imported.
+"""
+import os
+import zlib
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import fastspec  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+AVAILABLE = {name for name, info in fastspec.backends().items() if info.available}
+
+
+def backend_params(*names):
+    """pytest params over the named backends; unavailable ones are skipped with the reason,
+    and the cuda backend carries the `cuda` mark."""
+    infos = fastspec.backends()
+    params = []
+    for name in names or ("torch", "triton", "cuda"):
+        marks = [pytest.mark.cuda] if name == "cuda" else []
+        if not infos[name].available:
+            marks.append(pytest.mark.skip(reason=f"{name}: {infos[name].reason}"))
+        params.append(pytest.param(name, marks=marks, id=name))
+    return params
+
+
+# Per-dtype tolerance (DESIGN.md): the kernel's error against the float64 reference may be
+# at most twice the error of the reference computed in that dtype, plus a small floor.
+# "The reference in that dtype" is the exact result rounded once to the dtype: the best
+# any computation in that dtype can do (a dense in-dtype matmul is no better).
+_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+
+
+def _rel_err(out: torch.Tensor, ref: torch.Tensor, dim=None) -> torch.Tensor:
+    diff = (out.double() - ref).flatten(1) if dim else (out.double() - ref).flatten()
+    base = ref.flatten(1) if dim else ref.flatten()
+    return diff.norm(dim=-1) / base.norm(dim=-1).clamp_min(1e-300)
+
+
+def assert_close_to_reference(out: torch.Tensor, ref64: torch.Tensor) -> None:
+    """out: the kernel's result; ref64: the float64 reference. Checked over the whole
+    tensor and row by row (NaN fails)."""
+    assert out.shape == ref64.shape, (out.shape, ref64.shape)
+    ref64 = ref64.to(out.device)
+    ref_in_dtype = ref64.to(out.dtype)
+    floor = _FLOOR[out.dtype]
+    total, allowed = _rel_err(out, ref64), 2 * _rel_err(ref_in_dtype, ref64) + floor
+    assert total <= allowed, f"relative error {total:.3e} > allowed {allowed:.3e} ({out.dtype})"
+    if out.dim() > 1 and out.shape[0] > 1:
+        rows = _rel_err(out.reshape(out.shape[0], -1), ref64.reshape(out.shape[0], -1), dim=1)
+        ref_rows = _rel_err(ref_in_dtype.reshape(out.shape[0], -1), ref64.reshape(out.shape[0], -1), dim=1)
+        worst = int(rows.argmax())
+        assert rows.max() <= 2 * ref_rows.max() + floor, f"row {worst}: relative error {rows[worst]:.3e}"
+
+
+SEED = int(os.environ.get("FASTSPEC_TEST_SEED", torch.randint(0, 2**31, ()).item()))
+
+
+def pytest_report_header(config):
+    return f"fastspec: device={DEVICE}, backends={sorted(AVAILABLE)}, FASTSPEC_TEST_SEED={SEED}"
+
+
+@pytest.fixture(autouse=True)
+def _seed_each_test(request):
+    """Fresh data every session (the seed is in the header: rerun with FASTSPEC_TEST_SEED)."""
+    torch.manual_seed(SEED + zlib.crc32(request.node.nodeid.encode()))
+
+
+def random_input(shape, dtype, device=DEVICE) -> torch.Tensor:
+    """Normal random data (never zeros); magnitudes realistic for every dtype."""
+    return torch.randn(shape, dtype=torch.float64).to(device=device, dtype=dtype)

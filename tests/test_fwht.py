@@ -1,0 +1,351 @@
+"""fastspec.fwht against its float64 reference, on every backend available here."""
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import fastspec
+from fastspec.hadamard import BASE_ORDERS, hadamard_block, supported_sizes
+from fastspec.ops.fwht import CUDA_MAX_N
+from fastspec.reference.fwht import fwht_dense, fwht_reference
+
+from conftest import DEVICE, assert_close_to_reference, backend_params, random_input
+
+ALL_BACKENDS = backend_params()
+SMALL_SIZES = [n for n in supported_sizes() if n <= 4096]
+LARGE_SIZES = [2**13, 2**15, 12 * 2**11, 28 * 2**10, 2**16, 40 * 2**12, 2**20]
+HALF_AND_SINGLE = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def _supports(backend, n, dtype=torch.float32):
+    if backend == "cuda":
+        return dtype != torch.float64 and n & (n - 1) == 0 and n <= CUDA_MAX_N
+    return True
+
+
+def _rows(n):
+    return max(1, min(9, 2**14 // n))  # odd row counts exercise partial chunks
+
+
+# --------------------------------------------------------------------------- the matrices
+
+
+@pytest.mark.parametrize("m", BASE_ORDERS)
+def test_base_blocks_are_symmetric_hadamard(m):
+    h = hadamard_block(m)
+    assert set(h.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(h @ h.T, m * torch.eye(m, dtype=torch.float64))
+    assert torch.equal(h, h.T)
+
+
+@pytest.mark.parametrize("n", [n for n in SMALL_SIZES if n <= 1024])
+def test_hadamard_matrix_is_hadamard(n):
+    h = fastspec.hadamard_matrix(n)
+    assert torch.equal(h @ h.T, n * torch.eye(n, dtype=torch.float64))
+    assert torch.equal(h, h.T)
+    if n & (n - 1) == 0:
+        assert torch.equal(h, torch.from_numpy(scipy.linalg.hadamard(n).astype(np.float64)))
+
+
+@pytest.mark.parametrize("k", range(5))
+def test_40k_is_20_times_2k(k):
+    """n = 40·2^k reads as H_40 ⊗ H_(2^k) and as H_20 ⊗ H_(2^(k+1)): the same matrix."""
+    n = 40 * 2**k
+    expect = torch.kron(hadamard_block(40), torch.from_numpy(scipy.linalg.hadamard(2**k).astype(np.float64)))
+    assert torch.equal(fastspec.hadamard_matrix(n), expect)
+
+
+@pytest.mark.parametrize("n", [n for n in SMALL_SIZES if n <= 2048])
+def test_reference_is_the_dense_product(n):
+    x = random_input((3, n), torch.float64, device="cpu")
+    torch.testing.assert_close(fwht_reference(x, 0.25), fwht_dense(x, 0.25), rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("n", SMALL_SIZES)
+def test_float64_matches_reference(backend, n):
+    if not _supports(backend, n, torch.float64):
+        pytest.skip(f"{backend} does not take float64")
+    x = random_input((_rows(n), n), torch.float64)
+    out = fastspec.fwht(x, 0.5, backend=backend)
+    assert out.dtype == torch.float64 and out.shape == x.shape
+    torch.testing.assert_close(out.cpu(), fwht_reference(x.cpu(), 0.5), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
+@pytest.mark.parametrize("n", SMALL_SIZES)
+def test_dtypes_match_reference(backend, dtype, n):
+    if not _supports(backend, n, dtype):
+        pytest.skip(f"{backend} does not take n={n}")
+    x = random_input((_rows(n), n), dtype)
+    scale = 1 / math.sqrt(n)
+    out = fastspec.fwht(x, scale, backend=backend)
+    assert out.dtype == dtype and out.shape == x.shape and out.device == x.device
+    assert_close_to_reference(out, fwht_reference(x.cpu(), scale))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n", LARGE_SIZES)
+def test_large_sizes(backend, dtype, n):
+    if not _supports(backend, n, dtype):
+        pytest.skip(f"{backend} does not take n={n}")
+    x = random_input((2, n), dtype)
+    out = fastspec.fwht(x, 0.125, backend=backend)
+    assert_close_to_reference(out, fwht_reference(x.cpu(), 0.125))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("n", [1, 2, 16, 12, 40, 256, 28 * 64, 4096, 2**16])
+def test_involution(backend, n):
+    """H_n is symmetric Hadamard, so fwht(fwht(x)) = n·x."""
+    if not _supports(backend, n):
+        pytest.skip(f"{backend} does not take n={n}")
+    x = random_input((3, n), torch.float32)
+    twice = fastspec.fwht(fastspec.fwht(x, backend=backend), 1.0 / n, backend=backend)
+    torch.testing.assert_close(twice, x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_any_shape_and_strides(backend):
+    base = random_input((4, 6, 128), torch.float32)
+    views = {
+        "3-d": base,
+        "transposed": base.transpose(0, 1),
+        "sliced": base[:, ::2],
+        "last-dim strided": random_input((3, 256), torch.float32)[:, ::2],
+        "stride-0 rows": random_input((1, 128), torch.float32).expand(5, 128),
+        "1-d": base[0, 0],
+    }
+    for name, x in views.items():
+        out = fastspec.fwht(x, 0.5, backend=backend)
+        assert out.shape == x.shape and out.is_contiguous(), name
+        assert_close_to_reference(out, fwht_reference(x.cpu(), 0.5))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 64), (3, 0, 64), (0, 2**16)])
+def test_empty_batch(backend, shape):
+    x = torch.empty(shape, device=DEVICE)
+    out = fastspec.fwht(x, backend=backend)
+    assert out.shape == shape and out.numel() == 0
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
+@pytest.mark.parametrize("n", [16, 1024, 12 * 16])
+def test_nan_and_inf_propagate(backend, dtype, n):
+    if not _supports(backend, n, dtype):
+        pytest.skip(f"{backend} does not take n={n}")
+    x = random_input((3, n), dtype)
+    x[0, 5] = float("nan")
+    x[1, 3] = float("inf")
+    out = fastspec.fwht(x, backend=backend).float().cpu()
+    assert out[0].isnan().all()
+    assert out[1].isinf().all()  # one infinite input: every output is ±inf, none NaN
+    expect_sign = torch.from_numpy(fastspec.hadamard_matrix(n)[3].numpy())
+    assert torch.equal(out[1].sign(), expect_sign.float())
+    assert out[2].isfinite().all()
+
+
+# --------------------------------------------------------------------------- autograd
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("n", [8, 12 * 8, 1024, 2**16])
+def test_grad_matches_reference(backend, n):
+    if not _supports(backend, n):
+        pytest.skip(f"{backend} does not take n={n}")
+    x = random_input((3, n), torch.float32).requires_grad_()
+    weight = random_input((3, n), torch.float32)
+    (fastspec.fwht(x, 0.5, backend=backend) * weight).sum().backward()
+    x64 = x.detach().cpu().double().requires_grad_()
+    (fwht_reference(x64, 0.5) * weight.cpu().double()).sum().backward()
+    assert_close_to_reference(x.grad, x64.grad)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_backward_through_sum(backend):
+    """y.sum().backward() sends an expanded (stride-0) gradient into the backward."""
+    x = random_input((4, 256), torch.float32).requires_grad_()
+    fastspec.fwht(x, 0.25, backend=backend).sum().backward()
+    expect = fwht_reference(torch.ones(4, 256, dtype=torch.float64), 0.25)
+    assert_close_to_reference(x.grad, expect)
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+@pytest.mark.parametrize("n", [4, 12, 64])
+def test_gradcheck_and_double_backward(backend, n):
+    x = random_input((2, n), torch.float64).requires_grad_()
+    fn = lambda t: fastspec.fwht(t, 0.5, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x,))
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+# --------------------------------------------------------------------------- registration
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype,n", [(torch.float32, 64), (torch.bfloat16, 256), (torch.float16, 12 * 4)], ids=str)
+def test_opcheck(backend, dtype, n):
+    if not _supports(backend, n, dtype):
+        pytest.skip(f"{backend} does not take n={n}")
+    x = random_input((3, n), dtype).requires_grad_(dtype == torch.float32)
+    torch.library.opcheck(torch.ops.fastspec.fwht.default, (x, 0.5, backend))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_compile_fullgraph(backend):
+    torch._dynamo.reset()
+
+    def layer(x):
+        return torch.relu(fastspec.fwht(x * 2.0, 0.125, backend=backend)) + 1.0
+
+    compiled = torch.compile(layer, fullgraph=True)
+    x = random_input((4, 64), torch.float32)
+    torch.testing.assert_close(compiled(x), layer(x))
+
+
+def test_compile_fullgraph_auto_backend():
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: fastspec.fwht(x, 0.5), fullgraph=True)
+    x = random_input((4, 32), torch.float32)
+    torch.testing.assert_close(compiled(x), fastspec.fwht(x, 0.5))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("n,nearest", [(3, "2, 4"), (6, "4, 8"), (36, "32, 40"), (100, "96, 112"), (2**20 + 2**19, "1048576")])
+def test_unsupported_length_names_nearest(n, nearest):
+    with pytest.raises(ValueError, match=f"unsupported length n={n}.*nearest supported: {nearest}"):
+        fastspec.fwht(torch.ones(2, n))
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.bool, torch.complex64])
+def test_non_float_dtype_is_type_error(dtype):
+    with pytest.raises(TypeError, match="float16, bfloat16, float32 or float64"):
+        fastspec.fwht(torch.ones(2, 16, dtype=dtype))
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="0-dim"):
+        fastspec.fwht(torch.tensor(1.0))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        fastspec.fwht(np.ones(16, dtype=np.float32))
+    with pytest.raises(TypeError, match="scale must be a Python float"):
+        fastspec.fwht(torch.ones(16), "0.5")
+    with pytest.raises(TypeError, match="scale must be a Python float"):
+        fastspec.fwht(torch.ones(16), True)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        fastspec.fwht(torch.ones(16), backend="numpy")
+
+
+@pytest.mark.skipif("cuda" in fastspec.backends() and fastspec.backends()["cuda"].available, reason="cuda is available")
+def test_unavailable_backend_raises_never_falls_back():
+    with pytest.raises(RuntimeError, match="backend 'cuda' is not usable"):
+        fastspec.fwht(torch.ones(2, 16), backend="cuda")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params("cuda"))
+def test_cuda_backend_rejects_what_it_cannot_do(backend):
+    with pytest.raises(ValueError, match="cuda backend takes n = 2\\^k"):
+        fastspec.fwht(torch.ones(2, 12, device="cuda"), backend=backend)
+    with pytest.raises(ValueError, match="float64"):
+        fastspec.fwht(torch.ones(2, 16, device="cuda", dtype=torch.float64), backend=backend)
+    with pytest.raises(RuntimeError, match="got a cpu tensor"):
+        fastspec.fwht(torch.ones(2, 16), backend=backend)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    if DEVICE.type == "cuda":
+        pytest.skip("a GPU is present")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="backend 'triton' is not usable.*TRITON_INTERPRET=1"):
+        fastspec.fwht(torch.ones(2, 16), backend="triton")
+
+
+# --------------------------------------------------------------------------- backend choice
+
+
+def test_backends_report():
+    info = fastspec.backends()
+    assert set(info) == {"torch", "triton", "cuda"}
+    assert info["torch"].available
+    assert all(isinstance(i.reason, str) and i.reason for i in info.values())
+
+
+def test_auto_choice_and_env_override(monkeypatch):
+    from fastspec.ops.fwht import _choose_backend
+
+    cpu = torch.device("cpu")
+    assert _choose_backend("auto", cpu, torch.float32, 64) == "torch"
+    monkeypatch.setenv("FASTSPEC_BACKEND", "torch")
+    assert _choose_backend("auto", cpu, torch.float32, 64) == "torch"
+    if "triton" in {k for k, v in fastspec.backends().items() if v.available}:
+        monkeypatch.setenv("FASTSPEC_BACKEND", "triton")
+        assert _choose_backend("auto", DEVICE, torch.float32, 64) == "triton"
+        assert _choose_backend("torch", DEVICE, torch.float32, 64) == "torch"  # explicit wins
+    monkeypatch.setenv("FASTSPEC_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="FASTSPEC_BACKEND must be one of"):
+        _choose_backend("auto", cpu, torch.float32, 64)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_on_cuda_uses_a_gpu_backend():
+    from fastspec.ops.fwht import _choose_backend
+
+    dev = torch.device("cuda")
+    assert _choose_backend("auto", dev, torch.float16, 4096) in ("triton", "cuda")
+    assert _choose_backend("auto", dev, torch.float64, 4096) == "torch"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
+def test_cuda_and_triton_agree_on_gpu(dtype):
+    """Every backend on the GPU against the reference at Dao's benchmark sizes."""
+    for n in (256, 4096, 32768):
+        x = random_input((64, n), dtype)
+        ref = fwht_reference(x.cpu(), 1 / math.sqrt(n))
+        for backend in sorted(b for b in ("triton", "cuda") if fastspec.backends()[b].available):
+            assert_close_to_reference(fastspec.fwht(x, 1 / math.sqrt(n), backend=backend), ref)
+
+
+# --------------------------------------------------------------------------- nn module
+
+
+def test_hadamard_transform_module_is_orthonormal_and_invertible():
+    layer = fastspec.nn.HadamardTransform(256, random_signs=True, seed=0).to(DEVICE)
+    x = random_input((5, 256), torch.float32)
+    y = layer(x)
+    torch.testing.assert_close(y.norm(dim=-1), x.norm(dim=-1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer.inverse(y), x, rtol=1e-5, atol=1e-5)
+    again = fastspec.nn.HadamardTransform(256, random_signs=True, seed=0)
+    assert torch.equal(again.signs, layer.signs.cpu())
+    assert set(layer.signs.unique().tolist()) == {-1.0, 1.0}
+    assert "signs" in layer.state_dict()
+
+
+@pytest.mark.parametrize("n,scale", [(12 * 16, None), (64, 1.0), (1024, 0.5)])
+def test_hadamard_transform_module_matches_matrix(n, scale):
+    layer = fastspec.nn.HadamardTransform(n, scale=scale)
+    x = random_input((3, n), torch.float64)
+    expect = scale if scale is not None else 1 / math.sqrt(n)
+    torch.testing.assert_close(layer(x).cpu(), fwht_reference(x.cpu(), expect))
+    torch.testing.assert_close(layer.inverse(layer(x)), x)
+
+
+def test_hadamard_transform_module_bad_input():
+    with pytest.raises(ValueError, match="unsupported length"):
+        fastspec.nn.HadamardTransform(100)
+    with pytest.raises(ValueError, match="last dim of x must be 64"):
+        fastspec.nn.HadamardTransform(64)(torch.ones(2, 32))
