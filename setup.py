@@ -51,7 +51,7 @@ def _cuda_build_plan():
         include_dirs=[os.path.join(HERE, "csrc")],
         extra_compile_args={
             "cxx": ["-O3", "-std=c++17"],
-            "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+            "nvcc": ["-O3", "-std=c++17", "-lineinfo"],
         },
     )
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
