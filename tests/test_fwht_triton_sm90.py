@@ -1,0 +1,73 @@
+"""Compile the Triton FWHT launches for sm_90 (H100/H200) without a GPU.
+
+The interpreter checks what the kernels compute; this checks what only the GPU compiler
+sees: that every plan compiles for sm_90 (dot shapes and dtypes, static branches), that
+its shared memory fits a block on that chip (227 KiB), and that ptxas keeps the tile in
+registers (no stack frame: spills would make the kernel slow, not wrong).
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from fastspec._backend import triton_interpreted
+from fastspec.hadamard import check_size
+from fastspec.triton_kernels.fwht import fwht_kernel, kernel_calls
+
+SM90_MAX_SHARED = 227 * 1024
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+_POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
+
+
+def _signature(args):
+    sig = {}
+    for name, value in zip(fwht_kernel.arg_names, args):
+        if isinstance(value, torch.Tensor):
+            sig[name] = _POINTER[value.dtype]
+        elif isinstance(value, float):
+            sig[name] = "fp32"
+        else:
+            sig[name] = "i64"
+    return sig
+
+
+@pytest.mark.skipif(triton_interpreted(), reason="interpreted kernels cannot be compiled: see the subprocess test")
+@pytest.mark.parametrize("dtype", list(_POINTER), ids=str)
+@pytest.mark.parametrize("n", [1, 2, 12, 256, 1024, 40 * 64, 4096, 2**13, 2**14, 28 * 2**10, 2**15, 2**16, 40 * 2**14, 2**20])
+def test_compiles_for_sm90_and_fits_shared_memory(dtype, n):
+    x = torch.empty(4, n, dtype=dtype, device="meta")
+    for _, args, meta in kernel_calls(x, x, 0.5, *check_size(n)):
+        meta = dict(meta)
+        num_warps = meta.pop("num_warps")
+        sig = _signature(args)
+        sig.update({k: "constexpr" for k in meta})
+        source = ASTSource(fn=fwht_kernel, signature=sig, constexprs=meta)
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        assert kernel.metadata.shared <= SM90_MAX_SHARED, f"{meta}: {kernel.metadata.shared} bytes of shared memory"
+        if dtype != torch.float64:  # float64 is correct but not a speed target
+            assert _stack_bytes(kernel.asm["cubin"]) == 0, f"{meta}, num_warps={num_warps}: registers spill"
+
+
+def _stack_bytes(cubin: bytes) -> int:
+    if not os.path.exists(CUOBJDUMP):
+        pytest.skip(f"no cuobjdump at {CUOBJDUMP}")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+    return int(re.search(r"STACK:(\d+)", usage).group(1))
+
+
+@pytest.mark.skipif(not triton_interpreted(), reason="the compile checks run directly")
+def test_compile_checks_in_a_process_without_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
