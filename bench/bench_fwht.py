@@ -1,0 +1,167 @@
+"""FWHT benchmark: every usable fastspec.fwht backend against torch.clone (the copy
+floor), the dense matmul x @ H, a pure-PyTorch butterfly and, when importable,
+fast_hadamard_transform.hadamard_transform, all measured in the same run.
+
+    python bench/bench_fwht.py [--out DIR] [--quick] [--dtypes float16 ...] [--sizes 256 ...] [--rows R]
+
+GPU headline: 16*2048 rows for n = 2^8..2^15 in float16, bfloat16 and float32, and
+n = 2^16..2^20 with the rows cut so the input is about 1 GiB. Scale is 1/sqrt(n).
+Targets are printed, not asserted: on GPU time <= 1.10x clone up to n = 2^15 and
+<= 2.2x beyond; on CPU the torch backend >= 5x faster than the matmul at n = 4096 fp32.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+import torch
+
+import fastspec
+from fastspec import _timing
+from fastspec.reference.fwht import fwht_reference
+
+from harness import Case, Harness  # bench/harness.py
+
+GPU_ROWS = 16 * 2048
+"""Rows up to n = 2^15 on GPU (the shape of Dao's fast-hadamard-transform benchmark)."""
+GPU_LARGE_BYTES = 2**30
+"""Input bytes for n > 2^15 on GPU."""
+CPU_BYTES, CPU_ROWS = 2**24, 256
+"""CPU inputs: at most 256 rows and 16 MiB."""
+MATMUL_MAX_N_GPU, MATMUL_MAX_N_CPU = 8192, 4096
+"""Largest n for the dense-matmul baseline (the matrix is n x n)."""
+CHECK_ROWS = 4
+"""The correctness check compares this many first and last rows."""
+
+
+def butterfly(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Baseline: x @ H_n * scale for n = 2^k by log2(n) PyTorch passes of (a + b, a - b),
+    ping-ponging between two buffers; float16/bfloat16 are computed in float32."""
+    n = x.shape[-1]
+    acc = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    src = x.reshape(-1, n).to(acc)
+    bufs = (torch.empty_like(src), torch.empty_like(src))
+    for stage in range(n.bit_length() - 1):
+        h = 1 << stage
+        a = src.view(-1, n // (2 * h), 2, h)
+        dst = bufs[stage % 2]
+        d = dst.view(a.shape)
+        torch.add(a[:, :, 0], a[:, :, 1], out=d[:, :, 0])
+        torch.sub(a[:, :, 0], a[:, :, 1], out=d[:, :, 1])
+        src = dst
+    return (src * scale).to(x.dtype).reshape(x.shape)
+
+
+@functools.lru_cache(maxsize=2)
+def dense_hadamard(n: int, dtype: torch.dtype, device: torch.device, scale: float) -> torch.Tensor:
+    """H_n * scale in ``dtype`` on ``device`` (for the matmul baseline)."""
+    return fastspec.hadamard_matrix(n, device=device).mul(scale).to(dtype)
+
+
+def check(inputs: tuple, out: torch.Tensor) -> float:
+    """Relative error of ``out`` on the first and last rows against the float64 reference."""
+    (x,) = inputs
+    n = x.shape[-1]
+    rows, flat = x.reshape(-1, n), out.reshape(-1, n)
+    idx = sorted({*range(min(CHECK_ROWS, len(rows))), *range(max(len(rows) - CHECK_ROWS, 0), len(rows))})
+    return _timing.rel_error(flat[idx], fwht_reference(rows[idx], n**-0.5))
+
+
+@functools.cache
+def fast_hadamard_transform():
+    """Dao's hadamard_transform(x, scale) if the package is importable, else None."""
+    try:
+        from fast_hadamard_transform import hadamard_transform
+    except ImportError:
+        return None
+    return hadamard_transform
+
+
+def default_rows(n: int, dtype: torch.dtype, device: torch.device) -> int:
+    size = torch.empty((), dtype=dtype).element_size()
+    if device.type == "cuda":
+        return GPU_ROWS if n <= 2**15 else max(1, GPU_LARGE_BYTES // (n * size))
+    return max(1, min(CPU_ROWS, CPU_BYTES // (n * size)))
+
+
+def target(device: torch.device, n: int, dtype: torch.dtype):
+    """The speed target for this point as Case.target, or None where there is none."""
+    if device.type == "cuda":
+        limit = 1.10 if n <= 2**15 else 2.2
+
+        def on_gpu(backend, times):
+            if backend == "torch" or "clone" not in times:
+                return None
+            ratio = times[backend] / times["clone"]
+            return f"x clone <= {limit}: {'met' if ratio <= limit else 'missed'}"
+
+        return on_gpu
+    if n == 4096 and dtype == torch.float32:
+
+        def on_cpu(backend, times):
+            if backend != "torch" or "matmul" not in times:
+                return None
+            return f"vs matmul >= 5: {'met' if times['matmul'] / times[backend] >= 5 else 'missed'}"
+
+        return on_cpu
+    return None
+
+
+def make_case(n: int, dtype: torch.dtype, rows: int, device: torch.device) -> Case:
+    scale = n**-0.5
+    baselines = {}
+    if n <= (MATMUL_MAX_N_GPU if device.type == "cuda" else MATMUL_MAX_N_CPU):
+        baselines["matmul"] = lambda x: x @ dense_hadamard(n, dtype, device, scale)
+    if n & (n - 1) == 0:
+        baselines["butterfly"] = functools.partial(butterfly, scale=scale)
+        dao = fast_hadamard_transform()
+        if dao is not None and device.type == "cuda" and n <= 2**15:
+            baselines["fast_hadamard_transform"] = functools.partial(dao, scale=scale)
+    return Case(
+        op="fwht",
+        shape=(rows, n),
+        dtype=dtype,
+        make=lambda: (torch.randn(rows, n, dtype=dtype, device=device),),
+        candidates={b: functools.partial(fastspec.fwht, scale=scale, backend=b)
+                    for b in _timing.usable_backends(device, timing=True)},
+        baselines=baselines,
+        check=check,
+        target=target(device, n, dtype),
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="output folder (default bench/results)")
+    parser.add_argument("--quick", action="store_true", help="a few sizes, one dtype, shorter timing")
+    parser.add_argument("--dtypes", nargs="+", choices=["float16", "bfloat16", "float32", "float64"])
+    parser.add_argument("--sizes", nargs="+", type=int, metavar="N", help="transform lengths n")
+    parser.add_argument("--rows", type=int, help="rows for every n (default: see the module docstring)")
+    args = parser.parse_args(argv)
+
+    device = _timing.default_device()
+    gpu = device.type == "cuda"
+    if gpu:
+        sizes = [2**10, 2**12, 2**15, 2**20] if args.quick else [2**k for k in range(8, 21)]
+        dtypes = ["float16"] if args.quick else ["float16", "bfloat16", "float32"]
+    else:
+        sizes = [2**10, 2**12] if args.quick else [2**k for k in range(8, 15)]
+        dtypes = ["float32"]
+    sizes, dtypes = args.sizes or sizes, [getattr(torch, d) for d in args.dtypes or dtypes]
+    if args.quick:
+        timing = {"warmup_ms": 5, "rep_ms": 20 if gpu else 30}
+    else:
+        timing = {"warmup_ms": 10, "rep_ms": 50 if gpu else 100}
+
+    points = [(n, dtype) for dtype in dtypes for n in sizes]
+    print(f"fwht benchmark on {_timing.device_name(device)}: backends {_timing.usable_backends(device, timing=True)}, "
+          f"fast_hadamard_transform {'found' if fast_hadamard_transform() else 'not installed'}", flush=True)
+    with Harness("fwht", device, args.out, **timing) as harness:
+        for n, dtype in _timing.progress(points, "fwht", lambda p: f"n={p[0]} {p[1]}"):
+            harness.run(make_case(n, dtype, args.rows or default_rows(n, dtype, device), device))
+    return 1 if harness.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
