@@ -15,7 +15,7 @@ from conftest import DEVICE, assert_close_to_reference, backend_params, random_i
 
 ALL_BACKENDS = backend_params()
 SMALL_SIZES = [n for n in supported_sizes() if n <= 4096]
-LARGE_SIZES = [2**13, 2**15, 12 * 2**11, 28 * 2**10, 2**16, 40 * 2**12, 2**20]
+LARGE_SIZES = [2**13, 2**14, 2**15, 20 * 2**9, 12 * 2**11, 28 * 2**10, 2**16, 40 * 2**12, 2**20]
 HALF_AND_SINGLE = [torch.float32, torch.float16, torch.bfloat16]
 
 

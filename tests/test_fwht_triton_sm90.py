@@ -41,7 +41,7 @@ def _signature(args):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels compile and run for real")
 @pytest.mark.skipif(triton_interpreted(), reason="interpreted kernels cannot be compiled: see the subprocess test")
 @pytest.mark.parametrize("dtype", list(_POINTER), ids=str)
-@pytest.mark.parametrize("n", [1, 2, 12, 256, 1024, 40 * 64, 4096, 2**13, 2**14, 28 * 2**10, 2**15, 2**16, 40 * 2**14, 2**20])
+@pytest.mark.parametrize("n", [1, 2, 12, 256, 1024, 40 * 64, 4096, 2**13, 20 * 2**9, 12 * 2**11, 2**14, 28 * 2**10, 2**15, 2**16, 40 * 2**14, 2**20])
 def test_compiles_for_sm90_and_fits_shared_memory(dtype, n):
     x = torch.empty(4, n, dtype=dtype, device="meta")
     for _, args, meta in kernel_calls(x, x, 0.5, *check_size(n)):

@@ -11,10 +11,12 @@ so each row is read once and written once, and every product is a plain 2-D dot 
 the data on the left (no broadcast copies of the matrices in registers). Rows
 never share a matrix: an identity-with-zeros factor would carry one row's NaN or Inf
 into its neighbours as NaN. Axes are padded to powers of two (at least 16, the smallest
-`tl.dot`); padded lanes are masked on load and store. Rows longer than 8192 take two
-passes of the same kernel: the inner factor over contiguous rows, then the outer factor
-over a strided axis, in place (twice the memory traffic: for those lengths the CUDA
-kernel, which keeps one register per element, is the fast path).
+`tl.dot`); padded lanes are masked on load and store.
+
+A tile holds at most 8192 elements (registers). Rows up to 2^15 are still transformed by
+one program: tiles of the inner factor, a barrier, then tiles of the outer factor over a
+strided axis, in place; the row stays in L2 in between, so DRAM sees one read and one
+write. Longer rows take two launches of the same kernel (twice the DRAM traffic).
 
 Precision: the matrices hold 0 and ±1, exact in every dot type, so only the data needs
 care. float64 dots in float64. float32 data is split into a TF32-exact high part and the
@@ -35,9 +37,12 @@ import triton.language as tl
 from fastspec.hadamard import hadamard_block, sylvester
 
 MAX_FUSED_N = 2**13
-"""Rows up to this length take one pass. A program holds its whole tile in registers
+"""Rows up to this length are one tile. A program holds its whole tile in registers
 (about six per element with the split parts and the accumulator): 8192 elements fit 16
 warps without spilling on sm_90, 16384 do not (ptxas, see tests/test_fwht_triton_sm90.py)."""
+MAX_ROW_N = 2**15
+"""Rows up to this length are transformed by one program in two phases (tiles of the
+inner factor, then of the outer), so the row is read from and written to DRAM once."""
 _CHUNK = 4096
 """Target number of elements one program transforms."""
 _MEMORY_COST = 32
@@ -84,32 +89,56 @@ def _stage(x, m_ptr, R: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl
 
 
 @triton.jit
-def fwht_kernel(
-    x_ptr, out_ptr, ma_ptr, mb_ptr, mc_ptr,
-    numel, scale,
-    stride_r, stride_a, stride_b, stride_c,
-    programs_per_group, group_stride, program_stride,
-    R: tl.constexpr, A_TRUE: tl.constexpr, B_TRUE: tl.constexpr, C_TRUE: tl.constexpr,
-    A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
-    APPLY_A: tl.constexpr, APPLY_B: tl.constexpr, APPLY_C: tl.constexpr,
-    MODE: tl.constexpr,
-):
-    """One (R, A, B, C) tile per program: R independent rows, each an (A, B, C) tile
-    (see the module docstring). MODE: 0 float64, 1 float32 (split TF32), 2 float16 and
-    bfloat16 (split bfloat16)."""
-    pid = tl.program_id(0).to(tl.int64)
-    base = (pid // programs_per_group) * group_stride + (pid % programs_per_group) * program_stride
+def _tile(src_ptr, dst_ptr, base, numel, scale, ma_ptr, mb_ptr, mc_ptr,
+          stride_r, stride_a, stride_b, stride_c,
+          R: tl.constexpr, A_TRUE: tl.constexpr, B_TRUE: tl.constexpr, C_TRUE: tl.constexpr,
+          A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
+          APPLY_A: tl.constexpr, APPLY_B: tl.constexpr, APPLY_C: tl.constexpr,
+          MODE: tl.constexpr, CACHE: tl.constexpr):
+    """Transforms the (R, A, B, C) tile at src_ptr + base into dst_ptr + base: R rows (or
+    columns) each viewed as (A, B, C). MODE: 0 float64, 1 float32 (split TF32), 2 float16
+    and bfloat16 (split bfloat16)."""
     r = tl.arange(0, R)[:, None, None, None]
     a = tl.arange(0, A)[None, :, None, None]
     b = tl.arange(0, B)[None, None, :, None]
     c = tl.arange(0, C)[None, None, None, :]
     offs = r * stride_r + a * stride_a + b * stride_b + c * stride_c
     mask = (a < A_TRUE) & (b < B_TRUE) & (c < C_TRUE) & (base + offs < numel)
-    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float64 if MODE == 0 else tl.float32)
+    x = tl.load(src_ptr + base + offs, mask=mask, other=0.0, cache_modifier=CACHE)
+    x = x.to(tl.float64 if MODE == 0 else tl.float32)
     x = _stage(x, mc_ptr, R, A, B, C, APPLY_C, MODE)  # (R, C, A, B)
     x = _stage(x, mb_ptr, R, C, A, B, APPLY_B, MODE)  # (R, B, C, A)
     x = _stage(x, ma_ptr, R, B, C, A, APPLY_A, MODE)  # (R, A, B, C)
-    tl.store(out_ptr + base + offs, (x * scale).to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst_ptr + base + offs, (x * scale).to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def fwht_kernel(
+    src_ptr, out_ptr, numel, scale,
+    programs_per_group, group_stride, program_stride,
+    ma1, mb1, mc1, sr1, sa1, sb1, sc1, step1,
+    ma2, mb2, mc2, sr2, sa2, sb2, sc2, step2,
+    T1: tl.constexpr, R1: tl.constexpr, A_TRUE1: tl.constexpr, B_TRUE1: tl.constexpr, C_TRUE1: tl.constexpr,
+    A1: tl.constexpr, B1: tl.constexpr, C1: tl.constexpr,
+    APPLY_A1: tl.constexpr, APPLY_B1: tl.constexpr, APPLY_C1: tl.constexpr,
+    T2: tl.constexpr, R2: tl.constexpr, A_TRUE2: tl.constexpr, B_TRUE2: tl.constexpr, C_TRUE2: tl.constexpr,
+    A2: tl.constexpr, B2: tl.constexpr, C2: tl.constexpr,
+    APPLY_A2: tl.constexpr, APPLY_B2: tl.constexpr, APPLY_C2: tl.constexpr,
+    MODE: tl.constexpr,
+):
+    """One program: T1 tiles of phase 1 (src -> out, scaled), then, if T2 > 0, T2 tiles
+    of phase 2 (out -> out, in place) after a barrier. Phase 2 reads what other threads
+    of this program wrote in phase 1: the barrier orders it, and the loads bypass L1."""
+    pid = tl.program_id(0).to(tl.int64)
+    base = (pid // programs_per_group) * group_stride + (pid % programs_per_group) * program_stride
+    for t in range(T1):
+        _tile(src_ptr, out_ptr, base + t * step1, numel, scale, ma1, mb1, mc1, sr1, sa1, sb1, sc1,
+              R1, A_TRUE1, B_TRUE1, C_TRUE1, A1, B1, C1, APPLY_A1, APPLY_B1, APPLY_C1, MODE, "")
+    if T2 > 0:
+        tl.debug_barrier()
+        for t in range(T2):
+            _tile(out_ptr, out_ptr, base + t * step2, numel, 1.0, ma2, mb2, mc2, sr2, sa2, sb2, sc2,
+                  R2, A_TRUE2, B_TRUE2, C_TRUE2, A2, B2, C2, APPLY_A2, APPLY_B2, APPLY_C2, MODE, ".cg")
 
 
 # ----------------------------------------------------------------------------- planning
@@ -137,16 +166,28 @@ class _Axis:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Pass:
+class _Phase:
+    """Tiles of R rows (or columns) at stride row_stride, each row an (A, B, C) tile;
+    one program's consecutive tiles lie tile_stride apart."""
+
     a: _Axis
     b: _Axis
     c: _Axis
-    row: int = 0  # contiguous passes: the length of the rows this pass transforms
-    rows: int = 1  # R: rows (strided pass: columns) one program takes, ...
-    row_stride: int = 0  # ... and their stride
-    programs_per_group: int = 1  # strided pass: programs per row, ...
-    group_stride: int = 0  # ... the row length, ...
-    program_stride: int = 0  # ... and the columns one program covers
+    rows: int
+    row_stride: int
+    tiles: int = 1
+    tile_stride: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Launch:
+    """One kernel launch: program pid starts at (pid // programs_per_group) * group_stride
+    + (pid % programs_per_group) * program_stride and runs its phases (one or two)."""
+
+    phases: tuple
+    group_stride: int
+    programs_per_group: int = 1
+    program_stride: int = 0
 
 
 def _cost(axes) -> float:
@@ -184,20 +225,45 @@ def _factors(m: int, bits: int) -> tuple:
     return (("h", 2),) * bits + ((("h", m),) if m > 1 else ())
 
 
-@functools.lru_cache(maxsize=None)
-def _plan(m: int, p: int, n: int) -> tuple[_Pass, ...]:
-    """Passes for rows of n = m·p (m = 1 or a base order, p a power of two)."""
-    if n <= MAX_FUSED_N:
-        a, b, c = _split_axes(_factors(m, p.bit_length() - 1), 1)
-        rows = _rows_per_program(a, b, c)
-        return (_Pass(a, b, c, row=n, rows=rows, row_stride=n),)
-    inner = min(p, MAX_FUSED_N) if m > 1 else min(MAX_FUSED_N, n // 16)
-    first = _plan(1, inner, inner)[0]
-    a, b, c = _split_axes(_factors(m, (p // inner).bit_length() - 1), inner)
+def _contiguous(m: int, p: int) -> _Phase:
+    """Rows of m·p contiguous elements, R of them a tile."""
+    a, b, c = _split_axes(_factors(m, p.bit_length() - 1), 1)
+    rows = _rows_per_program(a, b, c)
+    return _Phase(a, b, c, rows=rows, row_stride=m * p, tile_stride=rows * m * p)
+
+
+def _strided(m: int, outer_bits: int, inner: int) -> _Phase:
+    """The outer factor H_m ⊗ H_(2^outer_bits) of rows viewed as (outer, inner): tiles of
+    R columns (stride 1), the outer axes at stride inner."""
+    a, b, c = _split_axes(_factors(m, outer_bits), inner)
     columns = _rows_per_program(a, b, c)
-    strided = _Pass(a, b, c, rows=columns, row_stride=1, programs_per_group=inner // columns,
-                    group_stride=n, program_stride=columns)
-    return (first, strided)
+    return _Phase(a, b, c, rows=columns, row_stride=1, tiles=inner // columns, tile_stride=columns)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(m: int, p: int, n: int) -> tuple[_Launch, ...]:
+    """Kernel launches for rows of n = m·p (m = 1 or a base order, p a power of two).
+
+    n ≤ MAX_FUSED_N: a grid over tiles of whole rows. Up to MAX_ROW_N: one program a row,
+    inner factor then outer factor, the row staying in L2 in between. Longer: two
+    launches, the inner factor over all rows, then the outer factor in place.
+    """
+    if n <= MAX_FUSED_N:
+        phase = _contiguous(m, p)
+        return (_Launch((phase,), group_stride=phase.tile_stride),)
+    inner = min(p, MAX_FUSED_N) if m > 1 else min(MAX_FUSED_N, n // 16)
+    first = _contiguous(1, inner)
+    second = _strided(m, (p // inner).bit_length() - 1, inner)
+    if n <= MAX_ROW_N:
+        inner_rows = n // inner  # m·2^j: a tile's R inner rows must divide it
+        rows = min(first.rows, inner_rows & -inner_rows)
+        first = dataclasses.replace(first, rows=rows, tiles=inner_rows // rows, tile_stride=rows * inner)
+        return (_Launch((first, second), group_stride=n),)
+    return (
+        _Launch((first,), group_stride=first.tile_stride),
+        _Launch((dataclasses.replace(second, tiles=1),), group_stride=n,
+                programs_per_group=second.tiles, program_stride=second.tile_stride),
+    )
 
 
 _DOT_DTYPE = {torch.float64: torch.float64, torch.float32: torch.float32,
@@ -219,29 +285,33 @@ def _axis_matrix(axis: _Axis, left: bool, dtype: torch.dtype, device: torch.devi
     return padded.to(dtype=dtype, device=device).contiguous()
 
 
+def _phase_args(phase: _Phase, dtype: torch.dtype, device: torch.device):
+    a, b, c = phase.a, phase.b, phase.c
+    mats = [_axis_matrix(ax, left, _DOT_DTYPE[dtype], device) for ax, left in ((a, True), (b, True), (c, False))]
+    args = (*mats, phase.row_stride, a.stride, b.stride, c.stride, phase.tile_stride)
+    meta = (phase.rows, a.true, b.true, c.true, a.padded, b.padded, c.padded, a.applied, b.applied, c.applied)
+    return args, meta
+
+
+_META = ("R", "A_TRUE", "B_TRUE", "C_TRUE", "A", "B", "C", "APPLY_A", "APPLY_B", "APPLY_C")
+
+
 def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, m: int, p: int):
     """The launches that transform x into out: a list of (grid, args, meta) for
     ``fwht_kernel[grid](*args, **meta)`` (also used to compile them ahead of time)."""
     calls = []
-    for i, step in enumerate(_plan(m, p, x.shape[-1])):
-        a, b, c = step.a, step.b, step.c
-        mats = [_axis_matrix(ax, left, _DOT_DTYPE[x.dtype], x.device) for ax, left in ((a, True), (b, True), (c, False))]
-        if step.programs_per_group > 1:
-            grid = (x.numel() // step.group_stride * step.programs_per_group,)
-        else:
-            grid = (triton.cdiv(x.numel(), step.rows * step.row),)
-            step = dataclasses.replace(step, group_stride=step.rows * step.row)
-        args = (
-            x if i == 0 else out, out, *mats, x.numel(), scale if i == 0 else 1.0,
-            step.row_stride, a.stride, b.stride, c.stride,
-            step.programs_per_group, step.group_stride, step.program_stride,
-        )
-        volume = step.rows * a.padded * b.padded * c.padded
-        meta = dict(
-            R=step.rows, A_TRUE=a.true, B_TRUE=b.true, C_TRUE=c.true, A=a.padded, B=b.padded, C=c.padded,
-            APPLY_A=a.applied, APPLY_B=b.applied, APPLY_C=c.applied, MODE=_MODE[x.dtype],
-            num_warps=min(16, max(4, volume // 512)),
-        )
+    for i, launch in enumerate(_plan(m, p, x.shape[-1])):
+        phases = launch.phases
+        first_args, first_meta = _phase_args(phases[0], x.dtype, x.device)
+        second_args, second_meta = _phase_args(phases[-1], x.dtype, x.device)
+        grid = (triton.cdiv(x.numel(), launch.group_stride) * launch.programs_per_group,)
+        args = (x if i == 0 else out, out, x.numel(), scale if i == 0 else 1.0,
+                launch.programs_per_group, launch.group_stride, launch.program_stride,
+                *first_args, *second_args)
+        meta = {"T1": phases[0].tiles, "T2": phases[1].tiles if len(phases) > 1 else 0}
+        meta |= {k + "1": v for k, v in zip(_META, first_meta)} | {k + "2": v for k, v in zip(_META, second_meta)}
+        volume = max(ph.rows * ph.a.padded * ph.b.padded * ph.c.padded for ph in phases)
+        meta |= {"MODE": _MODE[x.dtype], "num_warps": min(16, max(4, volume // 512))}
         calls.append((grid, args, meta))
     return calls
 
