@@ -75,79 +75,50 @@ using fwht_detail::fwht_config;
 
 // ------------------------------------------------------------------ element conversions
 
+// float32 inside; the input dtype in memory, rounded to nearest even on the way out.
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
 template <typename T>
-struct Elem;
-
+__device__ __forceinline__ T from_float(float v);
 template <>
-struct Elem<float> {
-  static constexpr int kLogVec = 2;
-  __device__ __forceinline__ static float load1(const float* p) { return *p; }
-  __device__ __forceinline__ static void store1(float* p, float v) { *p = v; }
-  // 16-byte word -> floats
-  __device__ __forceinline__ static void unpack(uint32_t w, float* v) { v[0] = __uint_as_float(w); }
-  __device__ __forceinline__ static uint32_t pack(const float* v) { return __float_as_uint(v[0]); }
-};
-
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
 template <>
-struct Elem<__half> {
-  static constexpr int kLogVec = 3;
-  __device__ __forceinline__ static float load1(const __half* p) { return __half2float(*p); }
-  __device__ __forceinline__ static void store1(__half* p, float v) { *p = __float2half_rn(v); }
-  __device__ __forceinline__ static void unpack(uint32_t w, float* v) {
-    v[0] = __half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xFFFFu)));
-    v[1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16)));
-  }
-  __device__ __forceinline__ static uint32_t pack(const float* v) {
-    return static_cast<uint32_t>(__half_as_ushort(__float2half_rn(v[0]))) |
-           (static_cast<uint32_t>(__half_as_ushort(__float2half_rn(v[1]))) << 16);
-  }
-};
-
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
-struct Elem<__nv_bfloat16> {
-  static constexpr int kLogVec = 3;
-  __device__ __forceinline__ static float load1(const __nv_bfloat16* p) { return __bfloat162float(*p); }
-  __device__ __forceinline__ static void store1(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
-  __device__ __forceinline__ static void unpack(uint32_t w, float* v) {
-    v[0] = __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w & 0xFFFFu)));
-    v[1] = __bfloat162float(__ushort_as_bfloat16(static_cast<unsigned short>(w >> 16)));
-  }
-  __device__ __forceinline__ static uint32_t pack(const float* v) {
-    return static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[0]))) |
-           (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(v[1]))) << 16);
-  }
-};
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// log2 of the elements in one 16-byte vector: 4 floats or 8 halves.
+template <typename T>
+constexpr int kLogVec = sizeof(T) == 4 ? 2 : 3;
 
 // One vector of kVec elements starting at flat element e (e is a multiple of kVec).
 template <typename T, int kVec, bool kVecIO>
 __device__ __forceinline__ void load_vector(const T* x, int64_t e, int64_t total, float (&v)[kVec]) {
   static_assert(kVec * sizeof(T) == 16, "a vector is 16 bytes");
   if (kVecIO && e + kVec <= total) {
-    const uint4 raw = *reinterpret_cast<const uint4*>(x + e);
-    const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-    constexpr int kPerWord = kVec / 4;
+    alignas(16) T elems[kVec];
+    *reinterpret_cast<uint4*>(elems) = *reinterpret_cast<const uint4*>(x + e);
 #pragma unroll
-    for (int i = 0; i < 4; ++i) Elem<T>::unpack(w[i], &v[i * kPerWord]);
+    for (int i = 0; i < kVec; ++i) v[i] = to_float(elems[i]);
   } else {
 #pragma unroll
-    for (int i = 0; i < kVec; ++i) v[i] = (e + i < total) ? Elem<T>::load1(x + e + i) : 0.0f;
+    for (int i = 0; i < kVec; ++i) v[i] = (e + i < total) ? to_float(x[e + i]) : 0.0f;
   }
 }
 
 template <typename T, int kVec, bool kVecIO>
 __device__ __forceinline__ void store_vector(T* out, int64_t e, int64_t total, const float (&v)[kVec]) {
   if (kVecIO && e + kVec <= total) {
-    constexpr int kPerWord = kVec / 4;
-    uint4 raw;
-    raw.x = Elem<T>::pack(&v[0 * kPerWord]);
-    raw.y = Elem<T>::pack(&v[1 * kPerWord]);
-    raw.z = Elem<T>::pack(&v[2 * kPerWord]);
-    raw.w = Elem<T>::pack(&v[3 * kPerWord]);
-    *reinterpret_cast<uint4*>(out + e) = raw;
+    alignas(16) T elems[kVec];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) elems[i] = from_float<T>(v[i]);
+    *reinterpret_cast<uint4*>(out + e) = *reinterpret_cast<const uint4*>(elems);
   } else {
 #pragma unroll
     for (int i = 0; i < kVec; ++i) {
-      if (e + i < total) Elem<T>::store1(out + e + i, v[i]);
+      if (e + i < total) out[e + i] = from_float<T>(v[i]);
     }
   }
 }
@@ -187,7 +158,7 @@ __device__ __forceinline__ void smem_get(const float* s, float* v) {
 
 template <typename T, int kLog2N>
 struct Traits {
-  static constexpr FwhtConfig kCfg = fwht_config(kLog2N, Elem<T>::kLogVec);
+  static constexpr FwhtConfig kCfg = fwht_config(kLog2N, kLogVec<T>);
   static constexpr int kLv = kCfg.lv, kLw = kCfg.lw, kLc = kCfg.lc, kLwi = kCfg.lwi;
   static constexpr int kThreads = 32 << (kLw + kLwi);
   static constexpr int kLogTile = kLv + 5 + kLw + kLc + kLwi;
