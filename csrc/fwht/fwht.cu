@@ -123,6 +123,26 @@ __device__ __forceinline__ void store_vector(T* out, int64_t e, int64_t total, c
   }
 }
 
+// Butterflies on chunk-index bits 0 .. kBits-1: pairs of chunks in this thread's registers.
+template <int kBits, int kChunks, int kVec>
+__device__ __forceinline__ void chunk_butterflies(float (&v)[kChunks][kVec]) {
+#pragma unroll
+  for (int j = 0; j < kBits; ++j) {
+#pragma unroll
+    for (int c = 0; c < kChunks; ++c) {
+      if ((c & (1 << j)) == 0) {
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {
+          const float a = v[c][i];
+          const float b = v[c | (1 << j)][i];
+          v[c][i] = a + b;
+          v[c | (1 << j)][i] = a - b;
+        }
+      }
+    }
+  }
+}
+
 // Shared-memory unit of 2^kLa floats (float, float2 or float4).
 template <int kLa>
 __device__ __forceinline__ void smem_put(float* s, const float* v) {
@@ -245,21 +265,7 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
     }
 
     // ---- chunk bits above the warp bits: registers
-#pragma unroll
-    for (int j = 0; j < kChunkBits1; ++j) {
-#pragma unroll
-      for (int c = 0; c < kChunks; ++c) {
-        if ((c & (1 << j)) == 0) {
-#pragma unroll
-          for (int i = 0; i < kVec; ++i) {
-            const float a = v[c][i];
-            const float b = v[c | (1 << j)][i];
-            v[c][i] = a + b;
-            v[c | (1 << j)][i] = a - b;
-          }
-        }
-      }
-    }
+    chunk_butterflies<kChunkBits1>(v);
 
     int off_store = off1;  // layout 1 (lw == 0) unless the exchange below switches to layout 2
 
@@ -310,21 +316,7 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
       }
 
       // ---- layout 2: the former warp bits are chunk bits 0..lw-1 (index bits lv+5+j)
-#pragma unroll
-      for (int j = 0; j < kLw; ++j) {
-#pragma unroll
-        for (int c = 0; c < kChunks; ++c) {
-          if ((c & (1 << j)) == 0) {
-#pragma unroll
-            for (int i = 0; i < kVec; ++i) {
-              const float a = v[c][i];
-              const float b = v[c | (1 << j)][i];
-              v[c][i] = a + b;
-              v[c | (1 << j)][i] = a - b;
-            }
-          }
-        }
-      }
+      chunk_butterflies<kLw>(v);
       // Layout 2 offset: lane << lv | chunk_lo << (lv+5) | w_row << (lv+5+lw) | chunk_hi << (lv+5+2lw)
       off_store = (lane << kLv) | (w_row << (kLv + 5 + kLw));
     }
