@@ -41,7 +41,9 @@ def _cuda_build_plan():
         reasons.append(f"torch {torch.__version__} is a build without CUDA")
     if cpp_extension.CUDA_HOME is None:
         reasons.append("nvcc / CUDA_HOME not found")
-    if reasons and mode != "1":
+    if reasons:
+        if mode == "1":
+            raise SystemExit("FASTSPEC_BUILD_CUDA=1 but the CUDA extension cannot be built: " + "; ".join(reasons))
         _log("not building the CUDA extension: " + "; ".join(reasons))
         return [], {}
     sources = ["csrc/bindings.cpp"] + sorted(glob.glob("csrc/**/*.cu", recursive=True))
