@@ -1,0 +1,36 @@
+"""The main job and the benchmark script run end to end (small sizes)."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastspec.__main__ import main
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def test_main_job_checks_and_benchmarks(tmp_path, capsys):
+    report = tmp_path / "main.json"
+    assert main(["--quick", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert "Self-check" in out and "Benchmark" in out and "FAIL" not in out
+    data = json.loads(report.read_text())
+    assert data["checks"] and all(c["status"] in ("PASS", "SKIP") for c in data["checks"])
+    assert {c["backend"] for c in data["checks"]} >= {"torch"}
+    assert all(r["ms"] > 0 for r in data["bench"])
+
+
+def test_bench_fwht_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_fwht
+
+    assert bench_fwht.main(["--quick", "--sizes", "64", "12", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("fwht-*.json")
+    records = json.loads(result.read_text())
+    required = {"op", "backend", "baseline", "shape", "dtype", "ms", "baseline_ms", "speedup",
+                "device", "torch", "triton", "date"}
+    assert records and all(required <= set(r) for r in records)
+    assert list(tmp_path.glob("fwht-*.png"))
+    sys.modules.pop("bench_fwht", None)
