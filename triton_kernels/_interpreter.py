@@ -4,12 +4,16 @@ interpreter computes what the GPU computes and the same kernels are tested on th
 Triton 3.6's interpreter stores bfloat16 as raw uint16 bits, and
 - its ``tl.dot`` multiplies those bits as integers: widen bfloat16 operands to float32
   first (exact: the bits shifted left by 16);
+- its ``tl.dot`` computes float32 exactly where the GPU's TF32 tensor cores read only the
+  top 19 bits of each operand: drop the low 13 mantissa bits first (truncation, the
+  worse of what the hardware may do), so tests see the error the GPU makes;
 - it converts float32 to bfloat16 by truncation (its "round to nearest" adds the cut-off
   bit without carrying into the exponent), where the GPU rounds to nearest even.
 Both fixes are harmless where the interpreter is already right.
 """
 import numpy as np
 import triton.language as tl
+from triton._C.libtriton import ir
 from triton.runtime import interpreter
 
 
@@ -17,6 +21,13 @@ def _widen_bf16(handle):
     if handle.dtype.scalar != tl.bfloat16:
         return handle
     return interpreter.TensorHandle((handle.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
+
+
+def _to_tf32(handle, input_precision):
+    if input_precision != ir.INPUT_PRECISION.TF32 or handle.dtype.scalar != tl.float32:
+        return handle
+    bits = np.ascontiguousarray(handle.data, dtype=np.float32).view(np.uint32) & np.uint32(0xFFFFE000)
+    return interpreter.TensorHandle(bits.view(np.float32), tl.float32)
 
 
 def _f32_to_bf16_rtne(data: np.ndarray) -> np.ndarray:
@@ -33,7 +44,8 @@ def patch() -> None:
     original_convert = interpreter._convert_float
 
     def create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-        return original_dot(self, _widen_bf16(a), _widen_bf16(b), d, input_precision, max_num_imprecise_acc)
+        a, b = (_to_tf32(_widen_bf16(h), input_precision) for h in (a, b))
+        return original_dot(self, a, b, d, input_precision, max_num_imprecise_acc)
 
     def convert_float(data, input_dtype, output_dtype, rounding_mode):
         if input_dtype == tl.float32 and output_dtype == tl.bfloat16:

@@ -19,8 +19,8 @@ strided axis, in place; the row stays in L2 in between, so DRAM sees one read an
 write. Longer rows take two launches of the same kernel (twice the DRAM traffic).
 
 Precision: the matrices hold 0 and ±1, exact in every dot type, so only the data needs
-care. float64 dots in float64. float32 data is split into a TF32-exact high part and the
-remainder (two TF32 dots: about 2^-20 relative error instead of TF32's 2^-11); float16
+care. float64 dots in float64. float32 data is split into two TF32-exact parts (two TF32
+dots: each element off by at most 2^-22 relative, instead of TF32's 2^-11); float16
 and bfloat16 data are split into two bfloat16 parts (2^-17). Accumulation is float32
 (float64 for float64), and the scale is applied once at the end in that precision.
 """
@@ -55,9 +55,10 @@ values a thread at 8 warps, (128, 128) spills."""
 @triton.jit
 def _split(x, MODE: tl.constexpr):
     """x (float32) = hi + lo with hi exact in the dot type; lo = 0 where x is ±inf."""
-    if MODE == 1:
-        hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)  # 10-bit mantissa
-        lo = tl.where(hi == x, 0.0, x - hi)
+    if MODE == 1:  # TF32 keeps 10 mantissa bits: truncate for hi, round the rest to nearest
+        hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
+        rest = tl.where(hi == x, 0.0, x - hi)
+        lo = ((rest.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
     else:
         hi = x.to(tl.bfloat16)
         hi32 = hi.to(tl.float32)
