@@ -349,3 +349,26 @@ def test_hadamard_transform_module_bad_input():
         fastspec.nn.HadamardTransform(100)
     with pytest.raises(ValueError, match="last dim of x must be 64"):
         fastspec.nn.HadamardTransform(64)(torch.ones(2, 32))
+
+
+# --------------------------------------------------------------------------- properties
+
+hypothesis = pytest.importorskip("hypothesis")
+st = hypothesis.strategies
+
+
+@hypothesis.settings(max_examples=40, deadline=None)
+@hypothesis.given(
+    n=st.sampled_from([n for n in SMALL_SIZES if n <= 1024]),
+    batch=st.lists(st.integers(0, 3), min_size=0, max_size=3),
+    scale=st.floats(-4.0, 4.0, allow_nan=False, allow_infinity=False),
+    transpose=st.booleans(),
+)
+def test_property_any_batch_and_scale(n, batch, scale, transpose):
+    """Linear in x and scale, for any batch shape (empty included) and layout."""
+    x = random_input((*batch, n), torch.float64)
+    if transpose and len(batch) >= 2:
+        x = x.transpose(0, 1)
+    out = fastspec.fwht(x, scale, backend="torch")
+    assert out.shape == x.shape
+    torch.testing.assert_close(out.cpu(), fwht_reference(x.cpu(), scale), rtol=1e-10, atol=1e-10)
