@@ -16,7 +16,8 @@ into its neighbours as NaN. Axes are padded to powers of two (at least 16, the s
 A tile holds at most 8192 elements (registers). Rows up to 2^15 are still transformed by
 one program: tiles of the inner factor, a barrier, then tiles of the outer factor over a
 strided axis, in place; the row stays in L2 in between, so DRAM sees one read and one
-write. Longer rows take two launches of the same kernel (twice the DRAM traffic).
+write. Longer rows take two launches of the same kernel (twice the DRAM traffic): rows
+of up to 2^15 as above, then the outer factor (at least 16) over a strided axis.
 
 Precision: the matrices hold 0 and ±1, exact in every dot type, so only the data needs
 care. float64 dots in float64. float32 data is split into two TF32-exact parts (two TF32
@@ -247,23 +248,27 @@ def _plan(m: int, p: int, n: int) -> tuple[_Launch, ...]:
 
     n ≤ MAX_FUSED_N: a grid over tiles of whole rows. Up to MAX_ROW_N: one program a row,
     inner factor then outer factor, the row staying in L2 in between. Longer: two
-    launches, the inner factor over all rows, then the outer factor in place.
+    launches, the inner factor (itself one of the above) over all rows, then the outer
+    factor in place.
     """
     if n <= MAX_FUSED_N:
         phase = _contiguous(m, p)
         return (_Launch((phase,), group_stride=phase.tile_stride),)
-    inner = min(p, MAX_FUSED_N) if m > 1 else min(MAX_FUSED_N, n // 16)
-    first = _contiguous(1, inner)
-    second = _strided(m, (p // inner).bit_length() - 1, inner)
-    if n <= MAX_ROW_N:
+    one_launch = n <= MAX_ROW_N
+    limit = MAX_FUSED_N if one_launch else MAX_ROW_N
+    inner = min(p, limit) if m > 1 else min(limit, n // 16)  # outer factor of at least 16
+    outer = _strided(m, (p // inner).bit_length() - 1, inner)
+    if one_launch:
+        first = _contiguous(1, inner)
         inner_rows = n // inner  # m·2^j: a tile's R inner rows must divide it
         rows = min(first.rows, inner_rows & -inner_rows)
         first = dataclasses.replace(first, rows=rows, tiles=inner_rows // rows, tile_stride=rows * inner)
-        return (_Launch((first, second), group_stride=n),)
+        return (_Launch((first, outer), group_stride=n),)
+    (first,) = _plan(1, inner, inner)
     return (
-        _Launch((first,), group_stride=first.tile_stride),
-        _Launch((dataclasses.replace(second, tiles=1),), group_stride=n,
-                programs_per_group=second.tiles, program_stride=second.tile_stride),
+        first,
+        _Launch((dataclasses.replace(outer, tiles=1),), group_stride=n,
+                programs_per_group=outer.tiles, program_stride=outer.tile_stride),
     )
 
 
