@@ -315,7 +315,8 @@ def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, m: int, p: in
                 launch.programs_per_group, launch.group_stride, launch.program_stride,
                 *first_args, *second_args)
         meta = {"T1": phases[0].tiles, "T2": phases[1].tiles if len(phases) > 1 else 0}
-        meta |= {k + "1": v for k, v in zip(_META, first_meta)} | {k + "2": v for k, v in zip(_META, second_meta)}
+        meta |= {k + "1": v for k, v in zip(_META, first_meta, strict=True)}
+        meta |= {k + "2": v for k, v in zip(_META, second_meta, strict=True)}
         volume = max(ph.rows * ph.a.padded * ph.b.padded * ph.c.padded for ph in phases)
         meta |= {"MODE": _MODE[x.dtype], "num_warps": min(16, max(4, volume // 512))}
         calls.append((grid, args, meta))
