@@ -19,7 +19,7 @@ import torch
 
 import fastspec
 from fastspec import _timing
-from fastspec.reference.fwht import fwht_reference
+from fastspec.reference.fwht import fwht_dense, fwht_reference
 
 from harness import Case, Harness  # bench/harness.py
 
@@ -51,12 +51,6 @@ def butterfly(x: torch.Tensor, scale: float) -> torch.Tensor:
         torch.sub(a[:, :, 0], a[:, :, 1], out=d[:, :, 1])
         src = dst
     return (src * scale).to(x.dtype).reshape(x.shape)
-
-
-@functools.lru_cache(maxsize=2)
-def dense_hadamard(n: int, dtype: torch.dtype, device: torch.device, scale: float) -> torch.Tensor:
-    """H_n * scale in ``dtype`` on ``device`` (for the matmul baseline)."""
-    return fastspec.hadamard_matrix(n, device=device).mul(scale).to(dtype)
 
 
 def check(inputs: tuple, out: torch.Tensor) -> float:
@@ -112,7 +106,7 @@ def make_case(n: int, dtype: torch.dtype, rows: int, device: torch.device) -> Ca
     scale = n**-0.5
     baselines = {}
     if n <= (MATMUL_MAX_N_GPU if device.type == "cuda" else MATMUL_MAX_N_CPU):
-        baselines["matmul"] = lambda x: x @ dense_hadamard(n, dtype, device, scale)
+        baselines["matmul"] = functools.partial(fwht_dense, scale=scale)
     if n & (n - 1) == 0:
         baselines["butterfly"] = functools.partial(butterfly, scale=scale)
         dao = fast_hadamard_transform()

@@ -17,7 +17,7 @@ import torch
 
 import fastspec
 from fastspec import _timing
-from fastspec.reference.fwht import fwht_reference
+from fastspec.reference.fwht import fwht_dense, fwht_reference
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -45,12 +45,7 @@ def _fwht_baseline(device):
     """CPU: the dense matmul x @ (H * scale). CUDA: torch.clone of x (the copy floor)."""
     if device.type == "cuda":
         return "clone", torch.clone
-    return "matmul", lambda x: x @ _dense_hadamard(x.shape[-1], x.dtype, x.device)
-
-
-@functools.lru_cache(maxsize=8)
-def _dense_hadamard(n, dtype, device):
-    return fastspec.hadamard_matrix(n, dtype=torch.float64, device=device).mul(n**-0.5).to(dtype)
+    return "matmul", lambda x: fwht_dense(x, x.shape[-1] ** -0.5)
 
 
 FAMILIES = [

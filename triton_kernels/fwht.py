@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastspec.hadamard import hadamard_block, sylvester
+from fastspec.hadamard import hadamard_matrix
 
 MAX_FUSED_N = 2**13
 """Rows up to this length are one tile. A program holds its whole tile in registers
@@ -144,8 +144,9 @@ def fwht_kernel(
 
 
 # ----------------------------------------------------------------------------- planning
-# A factor is ("h", 2) for one Sylvester bit or ("h", m) for a base block; factor lists
-# run from the least significant up.
+# A factor is 2 for one Sylvester bit or m for a base block; factor lists run from the
+# least significant up, so an axis (a run of them) is H_(its size): a base block only
+# ever stands at the top of a run.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,7 +160,7 @@ class _Axis:
 
     @property
     def true(self) -> int:
-        return math.prod(size for _, size in self.factors)
+        return math.prod(self.factors)
 
     @property
     def padded(self) -> int:
@@ -224,7 +225,7 @@ def _rows_per_program(a: _Axis, b: _Axis, c: _Axis) -> int:
 
 
 def _factors(m: int, bits: int) -> tuple:
-    return (("h", 2),) * bits + ((("h", m),) if m > 1 else ())
+    return (2,) * bits + ((m,) if m > 1 else ())
 
 
 def _contiguous(m: int, p: int) -> _Phase:
@@ -278,22 +279,17 @@ _MODE = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2
 
 
 @functools.lru_cache(maxsize=256)
-def _axis_matrix(axis: _Axis, left: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The padded (S, S) matrix of an axis: Kronecker product of its factors, most
-    significant first; transposed when it multiplies from the left."""
-    mat = torch.ones(1, 1, dtype=torch.float64)
-    for _, size in reversed(axis.factors if axis.applied else ()):
-        mat = torch.kron(mat, sylvester(2) if size == 2 else hadamard_block(size))
-    if left:
-        mat = mat.T
+def _axis_matrix(axis: _Axis, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (S, S) matrix of an axis: H of its size, zero-padded. Symmetric, so the same
+    matrix serves the stages that multiply from the left."""
     padded = torch.zeros(axis.padded, axis.padded, dtype=torch.float64)
-    padded[: axis.true, : axis.true] = mat
-    return padded.to(dtype=dtype, device=device).contiguous()
+    padded[: axis.true, : axis.true] = hadamard_matrix(axis.true)
+    return padded.to(dtype=dtype, device=device)
 
 
 def _phase_args(phase: _Phase, dtype: torch.dtype, device: torch.device):
     a, b, c = phase.a, phase.b, phase.c
-    mats = [_axis_matrix(ax, left, _DOT_DTYPE[dtype], device) for ax, left in ((a, True), (b, True), (c, False))]
+    mats = [_axis_matrix(ax, _DOT_DTYPE[dtype], device) for ax in (a, b, c)]
     args = (*mats, phase.row_stride, a.stride, b.stride, c.stride, phase.tile_stride)
     meta = (phase.rows, a.true, b.true, c.true, a.padded, b.padded, c.padded, a.applied, b.applied, c.applied)
     return args, meta

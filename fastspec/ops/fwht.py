@@ -13,7 +13,7 @@ import numbers
 import torch
 
 from fastspec import _backend
-from fastspec.hadamard import MAX_N, check_size, hadamard_block, sylvester
+from fastspec.hadamard import MAX_N, check_size, hadamard_matrix
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CUDA_MAX_N = 2**15
@@ -32,8 +32,7 @@ AUTO_CUDA = ((MAX_N, ("triton", "torch")),)
 
 @functools.lru_cache(maxsize=128)
 def _factor(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    block = sylvester(size) if size & (size - 1) == 0 else hadamard_block(size)
-    return block.to(dtype=dtype, device=device)
+    return hadamard_matrix(size, dtype=dtype, device=device)
 
 
 def _torch_factors(m: int, p: int) -> list[int]:
