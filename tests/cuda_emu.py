@@ -1,0 +1,72 @@
+"""Build CUDA C++ sources from csrc/ for the CPU, to run their kernels in tests without a GPU.
+
+The sources are compiled unchanged by the host C++ compiler against the small runtime in
+tests/cuda_emu_include/ (one OS thread per CUDA thread, see cuda_emu.h); the only rewrite
+is the launch syntax `kernel<<<grid, block, smem, stream>>>(args);`. Misaligned vector
+accesses, which fault on a GPU, are caught by UBSan's alignment check.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+INCLUDE = os.path.join(ROOT, "tests", "cuda_emu_include")
+_LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;{}]*?>)?)\s*<<<([^;]*?)>>>\s*\(([^;]*)\)\s*;")
+FLAGS = ["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off",
+         "-fsanitize=alignment", "-Wall", "-Wno-unknown-pragmas"]
+
+
+def rewrite_launches(source: str) -> str:
+    """`k<<<g, b, s, st>>>(a);` -> `cuda_emu::launch(g, b, s, st, [&] { k(a); });`"""
+    def launch(m):
+        config = [c.strip() for c in m.group(2).split(",")]
+        config += ["0", "nullptr"][len(config) - 2:]
+        return f"cuda_emu::launch({', '.join(config)}, [&] {{ {m.group(1)}({m.group(3)}); }});"
+    out, count = _LAUNCH.subn(launch, source)
+    assert count or "<<<" not in source, "a launch the rewrite does not understand"
+    return out
+
+
+def unavailable_reason() -> str | None:
+    """Why kernels cannot be built here (None if they can)."""
+    if shutil.which("g++") is None:
+        return "no g++"
+    probe = "_Float16 h = 1.0f; int main() { return static_cast<int>(h) - 1; }\n"
+    done = subprocess.run(["g++", "-x", "c++", "-std=c++20", "-fsyntax-only", "-"], input=probe, capture_output=True, text=True)
+    return None if done.returncode == 0 else "g++ without _Float16"
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def build(cu_files: list[str], entry: str, cache_dir: str) -> ctypes.CDLL:
+    """Compile `cu_files` (paths under csrc/) plus `entry` (C++ with extern "C" functions)
+    into a shared library in cache_dir and load it."""
+    sources = {os.path.basename(f): rewrite_launches(_read(f)) for f in cu_files}
+    sources["entry.cpp"] = entry
+    includes = sorted({os.path.dirname(os.path.abspath(f)) for f in cu_files} | {INCLUDE, os.path.join(ROOT, "csrc")})
+    key = hashlib.sha256(repr(sorted(sources.items())).encode())
+    for d in includes:  # the headers too: rebuild when they change
+        for name in sorted(n for n in os.listdir(d) if n.endswith(".h")):
+            key.update(_read(os.path.join(d, name)).encode())
+    lib = os.path.join(cache_dir, f"emu-{key.hexdigest()[:16]}.so")
+    if not os.path.exists(lib):
+        with tempfile.TemporaryDirectory() as tmp:
+            paths = []
+            for name, text in sources.items():
+                paths.append(os.path.join(tmp, os.path.splitext(name)[0] + ".cpp"))
+                with open(paths[-1], "w") as f:
+                    f.write(text)
+            cmd = ["g++", *FLAGS, *(f"-I{d}" for d in includes), *paths, "-o", lib + ".tmp"]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            assert done.returncode == 0, done.stderr[-6000:]
+            os.replace(lib + ".tmp", lib)
+    return ctypes.CDLL(lib)

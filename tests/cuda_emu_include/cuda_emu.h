@@ -1,0 +1,184 @@
+// CUDA kernels on the CPU, for tests without a GPU (see tests/cuda_emu.py).
+//
+// Every thread of a block is an OS thread running the kernel body; blocks run one after
+// another, so `__shared__` variables become function statics. __syncthreads is a barrier
+// over the block, __shfl_xor_sync exchanges through a per-warp buffer between two warp
+// barriers. The device types the kernels use (dim3, uint4/float4/float2, __half,
+// __nv_bfloat16 with round-to-nearest-even conversions) are plain host types. Float
+// arithmetic is IEEE single precision as on the GPU (compile with -ffp-contract=off).
+// Limits: a missing __syncthreads shows only when the OS happens to interleave the threads
+// badly; a barrier not all threads reach aborts after a timeout ("deadlock"); no implicit
+// warp-synchronous execution, no subnormal flush (--use_fast_math), 1-D launches only.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+// ------------------------------------------------------------------ keywords
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+
+// ------------------------------------------------------------------ runtime types
+
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+struct CUstream_st;
+using cudaStream_t = CUstream_st*;
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+inline thread_local dim3 threadIdx, blockIdx;
+inline dim3 gridDim, blockDim;
+
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(8) float2 { float x, y; };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
+inline float2 make_float2(float x, float y) { return {x, y}; }
+
+// ------------------------------------------------------------------ half types
+
+struct __half { uint16_t bits; };
+struct __nv_bfloat16 { uint16_t bits; };
+
+inline float __half2float(__half h) {
+  _Float16 f;
+  std::memcpy(&f, &h.bits, 2);
+  return static_cast<float>(f);
+}
+inline __half __float2half_rn(float v) {
+  const _Float16 f = static_cast<_Float16>(v);  // IEEE conversion: nearest even
+  __half h;
+  std::memcpy(&h.bits, &f, 2);
+  return h;
+}
+inline float __bfloat162float(__nv_bfloat16 b) {
+  const uint32_t u = uint32_t{b.bits} << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline __nv_bfloat16 __float2bfloat16_rn(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return {static_cast<uint16_t>((u >> 16) | 0x40u)};  // quiet NaN
+  u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
+// ------------------------------------------------------------------ execution
+
+namespace cuda_emu {
+
+// A reusable barrier that reports a deadlock (a barrier some threads never reach).
+class Barrier {
+ public:
+  explicit Barrier(unsigned count) : count_(count) {}
+  void wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const unsigned long long gen = generation_;
+    if (++arrived_ == count_) {
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+      return;
+    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return generation_ != gen; })) {
+      std::fprintf(stderr, "cuda_emu: deadlock, %u of %u threads reached a barrier\n", arrived_, count_);
+      std::abort();
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  unsigned count_, arrived_ = 0;
+  unsigned long long generation_ = 0;
+};
+
+struct Block {
+  explicit Block(unsigned threads) : sync(threads), lanes((threads + 31) / 32) {
+    for (unsigned w = 0; w * 32 < threads; ++w) warps.emplace_back(std::make_unique<Barrier>(std::min(32u, threads - 32 * w)));
+  }
+  Barrier sync;
+  std::vector<std::unique_ptr<Barrier>> warps;
+  std::vector<std::array<uint64_t, 32>> lanes;
+};
+
+inline Block* current = nullptr;
+inline cudaError_t last_error = cudaSuccess;
+inline std::mutex launch_mutex;
+
+// kernel<<<grid, block, smem, stream>>>(args) is rewritten to launch(grid, block, smem, stream, [&] { kernel(args); }).
+template <class Body>
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, Body&& body) {
+  const unsigned long long threads = 1ull * block.x * block.y * block.z;
+  if (block.y != 1 || block.z != 1 || grid.y != 1 || grid.z != 1 || threads == 0 || threads > 1024 ||
+      grid.x == 0 || dynamic_smem != 0) {
+    last_error = cudaErrorInvalidConfiguration;  // or not emulated: 1-D launches, static shared memory
+    return;
+  }
+  std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
+  Block b(static_cast<unsigned>(threads));
+  current = &b;
+  gridDim = grid;
+  blockDim = block;
+  std::vector<std::thread> pool;
+  for (unsigned t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      threadIdx = dim3(t);
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        blockIdx = dim3(bx);
+        body();
+        b.sync.wait();  // the next block reuses the shared memory
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  current = nullptr;
+}
+
+}  // namespace cuda_emu
+
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = cuda_emu::last_error;
+  cuda_emu::last_error = cudaSuccess;
+  return e;
+}
+
+inline void __syncthreads() { cuda_emu::current->sync.wait(); }
+
+template <class T>
+T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
+  static_assert(sizeof(T) <= 8, "one register");
+  const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
+  if (mask != 0xffffffffu || width != 32) {
+    std::fprintf(stderr, "cuda_emu: only full-warp shuffles are emulated\n");
+    std::abort();
+  }
+  cuda_emu::Block& b = *cuda_emu::current;
+  std::memcpy(&b.lanes[warp][lane], &value, sizeof(T));
+  b.warps[warp]->wait();
+  T other;
+  std::memcpy(&other, &b.lanes[warp][lane ^ static_cast<unsigned>(lane_mask)], sizeof(T));
+  b.warps[warp]->wait();
+  return other;
+}

@@ -1,0 +1,109 @@
+"""The CUDA FWHT kernel (csrc/fwht/fwht.cu, unchanged) run on the CPU.
+
+tests/cuda_emu.py builds the source with the host compiler against a small CUDA runtime
+that runs every CUDA thread as an OS thread, so the launcher and every kernel instance
+(each n = 2^0..2^15, float32/float16/bfloat16, 16-byte and element-wise access) are
+checked without a GPU: results against the float64 reference, no writes outside the
+output, no misaligned vector access (UBSan), and the argument checks of fwht_launch.
+On a GPU, tests/test_fwht.py runs the same kernel for real through fastspec._C.
+"""
+import ctypes
+import os
+
+import pytest
+import torch
+
+import cuda_emu
+from conftest import assert_close_to_reference, random_input
+from fastspec.reference.fwht import fwht_reference
+
+CU = os.path.join(cuda_emu.ROOT, "csrc", "fwht", "fwht.cu")
+ENTRY = """
+#include "fwht/fwht.h"
+extern "C" int fwht_emulated(const void* x, void* out, int64_t rows, int log2n, float scale, int dtype) {
+  return static_cast<int>(fastspec::fwht_launch(x, out, rows, log2n, scale, static_cast<fastspec::DType>(dtype), nullptr));
+}
+"""
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # fastspec::DType
+SUCCESS, INVALID_VALUE = 0, 1  # cudaError_t
+GUARD = 8  # elements around each output, to catch stray writes
+pytestmark = pytest.mark.skipif(cuda_emu.unavailable_reason() is not None, reason=f"{cuda_emu.unavailable_reason()}")
+
+
+@pytest.fixture(scope="module")
+def fwht_launch(request, tmp_path_factory):
+    """fwht_launch(x, out, rows, log2n, scale, dtype_code) -> cudaError_t, on tensor pointers."""
+    cache = request.config.cache
+    cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
+    fn = cuda_emu.build([CU], ENTRY, cache_dir).fwht_emulated
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
+    return fn
+
+
+def _guarded(shape, dtype, offset=0):
+    """An uninitialised-looking (all 7.0) tensor inside a buffer with GUARD elements on both
+    sides; `offset` extra elements shift it off 16-byte alignment."""
+    numel = shape[0] * shape[1]
+    buf = torch.full((numel + 2 * GUARD + offset,), 7.0, dtype=dtype)
+    return buf, buf[GUARD + offset: GUARD + offset + numel].view(shape)
+
+
+def _run(fwht_launch, x, out, scale, capfd, log2n=None):
+    rows, n = x.shape
+    rc = fwht_launch(x.data_ptr(), out.data_ptr(), rows, n.bit_length() - 1 if log2n is None else log2n, scale, DTYPE_CODE[x.dtype])
+    assert "runtime error" not in capfd.readouterr().err, "UBSan: misaligned access"
+    return rc
+
+
+def _rows(log2n, dtype):
+    """Rows for several blocks plus a partial tile (and, for n below a 16-byte vector, a
+    partial vector): a tile holds 2^11 float32 or 2^12 half elements when rows are packed."""
+    tile = 2**11 if dtype == torch.float32 else 2**12
+    return 3 if 2**log2n >= tile else 2 * tile // 2**log2n + 3
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODE), ids=str)
+@pytest.mark.parametrize(
+    "log2n, aligned",
+    [(k, True) for k in range(16)] + [(k, False) for k in (0, 2, 5, 9, 12, 15)],  # element-wise path: a sample
+    ids=lambda v: ("vec16" if v else "unaligned") if isinstance(v, bool) else f"2^{v}",
+)
+def test_kernel_matches_reference(fwht_launch, capfd, dtype, log2n, aligned):
+    rows, scale = _rows(log2n, dtype), 0.5
+    x = random_input((rows, 2**log2n), dtype, device="cpu")
+    buf, out = _guarded(x.shape, dtype, offset=0 if aligned else 1)
+    assert _run(fwht_launch, x, out, scale, capfd) == SUCCESS
+    assert_close_to_reference(out, fwht_reference(x.double(), scale))
+    guards = torch.cat([buf[:GUARD + (0 if aligned else 1)], buf[GUARD + (0 if aligned else 1) + out.numel():]])
+    assert (guards == 7.0).all(), "wrote outside the output"
+
+
+@pytest.mark.parametrize("dtype", list(DTYPE_CODE), ids=str)
+@pytest.mark.parametrize("log2n", [3, 10, 14])
+def test_in_place(fwht_launch, capfd, dtype, log2n):
+    x = random_input((5, 2**log2n), dtype, device="cpu")
+    ref = fwht_reference(x.double(), 1.0)
+    assert _run(fwht_launch, x, x, 1.0, capfd) == SUCCESS
+    assert_close_to_reference(x, ref)
+
+
+@pytest.mark.parametrize("log2n", [4, 11, 15])
+def test_nan_and_inf_stay_in_their_row(fwht_launch, capfd, log2n):
+    x = random_input((3, 2**log2n), torch.float32, device="cpu")
+    x[0, 3], x[2, -1] = float("inf"), float("nan")
+    out = torch.empty_like(x)
+    assert _run(fwht_launch, x, out, 1.0, capfd) == SUCCESS
+    assert out[0].isinf().all() and out[1].isfinite().all() and out[2].isnan().all()
+
+
+def test_launcher_rejects_what_it_cannot_handle(fwht_launch, capfd):
+    x = random_input((4, 64), torch.float32, device="cpu")
+    out = torch.full_like(x, 7.0)
+    assert _run(fwht_launch, x, out, 1.0, capfd, log2n=16) == INVALID_VALUE
+    assert fwht_launch(x.data_ptr(), out.data_ptr(), -1, 6, 1.0, 0) == INVALID_VALUE
+    assert fwht_launch(x.data_ptr(), out.data_ptr(), 4, 6, 1.0, 3) == INVALID_VALUE  # no such dtype
+    assert fwht_launch(None, out.data_ptr(), 4, 6, 1.0, 0) == INVALID_VALUE
+    assert fwht_launch(x.data_ptr() + 2, out.data_ptr(), 4, 6, 1.0, 0) == INVALID_VALUE  # not element-aligned
+    assert fwht_launch(x.data_ptr(), x.data_ptr() + 4, 4, 6, 1.0, 0) == INVALID_VALUE  # partial overlap
+    assert fwht_launch(x.data_ptr(), out.data_ptr(), 0, 6, 1.0, 0) == SUCCESS  # nothing to do
+    assert (out == 7.0).all(), "a rejected call wrote"

@@ -1,0 +1,64 @@
+"""Compile the CUDA FWHT kernel (csrc/fwht/fwht.cu) for sm_90a without a GPU and check what
+only the machine code shows, for every instance (n = 2^0..2^15 x three dtypes x 16-byte
+or element-wise access): no registers spilled (no stack, no local memory), static shared
+memory within the 48 KiB a block gets without opt-in, and 16-byte global loads and stores
+(LDG.E.128 / STG.E.128) in the instances that take the vectorized path.
+What the kernel computes is checked by tests/test_fwht_cuda_on_cpu.py.
+"""
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+import triton
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")  # cuobjdump ships with Triton
+STATIC_SHARED_LIMIT = 48 * 1024
+_INSTANCE = re.compile(r"fwht_kernelI(\w+?)Li(\d+)ELb([01])E")
+_DTYPE = {"f": "float32", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
+
+
+@pytest.fixture(scope="module")
+def cubin(tmp_path_factory):
+    if shutil.which("nvcc") is None or not os.path.exists(os.path.join(BIN, "cuobjdump")):
+        pytest.skip("needs nvcc and cuobjdump")
+    path = str(tmp_path_factory.mktemp("sm90") / "fwht.cubin")
+    cmd = ["nvcc", "-std=c++17", "-O3", f"-I{ROOT}/csrc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin",
+           os.path.join(ROOT, "csrc", "fwht", "fwht.cu"), "-o", path]
+    subprocess.run(cmd, check=True, capture_output=True)
+    return path
+
+
+def _per_instance(text: str, header: str) -> dict:
+    """Split cuobjdump output into {(dtype, log2n, vectorized): section text}."""
+    sections = re.split(rf"^\s*{header}\s*:?\s*", text, flags=re.MULTILINE)[1:]
+    out = {}
+    for section in sections:
+        m = _INSTANCE.search(section.split("\n", 1)[0])
+        out[(_DTYPE[m.group(1)], int(m.group(2)), m.group(3) == "1")] = section
+    return out
+
+
+def _cuobjdump(flag: str, cubin: str) -> str:
+    return subprocess.run([os.path.join(BIN, "cuobjdump"), flag, cubin], check=True, capture_output=True, text=True).stdout
+
+
+def test_every_instance_is_compiled(cubin):
+    instances = _per_instance(_cuobjdump("-res-usage", cubin), "Function")
+    expected = {(d, n, v) for d in _DTYPE.values() for n in range(16) for v in (True, False)}
+    assert set(instances) == expected
+
+
+def test_no_spills_and_static_shared_memory_fits(cubin):
+    for instance, usage in _per_instance(_cuobjdump("-res-usage", cubin), "Function").items():
+        fields = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage.split("\n", 1)[1])}
+        assert fields["STACK"] == 0 and fields["LOCAL"] == 0, f"{instance}: registers spill ({fields})"
+        assert fields["SHARED"] <= STATIC_SHARED_LIMIT, f"{instance}: {fields['SHARED']} bytes of shared memory"
+
+
+def test_vectorized_instances_move_16_bytes_per_access(cubin):
+    for (dtype, log2n, vectorized), sass in _per_instance(_cuobjdump("-sass", cubin), "Function").items():
+        if vectorized:
+            assert "LDG.E.128" in sass and "STG.E.128" in sass, f"{dtype} n=2^{log2n}: no 16-byte global access"
