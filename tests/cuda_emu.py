@@ -1,8 +1,8 @@
 """Build CUDA C++ sources from csrc/ for the CPU, to run their kernels in tests without a GPU.
 
 The sources are compiled unchanged by the host C++ compiler against the small runtime in
-tests/cuda_emu_include/ (one OS thread per CUDA thread, see cuda_emu.h); the only rewrite
-is the launch syntax `kernel<<<grid, block, smem, stream>>>(args);`. Misaligned vector
+tests/cuda_emu_include/ (one OS thread per CUDA thread, see cuda_emu.h); the only rewrites
+are the launch syntax and `extern __shared__` arrays (rewrite_for_host). Misaligned vector
 accesses, which fault on a GPU, are caught by UBSan's alignment check.
 """
 from __future__ import annotations
@@ -18,19 +18,23 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INCLUDE = os.path.join(ROOT, "tests", "cuda_emu_include")
 _LAUNCH = re.compile(r"([A-Za-z_][\w:]*(?:<[^;{}]*?>)?)\s*<<<([^;]*?)>>>\s*\(([^;]*)\)\s*;")
+_DYNAMIC_SHARED = re.compile(r"extern\s+__shared__\s+(__align__\(\d+\)\s+)?([\w:]+)\s+(\w+)\s*\[\s*\]\s*;")
 FLAGS = ["-std=c++20", "-O1", "-fPIC", "-shared", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off",
          "-fsanitize=alignment", "-Wall", "-Wno-unknown-pragmas"]
 
 
-def rewrite_launches(source: str) -> str:
-    """`k<<<g, b, s, st>>>(a);` -> `cuda_emu::launch(g, b, s, st, [&] { k(a); });`"""
+def rewrite_for_host(source: str) -> str:
+    """The two constructs that are not C++: `k<<<g, b, s, st>>>(a);` becomes
+    `cuda_emu::launch(g, b, s, st, &k, [&] { k(a); });` and `extern __shared__ T name[];`
+    becomes a pointer to the launch's dynamic shared memory."""
     def launch(m):
         config = [c.strip() for c in m.group(2).split(",")]
         config += ["0", "nullptr"][len(config) - 2:]
-        return f"cuda_emu::launch({', '.join(config)}, [&] {{ {m.group(1)}({m.group(3)}); }});"
+        kernel = f"reinterpret_cast<const void*>(&{m.group(1)})"
+        return f"cuda_emu::launch({', '.join(config)}, {kernel}, [&] {{ {m.group(1)}({m.group(3)}); }});"
     out, count = _LAUNCH.subn(launch, source)
     assert count or "<<<" not in source, "a launch the rewrite does not understand"
-    return out
+    return _DYNAMIC_SHARED.sub(r"\2* \3 = reinterpret_cast<\2*>(cuda_emu::dynamic_shared());", out)
 
 
 def unavailable_reason() -> str | None:
@@ -50,7 +54,7 @@ def _read(path: str) -> str:
 def build(cu_files: list[str], entry: str, cache_dir: str) -> ctypes.CDLL:
     """Compile `cu_files` (paths under csrc/) plus `entry` (C++ with extern "C" functions)
     into a shared library in cache_dir and load it."""
-    sources = {os.path.basename(f): rewrite_launches(_read(f)) for f in cu_files}
+    sources = {os.path.basename(f): rewrite_for_host(_read(f)) for f in cu_files}
     sources["entry.cpp"] = entry
     includes = sorted({os.path.dirname(os.path.abspath(f)) for f in cu_files} | {INCLUDE, os.path.join(ROOT, "csrc")})
     key = hashlib.sha256(repr(sorted(sources.items())).encode())

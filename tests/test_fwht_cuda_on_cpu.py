@@ -60,16 +60,18 @@ def _run(fwht_launch, x, out, scale, capfd, log2n=None):
 
 def _rows(log2n, dtype):
     """Rows for several blocks plus a partial tile (and, for n below a 16-byte vector, a
-    partial vector): a tile holds 2^11 float32 or 2^12 half elements when rows are packed."""
+    partial vector): a tile holds 2^11 float32 or 2^12 half elements when rows are packed.
+    Rows of 2^11 and more are a tile each, and the emulated device runs two persistent
+    blocks: five rows make each block prefetch and transform more than one."""
     tile = 2**11 if dtype == torch.float32 else 2**12
-    return 3 if 2**log2n >= tile else 2 * tile // 2**log2n + 3
+    return 5 if 2**log2n >= 2**11 else 2 * tile // 2**log2n + 3
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODE), ids=str)
 @pytest.mark.parametrize(
     "log2n, aligned",
     [(k, True) for k in range(16)] + [(k, False) for k in (0, 2, 5, 9, 12, 15)],  # element-wise path: a sample
-    ids=lambda v: ("vec16" if v else "unaligned") if isinstance(v, bool) else f"2^{v}",
+    ids=lambda v: ("vec16" if v else "unaligned") if isinstance(v, bool) else f"n{2**v}",
 )
 def test_kernel_matches_reference(fwht_launch, capfd, dtype, log2n, aligned):
     rows, scale = _rows(log2n, dtype), 0.5

@@ -1,8 +1,9 @@
 """Compile the CUDA FWHT kernel (csrc/fwht/fwht.cu) for sm_90a without a GPU and check what
 only the machine code shows, for every instance (n = 2^0..2^15 x three dtypes x 16-byte
 or element-wise access): no registers spilled (no stack, no local memory), static shared
-memory within the 48 KiB a block gets without opt-in, and 16-byte global loads and stores
-(LDG.E.128 / STG.E.128) in the instances that take the vectorized path.
+memory within the 48 KiB a block gets without opt-in (the prefetch stage of long rows is
+dynamic shared memory, sized by a static_assert in the source), and 16-byte global loads
+and stores in the instances that take the vectorized path.
 What the kernel computes is checked by tests/test_fwht_cuda_on_cpu.py.
 """
 import os
@@ -63,6 +64,9 @@ def test_no_spills_and_static_shared_memory_fits(cubin):
 
 
 def test_vectorized_instances_move_16_bytes_per_access(cubin):
+    """Rows of 2^11 and more load with 16-byte asynchronous copies into shared memory
+    (LDGSTS, cp.async bypassing L1), shorter rows with 16-byte loads into registers."""
     for (dtype, log2n, vectorized), sass in _per_instance(_cuobjdump("-sass", cubin), "Function").items():
         if vectorized:
-            assert "LDG.E.128" in sass and "STG.E.128" in sass, f"{dtype} n=2^{log2n}: no 16-byte global access"
+            load = "LDGSTS.E.BYPASS.128" if log2n >= 11 else "LDG.E.128"
+            assert load in sass and "STG.E.128" in sass, f"{dtype} n=2^{log2n}: no 16-byte {load} and STG.E.128"

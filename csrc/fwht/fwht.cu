@@ -49,12 +49,19 @@
 //          both the write and the read of a warp touch 32 consecutive units: no bank
 //          conflicts. Pieces: 1 for n <= 8192, 2 for n = 16384, 4 for n = 32768.
 //
+// In the large regime a block holds one row in registers (up to 255 registers a thread at
+// n = 2^15 half), so one or two blocks fit on an SM and nothing would overlap a block's
+// loads with its arithmetic. So there the grid is persistent (the blocks resident at once)
+// and each block copies its next row into shared memory with cp.async while it transforms
+// the current one; each thread copies exactly the vectors it will read back (layout 1),
+// so it waits for its own copies only. Up to 64 KiB (half) or 128 KiB (float32) of stage.
+//
 // Per thread the data is 2^(lv+lc) floats in registers (16..128). Arithmetic is float32;
 // half/bfloat16 are converted on load and rounded (nearest even) on store; scale is applied
 // once, after the last butterfly. Every element is read once and written once.
 //
 // Loads/stores: 16-byte vectors when x and out are both 16-byte aligned, else one element at
-// a time (same layout). The tail vector (rows * n not a multiple of the vector, only when
+// a time (same layout, no prefetch). The tail vector (rows * n not a multiple of the vector, only when
 // n < 2^lv) and vectors past the end are handled element by element; out-of-range lanes
 // carry zeros, which never mix with valid rows because butterflies stay inside a row.
 // ---------------------------------------------------------------------------------
@@ -63,8 +70,10 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_pipeline_primitives.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
 #include <cstdint>
 
 namespace fastspec {
@@ -93,24 +102,31 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { re
 template <typename T>
 constexpr int kLogVec = sizeof(T) == 4 ? 2 : 3;
 
+// The kVec elements of one 16-byte vector, as floats.
+template <typename T, int kVec>
+__device__ __forceinline__ void unpack(const uint4& raw, float (&v)[kVec]) {
+  static_assert(kVec * sizeof(T) == 16, "a vector is 16 bytes");
+  alignas(16) T elems[kVec];
+  *reinterpret_cast<uint4*>(elems) = raw;
+#pragma unroll
+  for (int i = 0; i < kVec; ++i) v[i] = to_float(elems[i]);
+}
+
 // One vector of kVec elements starting at flat element e (e is a multiple of kVec).
 template <typename T, int kVec, bool kVecIO>
 __device__ __forceinline__ void load_vector(const T* x, int64_t e, int64_t total, float (&v)[kVec]) {
-  static_assert(kVec * sizeof(T) == 16, "a vector is 16 bytes");
   if (kVecIO && e + kVec <= total) {
-    alignas(16) T elems[kVec];
-    *reinterpret_cast<uint4*>(elems) = *reinterpret_cast<const uint4*>(x + e);
-#pragma unroll
-    for (int i = 0; i < kVec; ++i) v[i] = to_float(elems[i]);
+    unpack<T>(*reinterpret_cast<const uint4*>(x + e), v);
   } else {
 #pragma unroll
     for (int i = 0; i < kVec; ++i) v[i] = (e + i < total) ? to_float(x[e + i]) : 0.0f;
   }
 }
 
-template <typename T, int kVec, bool kVecIO>
+// kInBounds: the caller knows the vector lies inside the array (whole tiles).
+template <typename T, int kVec, bool kVecIO, bool kInBounds>
 __device__ __forceinline__ void store_vector(T* out, int64_t e, int64_t total, const float (&v)[kVec]) {
-  if (kVecIO && e + kVec <= total) {
+  if (kVecIO && (kInBounds || e + kVec <= total)) {
     alignas(16) T elems[kVec];
 #pragma unroll
     for (int i = 0; i < kVec; ++i) elems[i] = from_float<T>(v[i]);
@@ -184,6 +200,10 @@ struct Traits {
   static constexpr int kLogTile = kLv + 5 + kLw + kLc + kLwi;
   static constexpr int kLogPiece = kCfg.la + kCfg.lu + 5 + 2 * kLw + kCfg.lh;
   static constexpr int kSmemFloats = kLw > 0 ? (1 << kLogPiece) : 1;
+  // One row per block (lw > 0): few blocks fit on an SM, so the block is persistent and
+  // copies its next row into shared memory (cp.async) while it transforms this one.
+  static constexpr bool kPrefetch = kLw > 0;
+  static constexpr int kStageBytes = kPrefetch ? int{sizeof(T)} << kLog2N : 0;
 
   static_assert(kLog2N >= 0 && kLog2N <= kFwhtMaxLog2N, "log2n out of range");
   static_assert(kLw == 0 ? kLog2N <= kLv + 5 + kLc : (kLwi == 0 && kLog2N == kLogTile),
@@ -191,6 +211,7 @@ struct Traits {
   static_assert(kLw <= kLc, "the transpose swaps the warp bits with low chunk bits");
   static_assert(kThreads <= 512, "block size");
   static_assert(kLw == 0 || kLogPiece <= fwht_detail::kLog2SmemFloats, "exchange buffer size");
+  static_assert(kStageBytes + 4 * kSmemFloats <= 227 * 1024, "shared memory of a block on sm_90");
   static_assert(kCfg.la >= 0 && kCfg.la <= 2 && kCfg.la + kCfg.lu <= kLv, "exchange unit");
 };
 
@@ -208,6 +229,17 @@ __device__ __forceinline__ void butterfly_regs(float* v, int bit) {
   }
 }
 
+// Start copying this thread's vectors of the tile at `base` (layout 1: chunk c at
+// off1 + c * kChunkStride) into its own slots of the stage, slot c * kThreads + thread.
+template <typename T, int kChunks, int kChunkStride, int kThreads>
+__device__ __forceinline__ void prefetch_tile(uint4* stage, const T* x, int64_t base, int off1) {
+#pragma unroll
+  for (int c = 0; c < kChunks; ++c) {
+    __pipeline_memcpy_async(&stage[c * kThreads + threadIdx.x], x + base + off1 + c * kChunkStride, 16);
+  }
+  __pipeline_commit();
+}
+
 template <typename T, int kLog2N, bool kVecIO>
 __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
     fwht_kernel(const T* x, T* out, int64_t total, int64_t num_tiles, float scale) {
@@ -222,6 +254,9 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
   constexpr int kChunkBits1 = kLog2N - kLv - 5 - kLw > 0 ? kLog2N - kLv - 5 - kLw : 0;
 
   __shared__ __align__(16) float smem[Tr::kSmemFloats];
+  extern __shared__ uint4 stage[];  // Tr::kStageBytes, used when kPrefetch
+  constexpr bool kPrefetch = Tr::kPrefetch && kVecIO;
+  constexpr int kChunkStride = 1 << (kLv + 5 + kLw);
 
   const int lane = static_cast<int>(threadIdx.x) & 31;
   const int warp = static_cast<int>(threadIdx.x) >> 5;
@@ -232,13 +267,30 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
 
   float v[kChunks][kVec];
 
+  if constexpr (kPrefetch) {
+    if (blockIdx.x < num_tiles) {
+      prefetch_tile<T, kChunks, kChunkStride, Tr::kThreads>(stage, x, int64_t{blockIdx.x} << Tr::kLogTile, off1);
+    }
+  }
+
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
     const int64_t base = tile << Tr::kLogTile;
 
     // ---- load (layout 1): all chunks first, so all loads are in flight together
+    if constexpr (kPrefetch) {
+      // A tile is a whole row here (no bounds to check). Each thread reads back only the
+      // slots it filled itself, so waiting for its own copies is enough; then it refills
+      // them with the next tile, which lands while this one is transformed.
+      __pipeline_wait_prior(0);
 #pragma unroll
-    for (int c = 0; c < kChunks; ++c) {
-      load_vector<T, kVec, kVecIO>(x, base + off1 + (c << (kLv + 5 + kLw)), total, v[c]);
+      for (int c = 0; c < kChunks; ++c) unpack<T>(stage[c * Tr::kThreads + threadIdx.x], v[c]);
+      const int64_t next = tile + gridDim.x;
+      if (next < num_tiles) prefetch_tile<T, kChunks, kChunkStride, Tr::kThreads>(stage, x, next << Tr::kLogTile, off1);
+    } else {
+#pragma unroll
+      for (int c = 0; c < kChunks; ++c) {
+        load_vector<T, kVec, kVecIO>(x, base + off1 + c * kChunkStride, total, v[c]);
+      }
     }
 
     // ---- vector bits: registers
@@ -248,18 +300,18 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
       for (int c = 0; c < kChunks; ++c) butterfly_regs<kVec>(v[c], b);
     }
 
-    // ---- lane bits: shuffles. The lane with the bit clear holds a, its partner b.
+    // ---- lane bits: shuffles. The lane with the bit clear holds a, its partner b:
+    // a + b = fma(1, a, b), a - b = fma(-1, b, a), one exact instruction either way.
 #pragma unroll
     for (int b = 0; b < kLaneBits; ++b) {
       const int m = 1 << b;
-      const bool upper = (lane & m) != 0;
+      const float sign = (lane & m) != 0 ? -1.0f : 1.0f;
 #pragma unroll
       for (int c = 0; c < kChunks; ++c) {
 #pragma unroll
         for (int i = 0; i < kVec; ++i) {
           const float mine = v[c][i];
-          const float other = __shfl_xor_sync(0xffffffffu, mine, m);
-          v[c][i] = upper ? (other - mine) : (mine + other);
+          v[c][i] = fmaf(sign, mine, __shfl_xor_sync(0xffffffffu, mine, m));
         }
       }
     }
@@ -334,7 +386,7 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
       } else {
         chunk_off = c << (kLv + 5);
       }
-      store_vector<T, kVec, kVecIO>(out, base + off_store + chunk_off, total, v[c]);
+      store_vector<T, kVec, kVecIO, kPrefetch>(out, base + off_store + chunk_off, total, v[c]);
     }
   }
 }
@@ -342,22 +394,46 @@ __global__ void __launch_bounds__(Traits<T, kLog2N>::kThreads)
 // ------------------------------------------------------------------ launcher
 
 constexpr int64_t kMaxGrid = int64_t{1} << 20;  // grid-stride beyond this many blocks
+constexpr int kMaxDevices = 64;                 // devices whose persistent grid is cached
 
-template <typename T, int kLog2N>
-cudaError_t launch_impl(const void* x, void* out, int64_t rows, float scale, bool vec_io,
-                        cudaStream_t stream) {
-  using Tr = Traits<T, kLog2N>;
-  const int64_t total = rows << kLog2N;
-  const int64_t tile = int64_t{1} << Tr::kLogTile;
-  const int64_t num_tiles = (total + tile - 1) >> Tr::kLogTile;
-  const unsigned grid = static_cast<unsigned>(num_tiles < kMaxGrid ? num_tiles : kMaxGrid);
-  const T* xp = static_cast<const T*>(x);
-  T* op = static_cast<T*>(out);
-  if (vec_io) {
-    fwht_kernel<T, kLog2N, true><<<grid, Tr::kThreads, 0, stream>>>(xp, op, total, num_tiles, scale);
-  } else {
-    fwht_kernel<T, kLog2N, false><<<grid, Tr::kThreads, 0, stream>>>(xp, op, total, num_tiles, scale);
+// The blocks of `kernel` resident on the current device at once with `smem` bytes of
+// dynamic shared memory (which it opts in to): the grid of a persistent kernel. Worked out
+// once per device and kernel; `cache` is that kernel's, zero for "not yet".
+template <typename Kernel>
+cudaError_t resident_blocks(Kernel kernel, int threads, int smem, std::atomic<int>* cache, int64_t* blocks) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  int known = device < kMaxDevices ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (known == 0) {
+    int sms = 0, per_sm = 0;
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem);
+    if (err != cudaSuccess) return err;
+    known = sms * (per_sm > 0 ? per_sm : 1);
+    if (device < kMaxDevices) cache[device].store(known, std::memory_order_relaxed);
   }
+  *blocks = known;
+  return cudaSuccess;
+}
+
+template <typename T, int kLog2N, bool kVecIO>
+cudaError_t launch_impl(const void* x, void* out, int64_t rows, float scale, cudaStream_t stream) {
+  using Tr = Traits<T, kLog2N>;
+  constexpr bool kPrefetch = Tr::kPrefetch && kVecIO;
+  const int64_t total = rows << kLog2N;
+  const int64_t num_tiles = (total + (int64_t{1} << Tr::kLogTile) - 1) >> Tr::kLogTile;
+  int64_t max_grid = kMaxGrid;
+  if constexpr (kPrefetch) {
+    static std::atomic<int> cache[kMaxDevices];
+    const cudaError_t err =
+        resident_blocks(fwht_kernel<T, kLog2N, kVecIO>, Tr::kThreads, Tr::kStageBytes, cache, &max_grid);
+    if (err != cudaSuccess) return err;
+  }
+  const unsigned grid = static_cast<unsigned>(num_tiles < max_grid ? num_tiles : max_grid);
+  fwht_kernel<T, kLog2N, kVecIO><<<grid, Tr::kThreads, kPrefetch ? Tr::kStageBytes : 0, stream>>>(
+      static_cast<const T*>(x), static_cast<T*>(out), total, num_tiles, scale);
   return cudaGetLastError();
 }
 
@@ -365,9 +441,10 @@ template <typename T>
 cudaError_t launch_dtype(const void* x, void* out, int64_t rows, int log2n, float scale, bool vec_io,
                          cudaStream_t stream) {
   switch (log2n) {
-#define FASTSPEC_FWHT_CASE(L) \
-  case L:                     \
-    return launch_impl<T, L>(x, out, rows, scale, vec_io, stream);
+#define FASTSPEC_FWHT_CASE(L)                                            \
+  case L:                                                                \
+    return vec_io ? launch_impl<T, L, true>(x, out, rows, scale, stream) \
+                  : launch_impl<T, L, false>(x, out, rows, scale, stream);
     FASTSPEC_FWHT_CASE(0)
     FASTSPEC_FWHT_CASE(1)
     FASTSPEC_FWHT_CASE(2)

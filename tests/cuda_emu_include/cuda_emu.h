@@ -1,24 +1,30 @@
 // CUDA kernels on the CPU, for tests without a GPU (see tests/cuda_emu.py).
 //
 // Every thread of a block is an OS thread running the kernel body; blocks run one after
-// another, so `__shared__` variables become function statics. __syncthreads is a barrier
-// over the block, __shfl_xor_sync exchanges through a per-warp buffer between two warp
-// barriers. The device types the kernels use (dim3, uint4/float4/float2, __half,
+// another, so `__shared__` variables become function statics and dynamic shared memory
+// one buffer per launch. __syncthreads is a barrier over the block, __shfl_xor_sync
+// exchanges through a per-warp buffer between two warp barriers, and asynchronous copies
+// (__pipeline_memcpy_async) happen only when the thread waits for them, so reading a
+// slot too early reads stale data. The emulated device has kSMs SMs and one resident block
+// per SM, and enforces the opt-in for more than 48 KiB of dynamic shared memory. The device types the kernels use (dim3, uint4/float4/float2, __half,
 // __nv_bfloat16 with round-to-nearest-even conversions) are plain host types. Float
 // arithmetic is IEEE single precision as on the GPU (compile with -ffp-contract=off).
 // Limits: a missing __syncthreads shows only when the OS happens to interleave the threads
 // badly; a barrier not all threads reach aborts after a timeout ("deadlock"); no implicit
-// warp-synchronous execution, no subnormal flush (--use_fast_math), 1-D launches only.
+// warp-synchronous execution, 1-D launches only.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -37,6 +43,8 @@
 // ------------------------------------------------------------------ runtime types
 
 enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
+enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize = 8 };
 struct CUstream_st;
 using cudaStream_t = CUstream_st*;
 
@@ -123,20 +131,51 @@ struct Block {
   std::vector<std::array<uint64_t, 32>> lanes;
 };
 
+constexpr int kSMs = 2;                              // the emulated device
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;    // more needs the kernel's opt-in
+constexpr size_t kMaxDynamicSmem = 227 * 1024;
+
 inline Block* current = nullptr;
 inline cudaError_t last_error = cudaSuccess;
 inline std::mutex launch_mutex;
+inline std::map<const void*, size_t> dynamic_smem_opt_in;  // per kernel
+inline std::vector<std::max_align_t> dynamic_smem_buffer;
 
-// kernel<<<grid, block, smem, stream>>>(args) is rewritten to launch(grid, block, smem, stream, [&] { kernel(args); }).
+inline void* dynamic_shared() { return dynamic_smem_buffer.data(); }
+
+// Asynchronous copies of this thread: committed groups, oldest first, and the open group.
+struct Copy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+inline thread_local std::vector<std::vector<Copy>> committed;
+inline thread_local std::vector<Copy> open_group;
+
+inline void complete_copies(size_t keep_newest) {
+  while (committed.size() > keep_newest) {
+    for (const Copy& c : committed.front()) std::memcpy(c.dst, c.src, c.bytes);
+    committed.erase(committed.begin());
+  }
+}
+
+// kernel<<<grid, block, smem, stream>>>(args) is rewritten to
+// launch(grid, block, smem, stream, &kernel, [&] { kernel(args); }).
 template <class Body>
-void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, Body&& body) {
+void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, const void* kernel, Body&& body) {
   const unsigned long long threads = 1ull * block.x * block.y * block.z;
   if (block.y != 1 || block.z != 1 || grid.y != 1 || grid.z != 1 || threads == 0 || threads > 1024 ||
-      grid.x == 0 || dynamic_smem != 0) {
-    last_error = cudaErrorInvalidConfiguration;  // or not emulated: 1-D launches, static shared memory
+      grid.x == 0) {
+    last_error = cudaErrorInvalidConfiguration;  // (only 1-D launches are emulated)
+    return;
+  }
+  const auto opt_in = dynamic_smem_opt_in.find(kernel);
+  if (dynamic_smem > (opt_in == dynamic_smem_opt_in.end() ? kDefaultDynamicSmem : opt_in->second)) {
+    last_error = cudaErrorInvalidValue;
     return;
   }
   std::lock_guard<std::mutex> one_launch_at_a_time(launch_mutex);
+  dynamic_smem_buffer.assign(dynamic_smem / sizeof(std::max_align_t) + 1, std::max_align_t{});
   Block b(static_cast<unsigned>(threads));
   current = &b;
   gridDim = grid;
@@ -148,6 +187,8 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, Body&& bod
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = dim3(bx);
         body();
+        open_group.clear();  // copies the kernel never committed or waited for land at its end
+        complete_copies(0);
         b.sync.wait();  // the next block reuses the shared memory
       }
     });
@@ -157,6 +198,45 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, Body&& bod
 }
 
 }  // namespace cuda_emu
+
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+
+inline cudaError_t cudaDeviceGetAttribute(int* value, cudaDeviceAttr attr, int device) {
+  if (attr != cudaDevAttrMultiProcessorCount || device != 0) return cudaErrorInvalidValue;
+  *value = cuda_emu::kSMs;
+  return cudaSuccess;
+}
+
+template <class Kernel>
+cudaError_t cudaFuncSetAttribute(Kernel kernel, cudaFuncAttribute attr, int value) {
+  if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 || size_t(value) > cuda_emu::kMaxDynamicSmem) {
+    return cudaErrorInvalidValue;
+  }
+  cuda_emu::dynamic_smem_opt_in[reinterpret_cast<const void*>(kernel)] = size_t(value);
+  return cudaSuccess;
+}
+
+template <class Kernel>
+cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* blocks, Kernel, int threads, size_t) {
+  *blocks = threads > 0 && threads <= 1024 ? 1 : 0;
+  return cudaSuccess;
+}
+
+inline void __pipeline_memcpy_async(void* dst_shared, const void* src_global, size_t bytes, size_t zero_fill = 0) {
+  if (zero_fill != 0 || reinterpret_cast<uintptr_t>(dst_shared) % bytes || reinterpret_cast<uintptr_t>(src_global) % bytes) {
+    std::fprintf(stderr, "cuda_emu: __pipeline_memcpy_async needs aligned 4/8/16-byte copies without zero fill\n");
+    std::abort();
+  }
+  cuda_emu::open_group.push_back({dst_shared, src_global, bytes});
+}
+inline void __pipeline_commit() {
+  cuda_emu::committed.push_back(std::move(cuda_emu::open_group));
+  cuda_emu::open_group.clear();
+}
+inline void __pipeline_wait_prior(size_t prior) { cuda_emu::complete_copies(prior); }
 
 inline cudaError_t cudaGetLastError() {
   const cudaError_t e = cuda_emu::last_error;
