@@ -140,6 +140,7 @@ def test_empty_batch(backend, shape):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
 @pytest.mark.parametrize("n", [16, 1024, 12 * 16])
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy under the interpreter
 def test_nan_and_inf_propagate(backend, dtype, n):
     if not _supports(backend, n, dtype):
         pytest.skip(f"{backend} does not take n={n}")
