@@ -23,8 +23,8 @@ constexpr int kFwhtMaxLog2N = 15;
 // Returns cudaSuccess (rows == 0: without launching), cudaErrorInvalidValue for an
 // argument it cannot handle (nothing launched), or the error of the launch (for n >= 2048,
 // of the first call's kernel attribute and occupancy queries on this device too).
-// Uses the current device; for n >= 2048 up to 2^log2n * sizeof(dtype) bytes of dynamic
-// shared memory (the kernel opts in).
+// Uses the current device; for n >= 2048 and 16-byte aligned x and out, 2^log2n * sizeof(dtype)
+// bytes of dynamic shared memory a block (the kernel opts in).
 cudaError_t fwht_launch(const void* x, void* out, int64_t rows, int log2n, float scale,
                         DType dtype, cudaStream_t stream);
 
