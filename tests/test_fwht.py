@@ -122,6 +122,9 @@ def test_any_shape_and_strides(backend):
         "last-dim strided": random_input((3, 256), torch.float32)[:, ::2],
         "stride-0 rows": random_input((1, 128), torch.float32).expand(5, 128),
         "1-d": base[0, 0],
+        # contiguous but not 16-byte aligned: element-wise loads on the GPU
+        "storage offset": random_input((3 * 128 + 1,), torch.float32)[1:].view(3, 128),
+        "storage offset, long rows": random_input((2 * 4096 + 1,), torch.float16)[1:].view(2, 4096),
     }
     for name, x in views.items():
         out = fastspec.fwht(x, 0.5, backend=backend)
