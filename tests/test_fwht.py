@@ -324,6 +324,18 @@ def test_cuda_and_triton_agree_on_gpu(dtype):
             assert_close_to_reference(fastspec.fwht(x, 1 / math.sqrt(n), backend=backend), ref)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("backend", backend_params("cuda"))
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
+@pytest.mark.parametrize("n, rows", [(2048, 5000), (32768, 700)])
+def test_cuda_persistent_grid_many_rows(backend, dtype, n, rows):
+    """Rows of 2^11 and more run on a persistent grid (the blocks resident at once, at most
+    a few per SM) that prefetches each block's next row: more rows than blocks, so every
+    block transforms several, in place of a fresh block per row."""
+    x = random_input((rows, n), dtype)
+    assert_close_to_reference(fastspec.fwht(x, 0.5, backend=backend), fwht_reference(x.cpu(), 0.5))
+
+
 # --------------------------------------------------------------------------- nn module
 
 
