@@ -5,10 +5,14 @@
 #   bench/gpu_check.sh OUTDIR
 #
 # OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, summary),
-# pytest.log, main.log and <family>-<device>.json/.png per benchmark: 3 + 2 per family
-# files. Each step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default
-# 450 s), so the script ends inside 8 minutes; a failing step does not stop the later
-# ones, and the exit status is 1 if any step failed. PYTHON overrides the interpreter.
+# pytest.log, main.log, <family>-<device>.json/.png per benchmark, and, where the tools
+# run, ncu.log (Nsight Compute: speed of light, occupancy, launch statistics of the FWHT
+# kernels at the benchmark shape) and sanitizer.log (compute-sanitizer memcheck of both GPU
+# backends, racecheck of the CUDA kernel). Each step has a timeout inside one overall
+# budget (GPU_CHECK_BUDGET_S, default 450 s; the last PROFILE_RESERVE_S = 100 of it are
+# kept for the profiler and sanitizer), so the script ends inside 8 minutes; a failing
+# step does not stop the later ones, and the exit status is 1 if any step failed.
+# PYTHON overrides the interpreter.
 set -euo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -73,11 +77,28 @@ main() {
     "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
 
-  local benches=(bench/bench_*.py) i
+  local benches=(bench/bench_*.py) i reserve=${PROFILE_RESERVE_S:-100}
   for i in "${!benches[@]}"; do
-    local left=$((DEADLINE - SECONDS - 5)) n=$((${#benches[@]} - i))
+    local left=$((DEADLINE - SECONDS - 5 - reserve)) n=$((${#benches[@]} - i))
     step "$(basename "${benches[$i]}")" $((left / n)) - "$PY" "${benches[$i]}" --out "$OUTDIR"
   done
+
+  # One launch per kernel and size (bench/profile_fwht.py), watched by the tools.
+  if command -v ncu >/dev/null; then
+    TAIL=60 step "ncu fwht kernels" 55 "$OUTDIR/ncu.log" ncu --clock-control none -k regex:fwht \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      "$PY" bench/profile_fwht.py --sizes 4096 32768 --dtypes float16
+  else
+    echo "ncu not found: no profile"
+  fi
+  if command -v compute-sanitizer >/dev/null; then
+    # More rows than resident blocks: the CUDA kernel's persistent loop prefetches.
+    TAIL=15 step "compute-sanitizer" 45 "$OUTDIR/sanitizer.log" bash -c "
+      compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 &&
+      compute-sanitizer --tool racecheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --backends cuda"
+  else
+    echo "compute-sanitizer not found: no memcheck/racecheck"
+  fi
 
   echo
   echo "=== summary ($((SECONDS))s in all; files in $OUTDIR: $(ls "$OUTDIR" | tr '\n' ' '))"

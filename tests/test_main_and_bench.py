@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import fastspec
 from fastspec.__main__ import main
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -34,3 +35,14 @@ def test_bench_fwht_writes_records(tmp_path, monkeypatch):
     assert records and all(required <= set(r) for r in records)
     assert list(tmp_path.glob("fwht-*.png"))
     sys.modules.pop("bench_fwht", None)
+
+
+def test_profile_script_launches_and_checks(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import profile_fwht
+
+    backends = [b for b in ("torch", "triton") if fastspec.backends()[b].available]
+    assert profile_fwht.main(["--rows", "4", "--sizes", "64", "2048", "--dtypes", "float32", "--backends", *backends]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 * len(backends) and all(line.endswith(" ok") for line in lines)
+    sys.modules.pop("profile_fwht", None)
