@@ -46,6 +46,18 @@ def unavailable_reason() -> str | None:
     return None if done.returncode == 0 else "g++ without _Float16"
 
 
+SCHEDULES = {"parallel": 0, "ascending": 1, "descending": 2}
+"""Thread orders of a block (cuda_emu::Schedule): set with set_schedule(lib, name)."""
+_SCHEDULE_ENTRY = """
+#include "cuda_emu.h"
+extern "C" void cuda_emu_set_schedule(int s) { cuda_emu::schedule = static_cast<cuda_emu::Schedule>(s); }
+"""
+
+
+def set_schedule(lib: ctypes.CDLL, name: str) -> None:
+    lib.cuda_emu_set_schedule(SCHEDULES[name])
+
+
 def _read(path: str) -> str:
     with open(path) as f:
         return f.read()
@@ -55,7 +67,7 @@ def build(cu_files: list[str], entry: str, cache_dir: str) -> ctypes.CDLL:
     """Compile `cu_files` (paths under csrc/) plus `entry` (C++ with extern "C" functions)
     into a shared library in cache_dir and load it."""
     sources = {os.path.basename(f): rewrite_for_host(_read(f)) for f in cu_files}
-    sources["entry.cpp"] = entry
+    sources["entry.cpp"] = entry + _SCHEDULE_ENTRY
     includes = sorted({os.path.dirname(os.path.abspath(f)) for f in cu_files} | {INCLUDE, os.path.join(ROOT, "csrc")})
     key = hashlib.sha256(repr(sorted(sources.items())).encode())
     for d in includes:  # the headers too: rebuild when they change

@@ -34,13 +34,21 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def fwht_launch(request, tmp_path_factory):
-    """fwht_launch(x, out, rows, log2n, scale, dtype_code) -> cudaError_t, on tensor pointers."""
+def emulated(request, tmp_path_factory):
+    """The built library (threads of a block in parallel unless a test says otherwise)."""
     cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
     cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
-    fn = cuda_emu.build([CU], ENTRY, cache_dir).fwht_emulated
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
-    return fn
+    lib = cuda_emu.build([CU], ENTRY, cache_dir)
+    lib.fwht_emulated.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
+    yield lib
+    cuda_emu.set_schedule(lib, "parallel")
+
+
+@pytest.fixture
+def fwht_launch(emulated):
+    """fwht_launch(x, out, rows, log2n, scale, dtype_code) -> cudaError_t, on tensor pointers."""
+    cuda_emu.set_schedule(emulated, "parallel")
+    return emulated.fwht_emulated
 
 
 def _guarded(shape, dtype, offset=0):
@@ -81,6 +89,28 @@ def test_kernel_matches_reference(fwht_launch, capfd, dtype, log2n, aligned):
     assert_close_to_reference(out, fwht_reference(x.double(), scale))
     guards = torch.cat([buf[:GUARD + (0 if aligned else 1)], buf[GUARD + (0 if aligned else 1) + out.numel():]])
     assert (guards == 7.0).all(), "wrote outside the output"
+
+
+@pytest.mark.parametrize(
+    "log2n, dtype, rows",
+    [(11, torch.float32, 3), (12, torch.float16, 3), (14, torch.float32, 1)],
+    ids=["n2048-float32-2blocks", "n4096-float16-2blocks", "n16384-float32-2pieces"],
+)
+def test_same_bits_in_any_thread_order(emulated, capfd, log2n, dtype, rows):
+    """The threads of each block one at a time, each until its next barrier, in ascending
+    and then in descending order: a shared-memory race (a slot written and touched by
+    another thread between two barriers) gives different bits. Covered: the exchange with
+    one piece, with two pieces, and across the tiles of one block (three rows on the two
+    emulated blocks), and the prefetch stage. Sizes are small: each turn is a context
+    switch."""
+    x = random_input((rows, 2**log2n), dtype, device="cpu")
+    outs = []
+    for order in ("ascending", "descending"):
+        cuda_emu.set_schedule(emulated, order)
+        outs.append(torch.full_like(x, 7.0))
+        assert _run(emulated.fwht_emulated, x, outs[-1], 0.5, capfd) == SUCCESS
+    assert torch.equal(outs[0], outs[1]), "the result depends on the order of the threads"
+    assert_close_to_reference(outs[0], fwht_reference(x.double(), 0.5))
 
 
 @pytest.mark.parametrize("dtype", list(DTYPE_CODE), ids=str)

@@ -6,12 +6,14 @@
 // exchanges through a per-warp buffer between two warp barriers, and asynchronous copies
 // (__pipeline_memcpy_async) happen only when the thread waits for them, so reading a
 // slot too early reads stale data. The emulated device has kSMs SMs and one resident block
-// per SM, and enforces the opt-in for more than 48 KiB of dynamic shared memory. The device types the kernels use (dim3, uint4/float4/float2, __half,
+// per SM, and enforces the opt-in for more than 48 KiB of dynamic shared memory. The
+// threads of a block run in parallel, or one at a time in a fixed order (Schedule), which
+// makes shared-memory races visible as results that depend on the order. The device types the kernels use (dim3, uint4/float4/float2, __half,
 // __nv_bfloat16 with round-to-nearest-even conversions) are plain host types. Float
 // arithmetic is IEEE single precision as on the GPU (compile with -ffp-contract=off).
-// Limits: a missing __syncthreads shows only when the OS happens to interleave the threads
-// badly; a barrier not all threads reach aborts after a timeout ("deadlock"); no implicit
-// warp-synchronous execution, 1-D launches only.
+// Limits: in parallel a missing __syncthreads shows only by chance (compare the two fixed
+// orders instead); a barrier not all threads reach aborts ("deadlock"); no implicit
+// warp-synchronous execution; 1-D launches only.
 #pragma once
 
 #include <algorithm>
@@ -27,6 +29,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <thread>
 #include <vector>
 
@@ -96,11 +99,66 @@ inline __nv_bfloat16 __float2bfloat16_rn(float v) {
 
 namespace cuda_emu {
 
-// A reusable barrier that reports a deadlock (a barrier some threads never reach).
+// How the threads of a block take turns. kParallel: all at once, as the OS schedules them.
+// kAscending / kDescending: one thread at a time, each running until it waits at a barrier
+// (__syncthreads, or a shuffle's warp barrier), then the lowest (highest) ready thread:
+// a fixed order. A kernel whose result differs between the two orders has a race: two
+// threads touch the same memory between two barriers, one of them writing.
+enum class Schedule : int { kParallel = 0, kAscending = 1, kDescending = 2 };
+inline Schedule schedule = Schedule::kParallel;
+
+[[noreturn]] inline void deadlock(unsigned arrived, unsigned count) {
+  std::fprintf(stderr, "cuda_emu: deadlock, %u of %u threads reached a barrier\n", arrived, count);
+  std::abort();
+}
+
+// Turn-taking for the sequential schedules. Only the thread holding the turn runs, so the
+// state here is touched by one thread at a time; the semaphores order the hand-overs.
+class Turns {
+ public:
+  Turns(unsigned threads, Schedule order) : order_(order), waiting_(threads, 0), done_(threads, 0) {
+    for (unsigned t = 0; t < threads; ++t) turn_.emplace_back(std::make_unique<std::binary_semaphore>(0));
+  }
+  void begin() { turn_[static_cast<unsigned>(next_ready())]->release(); }
+  void await(unsigned me) { turn_[me]->acquire(); }
+  void set_waiting(unsigned t, bool w) { waiting_[t] = w; }
+  // `me` stops (at a barrier, possibly one it just completed): the next ready thread runs.
+  void pass(unsigned me, unsigned arrived, unsigned count) {
+    const int next = next_ready();
+    if (next < 0) deadlock(arrived, count);
+    if (static_cast<unsigned>(next) == me) return;
+    turn_[static_cast<unsigned>(next)]->release();
+    turn_[me]->acquire();
+  }
+  void finish(unsigned me) {
+    done_[me] = 1;
+    const int next = next_ready();
+    if (next >= 0) turn_[static_cast<unsigned>(next)]->release();
+  }
+
+ private:
+  int next_ready() const {
+    const int n = static_cast<int>(done_.size());
+    for (int i = 0; i < n; ++i) {
+      const int t = order_ == Schedule::kAscending ? i : n - 1 - i;
+      if (!waiting_[t] && !done_[t]) return t;
+    }
+    return -1;
+  }
+  Schedule order_;
+  std::vector<char> waiting_, done_;
+  std::vector<std::unique_ptr<std::binary_semaphore>> turn_;
+};
+
+// A reusable barrier over `count` threads; a barrier some threads never reach is reported.
 class Barrier {
  public:
-  explicit Barrier(unsigned count) : count_(count) {}
+  Barrier(unsigned count, Turns* turns) : count_(count), turns_(turns) {}
   void wait() {
+    if (turns_ != nullptr) {
+      wait_in_turn();
+      return;
+    }
     std::unique_lock<std::mutex> lock(mutex_);
     const unsigned long long gen = generation_;
     if (++arrived_ == count_) {
@@ -109,23 +167,39 @@ class Barrier {
       cv_.notify_all();
       return;
     }
-    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return generation_ != gen; })) {
-      std::fprintf(stderr, "cuda_emu: deadlock, %u of %u threads reached a barrier\n", arrived_, count_);
-      std::abort();
-    }
+    if (!cv_.wait_for(lock, std::chrono::seconds(60), [&] { return generation_ != gen; })) deadlock(arrived_, count_);
   }
 
  private:
+  void wait_in_turn() {
+    const unsigned me = threadIdx.x;
+    waiters_.push_back(me);
+    turns_->set_waiting(me, true);
+    if (waiters_.size() == count_) {
+      for (unsigned t : waiters_) turns_->set_waiting(t, false);
+      waiters_.clear();
+    }
+    turns_->pass(me, static_cast<unsigned>(waiters_.size()), count_);
+  }
+
   std::mutex mutex_;
   std::condition_variable cv_;
   unsigned count_, arrived_ = 0;
   unsigned long long generation_ = 0;
+  Turns* turns_;
+  std::vector<unsigned> waiters_;
 };
 
 struct Block {
-  explicit Block(unsigned threads) : sync(threads), lanes((threads + 31) / 32) {
-    for (unsigned w = 0; w * 32 < threads; ++w) warps.emplace_back(std::make_unique<Barrier>(std::min(32u, threads - 32 * w)));
+  explicit Block(unsigned threads)
+      : turns(schedule == Schedule::kParallel ? nullptr : std::make_unique<Turns>(threads, schedule)),
+        sync(threads, turns.get()),
+        lanes((threads + 31) / 32) {
+    for (unsigned w = 0; w * 32 < threads; ++w) {
+      warps.emplace_back(std::make_unique<Barrier>(std::min(32u, threads - 32 * w), turns.get()));
+    }
   }
+  std::unique_ptr<Turns> turns;  // null: parallel
   Barrier sync;
   std::vector<std::unique_ptr<Barrier>> warps;
   std::vector<std::array<uint64_t, 32>> lanes;
@@ -184,6 +258,7 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, const void
   for (unsigned t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       threadIdx = dim3(t);
+      if (b.turns) b.turns->await(t);
       for (unsigned bx = 0; bx < grid.x; ++bx) {
         blockIdx = dim3(bx);
         body();
@@ -191,8 +266,10 @@ void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream_t, const void
         complete_copies(0);
         b.sync.wait();  // the next block reuses the shared memory
       }
+      if (b.turns) b.turns->finish(t);
     });
   }
+  if (b.turns) b.turns->begin();
   for (auto& th : pool) th.join();
   current = nullptr;
 }
