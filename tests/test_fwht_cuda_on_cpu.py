@@ -27,9 +27,10 @@ extern "C" int fwht_emulated(const void* x, void* out, int64_t rows, int log2n, 
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # fastspec::DType
 SUCCESS, INVALID_VALUE = 0, 1  # cudaError_t
 GUARD = 8  # elements around each output, to catch stray writes
+_UNAVAILABLE = cuda_emu.unavailable_reason()
 pytestmark = [
     pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernel runs for real (tests/test_fwht.py)"),
-    pytest.mark.skipif(cuda_emu.unavailable_reason() is not None, reason=f"{cuda_emu.unavailable_reason()}"),
+    pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE)),
 ]
 
 
