@@ -4,10 +4,12 @@ Without a GPU, Triton kernels run on the CPU interpreter: TRITON_INTERPRET=1 mus
 before Triton compiles anything, so it is set here, before fastspec is imported.
 """
 import os
+import subprocess
 import zlib
 
 import pytest
 import torch
+import triton
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -76,3 +78,14 @@ def _seed_each_test(request):
 def random_input(shape, dtype, device=DEVICE) -> torch.Tensor:
     """Normal random data (never zeros); magnitudes realistic for every dtype."""
     return torch.randn(shape, dtype=torch.float64).to(device=device, dtype=dtype)
+
+
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+"""cuobjdump as Triton ships it: reads sm_90 machine code here, without a CUDA toolkit."""
+
+
+def cuobjdump(flag: str, cubin: str) -> str:
+    """The output of ``cuobjdump FLAG CUBIN`` (the test is skipped where the tool is missing)."""
+    if not os.path.exists(CUOBJDUMP):
+        pytest.skip(f"no cuobjdump at {CUOBJDUMP}")
+    return subprocess.run([CUOBJDUMP, flag, cubin], capture_output=True, text=True, check=True).stdout

@@ -41,8 +41,7 @@ def emulated(request, tmp_path_factory):
     cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
     lib = cuda_emu.build([CU], ENTRY, cache_dir)
     lib.fwht_emulated.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
-    yield lib
-    cuda_emu.set_schedule(lib, "parallel")
+    return lib
 
 
 @pytest.fixture
@@ -54,10 +53,11 @@ def fwht_launch(emulated):
 
 def _guarded(shape, dtype, offset=0):
     """An uninitialised-looking (all 7.0) tensor inside a buffer with GUARD elements on both
-    sides; `offset` extra elements shift it off 16-byte alignment."""
-    numel = shape[0] * shape[1]
+    sides (returned as views, to check afterwards); `offset` extra elements before it shift
+    it off 16-byte alignment."""
+    numel, start = shape[0] * shape[1], GUARD + offset
     buf = torch.full((numel + 2 * GUARD + offset,), 7.0, dtype=dtype)
-    return buf, buf[GUARD + offset: GUARD + offset + numel].view(shape)
+    return buf[start: start + numel].view(shape), (buf[:start], buf[start + numel:])
 
 
 def _run(fwht_launch, x, out, scale, capfd, log2n=None):
@@ -85,11 +85,10 @@ def _rows(log2n, dtype):
 def test_kernel_matches_reference(fwht_launch, capfd, dtype, log2n, aligned):
     rows, scale = _rows(log2n, dtype), 0.5
     x = random_input((rows, 2**log2n), dtype, device="cpu")
-    buf, out = _guarded(x.shape, dtype, offset=0 if aligned else 1)
+    out, guards = _guarded(x.shape, dtype, offset=0 if aligned else 1)
     assert _run(fwht_launch, x, out, scale, capfd) == SUCCESS
     assert_close_to_reference(out, fwht_reference(x.double(), scale))
-    guards = torch.cat([buf[:GUARD + (0 if aligned else 1)], buf[GUARD + (0 if aligned else 1) + out.numel():]])
-    assert (guards == 7.0).all(), "wrote outside the output"
+    assert all((g == 7.0).all() for g in guards), "wrote outside the output"
 
 
 @pytest.mark.parametrize(

@@ -18,12 +18,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from conftest import cuobjdump
 from fastspec._backend import triton_interpreted
 from fastspec.hadamard import check_size
 from fastspec.triton_kernels.fwht import fwht_kernel, kernel_calls
 
 SM90_MAX_SHARED = 227 * 1024
-CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
 _POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
@@ -67,12 +67,10 @@ def test_compiles_for_sm90_and_fits_shared_memory(dtype, n):
 
 
 def _stack_bytes(cubin: bytes) -> int:
-    if not os.path.exists(CUOBJDUMP):
-        pytest.skip(f"no cuobjdump at {CUOBJDUMP}")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        usage = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
+        usage = cuobjdump("-res-usage", f.name)
     return int(re.search(r"STACK:(\d+)", usage).group(1))
 
 

@@ -61,9 +61,10 @@
 // once, after the last butterfly. Every element is read once and written once.
 //
 // Loads/stores: 16-byte vectors when x and out are both 16-byte aligned, else one element at
-// a time (same layout, no prefetch). The tail vector (rows * n not a multiple of the vector, only when
-// n < 2^lv) and vectors past the end are handled element by element; out-of-range lanes
-// carry zeros, which never mix with valid rows because butterflies stay inside a row.
+// a time (same layout, no prefetch). The tail vector (rows * n not a multiple of the
+// vector, only when n < 2^lv) and vectors past the end are handled element by element;
+// out-of-range lanes carry zeros, which never mix with valid rows because butterflies stay
+// inside a row.
 // ---------------------------------------------------------------------------------
 
 #include "fwht.h"  // same directory: compiles with or without -Icsrc
