@@ -72,9 +72,10 @@ def test_float64_matches_reference(backend, n):
     if not _supports(backend, n, torch.float64):
         pytest.skip(f"{backend} does not take float64")
     x = random_input((_rows(n), n), torch.float64)
-    out = fastspec.fwht(x, 0.5, backend=backend)
-    assert out.dtype == torch.float64 and out.shape == x.shape
-    torch.testing.assert_close(out.cpu(), fwht_reference(x.cpu(), 0.5), rtol=1e-10, atol=1e-10)
+    for scale in (1 / 3, 1e-70, 3e75):  # none of them a float32 (kernel arguments are)
+        out = fastspec.fwht(x, scale, backend=backend)
+        assert out.dtype == torch.float64 and out.shape == x.shape
+        torch.testing.assert_close(out.cpu() / scale, fwht_reference(x.cpu(), 1.0), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -136,6 +137,10 @@ def test_any_shape_and_strides(backend):
 @pytest.mark.parametrize("shape", [(0, 64), (3, 0, 64), (0, 2**16)])
 def test_empty_batch(backend, shape):
     x = torch.empty(shape, device=DEVICE)
+    if not _supports(backend, shape[-1]):  # the length is checked whatever the batch
+        with pytest.raises(ValueError, match=f"got n={shape[-1]}"):
+            fastspec.fwht(x, backend=backend)
+        return
     out = fastspec.fwht(x, backend=backend)
     assert out.shape == shape and out.numel() == 0
 
@@ -300,6 +305,21 @@ def test_auto_choice_and_env_override(monkeypatch):
     monkeypatch.setenv("FASTSPEC_BACKEND", "fortran")
     with pytest.raises(ValueError, match="FASTSPEC_BACKEND must be one of"):
         _choose_backend("auto", cpu, torch.float32, 64)
+
+
+def test_auto_table_on_cuda(monkeypatch):
+    """The AUTO_CUDA table as measured on the H200: the CUDA kernel for 2^k <= 2^15, Triton
+    for every other length, torch for float64 (checked as if every backend were here)."""
+    from fastspec.ops import fwht as ops
+
+    monkeypatch.setattr(ops._backend, "device_ok", lambda name, device: None)
+    dev = torch.device("cuda")
+    assert ops._auto_choice(dev, torch.float16, 4096) == "cuda"
+    assert ops._auto_choice(dev, torch.float32, 2**15) == "cuda"
+    assert ops._auto_choice(dev, torch.bfloat16, 12 * 64) == "triton"
+    assert ops._auto_choice(dev, torch.float16, 2**16) == "triton"
+    assert ops._auto_choice(dev, torch.float64, 4096) == "torch"
+    assert ops._auto_choice(torch.device("cpu"), torch.float32, 4096) == "torch"
 
 
 @pytest.mark.cuda

@@ -8,7 +8,9 @@ Triton 3.6's interpreter stores bfloat16 as raw uint16 bits, and
   top 19 bits of each operand: drop the low 13 mantissa bits first (truncation, the
   worse of what the hardware may do), so tests see the error the GPU makes;
 - it converts float32 to bfloat16 by truncation (its "round to nearest" adds the cut-off
-  bit without carrying into the exponent), where the GPU rounds to nearest even.
+  bit without carrying into the exponent), where the GPU rounds to nearest even;
+- it passes a Python float argument on as a float64, where a GPU launch passes a float32:
+  round it to float32, so a kernel that needs more than a float32 scale is caught here.
 Both fixes are harmless where the interpreter is already right.
 """
 import numpy as np
@@ -52,6 +54,14 @@ def patch() -> None:
             return _f32_to_bf16_rtne(data)
         return original_convert(data, input_dtype, output_dtype, rounding_mode)
 
+    original_cvt = interpreter._implicit_cvt
+
+    def implicit_cvt(arg):
+        if isinstance(arg, float):
+            return tl.tensor(interpreter.TensorHandle(np.array([arg], dtype=np.float32), tl.float32), tl.float32)
+        return original_cvt(arg)
+
     create_dot._fastspec_patched = True
     builder.create_dot = create_dot
     interpreter._convert_float = convert_float
+    interpreter._implicit_cvt = implicit_cvt

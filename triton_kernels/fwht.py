@@ -91,7 +91,7 @@ def _stage(x, m_ptr, R: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl
 
 
 @triton.jit
-def _tile(src_ptr, dst_ptr, base, numel, scale, ma_ptr, mb_ptr, mc_ptr,
+def _tile(src_ptr, dst_ptr, base, numel, scale_hi, scale_lo, ma_ptr, mb_ptr, mc_ptr,
           stride_r, stride_a, stride_b, stride_c,
           R: tl.constexpr, A_TRUE: tl.constexpr, B_TRUE: tl.constexpr, C_TRUE: tl.constexpr,
           A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
@@ -111,12 +111,12 @@ def _tile(src_ptr, dst_ptr, base, numel, scale, ma_ptr, mb_ptr, mc_ptr,
     x = _stage(x, mc_ptr, R, A, B, C, APPLY_C, MODE)  # (R, C, A, B)
     x = _stage(x, mb_ptr, R, C, A, B, APPLY_B, MODE)  # (R, B, C, A)
     x = _stage(x, ma_ptr, R, B, C, A, APPLY_A, MODE)  # (R, A, B, C)
-    tl.store(dst_ptr + base + offs, (x * scale).to(dst_ptr.dtype.element_ty), mask=mask)
+    tl.store(dst_ptr + base + offs, (x * scale_hi + x * scale_lo).to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def fwht_kernel(
-    src_ptr, out_ptr, numel, scale,
+    src_ptr, out_ptr, numel, scale_hi, scale_lo,
     programs_per_group, group_stride, program_stride,
     ma1, mb1, mc1, sr1, sa1, sb1, sc1, step1,
     ma2, mb2, mc2, sr2, sa2, sb2, sc2, step2,
@@ -134,12 +134,12 @@ def fwht_kernel(
     pid = tl.program_id(0).to(tl.int64)
     base = (pid // programs_per_group) * group_stride + (pid % programs_per_group) * program_stride
     for t in range(T1):
-        _tile(src_ptr, out_ptr, base + t * step1, numel, scale, ma1, mb1, mc1, sr1, sa1, sb1, sc1,
+        _tile(src_ptr, out_ptr, base + t * step1, numel, scale_hi, scale_lo, ma1, mb1, mc1, sr1, sa1, sb1, sc1,
               R1, A_TRUE1, B_TRUE1, C_TRUE1, A1, B1, C1, APPLY_A1, APPLY_B1, APPLY_C1, MODE, "")
     if T2 > 0:
         tl.debug_barrier()
         for t in range(T2):
-            _tile(out_ptr, out_ptr, base + t * step2, numel, 1.0, ma2, mb2, mc2, sr2, sa2, sb2, sc2,
+            _tile(out_ptr, out_ptr, base + t * step2, numel, 1.0, 0.0, ma2, mb2, mc2, sr2, sa2, sb2, sc2,
                   R2, A_TRUE2, B_TRUE2, C_TRUE2, A2, B2, C2, APPLY_A2, APPLY_B2, APPLY_C2, MODE, ".cg")
 
 
@@ -298,6 +298,13 @@ def _phase_args(phase: _Phase, dtype: torch.dtype, device: torch.device):
 _META = ("R", "A_TRUE", "B_TRUE", "C_TRUE", "A", "B", "C", "APPLY_A", "APPLY_B", "APPLY_C")
 
 
+def _split_scale(scale: float) -> tuple[float, float]:
+    """scale = hi + lo with both float32 (a launch passes Python floats as float32): the
+    product x·hi + x·lo keeps float64 results within 2^-48 of x·scale."""
+    hi = float(torch.tensor(scale, dtype=torch.float32))
+    return hi, float(torch.tensor(scale - hi, dtype=torch.float32))
+
+
 def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, m: int, p: int):
     """The launches that transform x into out: a list of (grid, args, meta) for
     ``fwht_kernel[grid](*args, **meta)`` (also used to compile them ahead of time)."""
@@ -307,7 +314,7 @@ def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, m: int, p: in
         first_args, first_meta = _phase_args(phases[0], x.dtype, x.device)
         second_args, second_meta = _phase_args(phases[-1], x.dtype, x.device)
         grid = (triton.cdiv(x.numel(), launch.group_stride) * launch.programs_per_group,)
-        args = (x if i == 0 else out, out, x.numel(), scale if i == 0 else 1.0,
+        args = (x if i == 0 else out, out, x.numel(), *(_split_scale(scale) if i == 0 else (1.0, 0.0)),
                 launch.programs_per_group, launch.group_stride, launch.program_stride,
                 *first_args, *second_args)
         meta = {"T1": phases[0].tiles, "T2": phases[1].tiles if len(phases) > 1 else 0}
@@ -323,7 +330,11 @@ def fwht(x: torch.Tensor, scale: float, m: int, p: int) -> torch.Tensor:
     """(x @ (H_m ⊗ H_p)) * scale along the last dim of a contiguous x (float16, bfloat16,
     float32 or float64) with x.shape[-1] = m·p, m = 1 or a base order, p a power of two."""
     out = torch.empty_like(x)
+    # A scale far outside float32's range would lose its low part: applied afterwards.
+    in_range = scale == 0 or 2.0**-60 <= abs(scale) <= 2.0**60
     if x.numel():
-        for grid, args, meta in kernel_calls(x, out, scale, m, p):
+        for grid, args, meta in kernel_calls(x, out, scale if in_range else 1.0, m, p):
             fwht_kernel[grid](*args, **meta)
+        if not in_range:
+            out.mul_(scale)
     return out
