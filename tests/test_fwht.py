@@ -7,8 +7,9 @@ import scipy.linalg
 import torch
 
 import fastspec
+from fastspec._backend import triton_interpreted
 from fastspec.hadamard import BASE_ORDERS, hadamard_block, supported_sizes
-from fastspec.ops.fwht import CUDA_MAX_N
+from fastspec.ops.fwht import CUDA_MAX_N, fwht_op, register_block
 from fastspec.reference.fwht import fwht_dense, fwht_reference
 
 from conftest import DEVICE, assert_close_to_reference, backend_params, random_input
@@ -191,10 +192,81 @@ def test_backward_through_sum(backend):
 @pytest.mark.parametrize("backend", backend_params("torch", "triton"))
 @pytest.mark.parametrize("n", [4, 12, 64])
 def test_gradcheck_and_double_backward(backend, n):
+    if backend == "triton" and n == 64 and triton_interpreted():
+        pytest.skip("a launch per probe is slow on the interpreter; n = 4 and 12 cover the kernel")
     x = random_input((2, n), torch.float64).requires_grad_()
     fn = lambda t: fastspec.fwht(t, 0.5, backend=backend)  # noqa: E731
     assert torch.autograd.gradcheck(fn, (x,))
     assert torch.autograd.gradgradcheck(fn, (x,))
+
+
+# --------------------------------------------------------------------------- blocks, transpose
+
+ASYMMETRIC = "test.rows-rotated-12"
+
+
+def _asymmetric_block() -> torch.Tensor:
+    """H_12 with its rows rotated: still Hadamard, no longer symmetric."""
+    h = hadamard_block(12)[torch.roll(torch.arange(12), 1)]
+    register_block(ASYMMETRIC, h)
+    return h
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_reference_with_a_block_is_the_dense_product(transpose):
+    h = _asymmetric_block()
+    assert not torch.equal(h, h.T)
+    x = random_input((3, 12 * 16), torch.float64, device="cpu")
+    dense = torch.kron(h, torch.from_numpy(scipy.linalg.hadamard(16).astype(np.float64)))
+    expect = x @ (dense.T if transpose else dense) * 0.5
+    torch.testing.assert_close(fwht_reference(x, 0.5, transpose=transpose, block=h), expect, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("n", [12, 12 * 64, 12 * 2**11])
+def test_named_block_and_transpose(backend, transpose, n):
+    h = _asymmetric_block()
+    x = random_input((3, n), torch.float32)
+    out = fwht_op(x, 0.5, transpose, ASYMMETRIC, backend)
+    assert_close_to_reference(out, fwht_reference(x.cpu(), 0.5, transpose=transpose, block=h))
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+def test_asymmetric_gradient_is_the_transposed_transform(backend):
+    h = _asymmetric_block()
+    x = random_input((3, 12 * 8), torch.float64).requires_grad_()
+    fn = lambda t: fwht_op(t, 0.5, False, ASYMMETRIC, backend)  # noqa: E731
+    weight = random_input((3, 12 * 8), torch.float64)
+    (fn(x) * weight).sum().backward()
+    torch.testing.assert_close(x.grad.cpu(), fwht_reference(weight.cpu(), 0.5, transpose=True, block=h))
+    small = x.detach()[:1, :12].clone().requires_grad_()  # the interpreter runs a launch per probe
+    assert torch.autograd.gradcheck(fn, (small,))
+    assert torch.autograd.gradgradcheck(fn, (small,))
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_transpose_of_a_symmetric_matrix_changes_nothing(backend):
+    x = random_input((3, 256), torch.float32)
+    torch.testing.assert_close(fastspec.fwht(x, transpose=True, backend=backend), fastspec.fwht(x, backend=backend))
+
+
+def test_register_block_checks_its_matrix():
+    h = _asymmetric_block()
+    with pytest.raises(ValueError, match="not a Hadamard matrix"):
+        register_block("test.bad", h + 0.5)
+    with pytest.raises(ValueError, match="not a Hadamard matrix"):
+        register_block("test.bad", torch.ones(4, 4))
+    with pytest.raises(ValueError, match="square matrix"):
+        register_block("test.bad", h[:6])
+    with pytest.raises(ValueError, match="already registered with another matrix"):
+        register_block(ASYMMETRIC, hadamard_block(12))
+    with pytest.raises(ValueError, match="unknown block 'test.missing'"):
+        fwht_op(torch.ones(2, 12), 1.0, False, "test.missing", "torch")
+    with pytest.raises(ValueError, match="has order 12: n must be 12·2\\^k"):
+        fwht_op(torch.ones(2, 36), 1.0, False, ASYMMETRIC, "torch")
+    with pytest.raises(TypeError, match="transpose must be a bool"):
+        fastspec.fwht(torch.ones(2, 16), transpose=1)
 
 
 # --------------------------------------------------------------------------- registration
@@ -206,7 +278,14 @@ def test_opcheck(backend, dtype, n):
     if not _supports(backend, n, dtype):
         pytest.skip(f"{backend} does not take n={n}")
     x = random_input((3, n), dtype).requires_grad_(dtype == torch.float32)
-    torch.library.opcheck(torch.ops.fastspec.fwht.default, (x, 0.5, backend))
+    torch.library.opcheck(torch.ops.fastspec.fwht.default, (x, 0.5, False, "", backend))
+
+
+@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+def test_opcheck_named_block_transposed(backend):
+    _asymmetric_block()
+    x = random_input((3, 12 * 4), torch.float32).requires_grad_()
+    torch.library.opcheck(torch.ops.fastspec.fwht.default, (x, 0.5, True, ASYMMETRIC, backend))
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
@@ -292,19 +371,19 @@ def test_backends_report():
 
 
 def test_auto_choice_and_env_override(monkeypatch):
-    from fastspec.ops.fwht import _choose_backend
+    from fastspec.ops.fwht import choose_backend
 
     cpu = torch.device("cpu")
-    assert _choose_backend("auto", cpu, torch.float32, 64) == "torch"
+    assert choose_backend("auto", cpu, torch.float32, 64, 1) == "torch"
     monkeypatch.setenv("FASTSPEC_BACKEND", "torch")
-    assert _choose_backend("auto", cpu, torch.float32, 64) == "torch"
+    assert choose_backend("auto", cpu, torch.float32, 64, 1) == "torch"
     if "triton" in {k for k, v in fastspec.backends().items() if v.available}:
         monkeypatch.setenv("FASTSPEC_BACKEND", "triton")
-        assert _choose_backend("auto", DEVICE, torch.float32, 64) == "triton"
-        assert _choose_backend("torch", DEVICE, torch.float32, 64) == "torch"  # explicit wins
+        assert choose_backend("auto", DEVICE, torch.float32, 64, 1) == "triton"
+        assert choose_backend("torch", DEVICE, torch.float32, 64, 1) == "torch"  # explicit wins
     monkeypatch.setenv("FASTSPEC_BACKEND", "fortran")
     with pytest.raises(ValueError, match="FASTSPEC_BACKEND must be one of"):
-        _choose_backend("auto", cpu, torch.float32, 64)
+        choose_backend("auto", cpu, torch.float32, 64, 1)
 
 
 def test_auto_table_on_cuda(monkeypatch):
@@ -314,22 +393,22 @@ def test_auto_table_on_cuda(monkeypatch):
 
     monkeypatch.setattr(ops._backend, "device_ok", lambda name, device: None)
     dev = torch.device("cuda")
-    assert ops._auto_choice(dev, torch.float16, 4096) == "cuda"
-    assert ops._auto_choice(dev, torch.float32, 2**15) == "cuda"
-    assert ops._auto_choice(dev, torch.bfloat16, 12 * 64) == "triton"
-    assert ops._auto_choice(dev, torch.float16, 2**16) == "triton"
-    assert ops._auto_choice(dev, torch.float64, 4096) == "torch"
-    assert ops._auto_choice(torch.device("cpu"), torch.float32, 4096) == "torch"
+    assert ops._auto_choice(dev, torch.float16, 4096, 1) == "cuda"
+    assert ops._auto_choice(dev, torch.float32, 2**15, 1) == "cuda"
+    assert ops._auto_choice(dev, torch.bfloat16, 12 * 64, 12) == "triton"
+    assert ops._auto_choice(dev, torch.float16, 2**16, 1) == "triton"
+    assert ops._auto_choice(dev, torch.float64, 4096, 1) == "torch"
+    assert ops._auto_choice(torch.device("cpu"), torch.float32, 4096, 1) == "torch"
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_auto_on_cuda_uses_a_gpu_backend():
-    from fastspec.ops.fwht import _choose_backend
+    from fastspec.ops.fwht import choose_backend
 
     dev = torch.device("cuda")
-    assert _choose_backend("auto", dev, torch.float16, 4096) in ("triton", "cuda")
-    assert _choose_backend("auto", dev, torch.float64, 4096) == "torch"
+    assert choose_backend("auto", dev, torch.float16, 4096, 1) in ("triton", "cuda")
+    assert choose_backend("auto", dev, torch.float64, 4096, 1) == "torch"
 
 
 @pytest.mark.cuda

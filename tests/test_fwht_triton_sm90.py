@@ -21,6 +21,7 @@ from triton.compiler import ASTSource
 from conftest import cuobjdump
 from fastspec._backend import triton_interpreted
 from fastspec.hadamard import check_size
+from fastspec.ops.fwht import Base
 from fastspec.triton_kernels.fwht import fwht_kernel, kernel_calls
 
 SM90_MAX_SHARED = 227 * 1024
@@ -54,7 +55,8 @@ def _source(args, meta) -> ASTSource:
 @pytest.mark.parametrize("n", [1, 2, 12, 256, 1024, 40 * 64, 4096, 2**13, 20 * 2**9, 12 * 2**11, 2**14, 28 * 2**10, 2**15, 2**16, 40 * 2**14, 2**20])
 def test_compiles_for_sm90_and_fits_shared_memory(dtype, n):
     x = torch.empty(64, n, dtype=dtype, device="meta")
-    for _, args, meta in kernel_calls(x, x, 0.5, *check_size(n)):
+    m, p = check_size(n)
+    for _, args, meta in kernel_calls(x, x, 0.5, p, Base(m)):
         meta = dict(meta)
         num_warps = meta.pop("num_warps")
         kernel = triton.compile(_source(args, meta), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})

@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from fastspec.hadamard import hadamard_matrix
+from fastspec.hadamard import sylvester
 
 MAX_FUSED_N = 2**13
 """Rows up to this length are one tile. A program holds its whole tile in registers
@@ -111,7 +111,8 @@ def _tile(src_ptr, dst_ptr, base, numel, scale_hi, scale_lo, ma_ptr, mb_ptr, mc_
     x = _stage(x, mc_ptr, R, A, B, C, APPLY_C, MODE)  # (R, C, A, B)
     x = _stage(x, mb_ptr, R, C, A, B, APPLY_B, MODE)  # (R, B, C, A)
     x = _stage(x, ma_ptr, R, B, C, A, APPLY_A, MODE)  # (R, A, B, C)
-    tl.store(dst_ptr + base + offs, (x * scale_hi + x * scale_lo).to(dst_ptr.dtype.element_ty), mask=mask)
+    scale = tl.cast(scale_hi, x.dtype) + tl.cast(scale_lo, x.dtype)  # exact in float64, inf-safe
+    tl.store(dst_ptr + base + offs, (x * scale).to(dst_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -279,17 +280,20 @@ _MODE = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2
 
 
 @functools.lru_cache(maxsize=256)
-def _axis_matrix(axis: _Axis, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The (S, S) matrix of an axis: H of its size, zero-padded. Symmetric, so the same
-    matrix serves the stages that multiply from the left."""
+def _axis_matrix(axis: _Axis, base, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (S, S) matrix of an axis, zero-padded: B ⊗ H_(2^j) if the axis holds the base
+    block (its most significant factor), else H of its size. Every stage multiplies its
+    axis from the right (it is rotated last first), so B is used as it is."""
     padded = torch.zeros(axis.padded, axis.padded, dtype=torch.float64)
-    padded[: axis.true, : axis.true] = hadamard_matrix(axis.true)
+    m = axis.factors[-1] if axis.factors and axis.factors[-1] > 2 else 1
+    mat = sylvester(axis.true // m)
+    padded[: axis.true, : axis.true] = torch.kron(base.matrix(), mat) if m > 1 else mat
     return padded.to(dtype=dtype, device=device)
 
 
-def _phase_args(phase: _Phase, dtype: torch.dtype, device: torch.device):
+def _phase_args(phase: _Phase, base, dtype: torch.dtype, device: torch.device):
     a, b, c = phase.a, phase.b, phase.c
-    mats = [_axis_matrix(ax, _DOT_DTYPE[dtype], device) for ax in (a, b, c)]
+    mats = [_axis_matrix(ax, base, _DOT_DTYPE[dtype], device) for ax in (a, b, c)]
     args = (*mats, phase.row_stride, a.stride, b.stride, c.stride, phase.tile_stride)
     meta = (phase.rows, a.true, b.true, c.true, a.padded, b.padded, c.padded, a.applied, b.applied, c.applied)
     return args, meta
@@ -305,14 +309,15 @@ def _split_scale(scale: float) -> tuple[float, float]:
     return hi, float(torch.tensor(scale - hi, dtype=torch.float32))
 
 
-def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, m: int, p: int):
-    """The launches that transform x into out: a list of (grid, args, meta) for
+def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, p: int, base):
+    """The launches that transform x into out, x @ (B ⊗ H_p) * scale with B of
+    ``base`` (fastspec.ops.fwht.Base): a list of (grid, args, meta) for
     ``fwht_kernel[grid](*args, **meta)`` (also used to compile them ahead of time)."""
     calls = []
-    for i, launch in enumerate(_plan(m, p, x.shape[-1])):
+    for i, launch in enumerate(_plan(base.m, p, x.shape[-1])):
         phases = launch.phases
-        first_args, first_meta = _phase_args(phases[0], x.dtype, x.device)
-        second_args, second_meta = _phase_args(phases[-1], x.dtype, x.device)
+        first_args, first_meta = _phase_args(phases[0], base, x.dtype, x.device)
+        second_args, second_meta = _phase_args(phases[-1], base, x.dtype, x.device)
         grid = (triton.cdiv(x.numel(), launch.group_stride) * launch.programs_per_group,)
         args = (x if i == 0 else out, out, x.numel(), *(_split_scale(scale) if i == 0 else (1.0, 0.0)),
                 launch.programs_per_group, launch.group_stride, launch.program_stride,
@@ -326,14 +331,14 @@ def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, m: int, p: in
     return calls
 
 
-def fwht(x: torch.Tensor, scale: float, m: int, p: int) -> torch.Tensor:
-    """(x @ (H_m ⊗ H_p)) * scale along the last dim of a contiguous x (float16, bfloat16,
-    float32 or float64) with x.shape[-1] = m·p, m = 1 or a base order, p a power of two."""
+def fwht(x: torch.Tensor, scale: float, p: int, base) -> torch.Tensor:
+    """(x @ (B ⊗ H_p)) * scale along the last dim of a contiguous x (float16, bfloat16,
+    float32 or float64), x.shape[-1] = m·p, B the (m, m) block of ``base``."""
     out = torch.empty_like(x)
     # A scale far outside float32's range would lose its low part: applied afterwards.
     in_range = scale == 0 or 2.0**-60 <= abs(scale) <= 2.0**60
     if x.numel():
-        for grid, args, meta in kernel_calls(x, out, scale if in_range else 1.0, m, p):
+        for grid, args, meta in kernel_calls(x, out, scale if in_range else 1.0, p, base):
             fwht_kernel[grid](*args, **meta)
         if not in_range:
             out.mul_(scale)

@@ -1,19 +1,23 @@
 """Fast Walsh–Hadamard transform: public function, custom op, autograd, torch backend.
 
-``fwht(x, scale)`` = ``(x @ H_n) * scale`` along the last dim, ``H_n`` as in
-:mod:`fastspec.hadamard` (Sylvester order for n = 2^k, ``H_m ⊗ H_(2^k)`` otherwise).
-H_n is symmetric, so the gradient is ``fwht(grad, scale)``: the backward is the op itself,
-and double backward and torch.compile come with it.
+``fwht(x, scale)`` = ``(x @ H_n) * scale`` along the last dim, ``H_n = H_m ⊗ H_(2^k)`` as in
+:mod:`fastspec.hadamard`; ``transpose=True`` multiplies by ``H_nᵀ``. The gradient of
+``x @ H`` is ``grad @ Hᵀ``: the backward is the op with ``transpose`` flipped, so double
+backward and torch.compile come with it. Where H_n is symmetric the two are equal.
+
+The registered op also takes a named base block (``register_block``), so that another
+library's matrices (``fastspec.compat``) run on the same kernels.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 
 import torch
 
 from fastspec import _backend
-from fastspec.hadamard import MAX_N, check_size, hadamard_matrix
+from fastspec.hadamard import MAX_N, check_size, hadamard_block, sylvester
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CUDA_MAX_N = 2**15
@@ -27,52 +31,104 @@ AUTO_CUDA = ((CUDA_MAX_N, ("cuda", "triton", "torch")), (MAX_N, ("triton", "torc
 """(largest n, backends in order of preference) for CUDA tensors; CPU tensors use torch."""
 
 
+# ---------------------------------------------------------------------------- base blocks
+
+_NAMED_BLOCKS: dict[str, torch.Tensor] = {}
+
+
+def register_block(name: str, matrix: torch.Tensor) -> None:
+    """Register a Hadamard matrix of order m (±1 entries, H Hᵀ = m·I) as the base block
+    ``name``: the op's ``block=name`` then computes ``x @ (H ⊗ H_(2^k))`` for n = m·2^k."""
+    h = torch.as_tensor(matrix, dtype=torch.float64).cpu()
+    m = h.shape[0] if h.dim() == 2 else 0
+    if not name or h.shape != (m, m) or m < 2:
+        raise ValueError(f"register_block: need a non-empty name and a square matrix of order >= 2, got {name!r}, {tuple(h.shape)}")
+    if not bool(((h == 1) | (h == -1)).all()) or not torch.equal(h @ h.T, m * torch.eye(m, dtype=torch.float64)):
+        raise ValueError(f"register_block: {name!r} is not a Hadamard matrix (±1 entries, H Hᵀ = {m}·I)")
+    if name in _NAMED_BLOCKS and not torch.equal(_NAMED_BLOCKS[name], h):
+        raise ValueError(f"register_block: {name!r} is already registered with another matrix")
+    _NAMED_BLOCKS[name] = h
+
+
+def _factorisation(n: int, block: str) -> tuple[int, int]:
+    """(m, p) with n = m·p, p a power of two: the canonical one, or the named block's."""
+    if not block:
+        return check_size(n)
+    if block not in _NAMED_BLOCKS:
+        raise ValueError(f"fwht: unknown block {block!r}; registered: {sorted(_NAMED_BLOCKS)}")
+    m = _NAMED_BLOCKS[block].shape[0]
+    p = n // m
+    if n % m or p & (p - 1) or n > MAX_N:
+        raise ValueError(f"fwht: block {block!r} has order {m}: n must be {m}·2^k up to {MAX_N}, got n={n}")
+    return m, p
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    """The base block B of a call, x @ (B ⊗ H_p): order m (1: none), the named block
+    (``""``: canonical for the length) and whether it is transposed. Hashable, so kernels
+    cache what they derive from it."""
+
+    m: int
+    block: str = ""
+    transpose: bool = False
+
+    def matrix(self, dtype: torch.dtype = torch.float64, device=None) -> torch.Tensor:
+        """B as an (m, m) tensor (cached per dtype and device)."""
+        return _base_matrix(self, dtype, torch.device(device or "cpu"))
+
+
+@functools.lru_cache(maxsize=256)
+def _base_matrix(base: Base, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    h = _NAMED_BLOCKS[base.block] if base.block else hadamard_block(base.m)
+    return (h.T if base.transpose else h).contiguous().to(dtype=dtype, device=device)
+
+
 # ---------------------------------------------------------------------------- torch backend
 
 
-@functools.lru_cache(maxsize=128)
-def _factor(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return hadamard_matrix(size, dtype=dtype, device=device)
-
-
-def _torch_factors(m: int, p: int) -> list[int]:
-    """Kronecker factors of H_(m·p), most significant first: H_m, then powers of two of
-    at most 64 (a few small matrix products beat log2(n) elementwise passes)."""
+def _torch_factors(p: int) -> list[int]:
+    """Sylvester factors of H_p, most significant first, each at most 64 (a few small
+    matrix products beat log2(p) elementwise passes)."""
     k = p.bit_length() - 1
     pieces = -(-k // 6)
-    bits = [k // pieces + (i < k % pieces) for i in range(pieces)] if k else []
-    return ([m] if m > 1 else []) + [2**b for b in bits]
+    return [2 ** (k // pieces + (i < k % pieces)) for i in range(pieces)] if k else []
 
 
-def fwht_torch(x: torch.Tensor, scale: float) -> torch.Tensor:
-    """The torch backend: one batched matmul per Kronecker factor of H_n.
+def fwht_torch(x: torch.Tensor, scale: float, p: int, base: Base) -> torch.Tensor:
+    """The torch backend: one batched matmul per Kronecker factor of B ⊗ H_p.
 
     Each step contracts the leading factor axis and moves it last, so after all factors
     the axes are back in order. float16/bfloat16 are computed in float32.
     """
     n = x.shape[-1]
-    m, p = check_size(n)
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     work = x.reshape(-1, n).to(acc)
     rows = work.shape[0]
-    sizes = _torch_factors(m, p)
-    if not sizes:
+    mats = [base.matrix(acc, x.device)] if base.m > 1 else []
+    mats += [_sylvester(size, acc, x.device) for size in _torch_factors(p)]
+    if not mats:
         return (work * scale).to(x.dtype).reshape(x.shape)
-    for i, size in enumerate(sizes):
-        mat = _factor(size, acc, x.device)
-        if i == len(sizes) - 1 and scale != 1.0:
+    for i, mat in enumerate(mats):
+        if i == len(mats) - 1 and scale != 1.0:
             mat = mat * scale
+        size = mat.shape[0]
         work = work.reshape(rows, size, n // size).transpose(1, 2) @ mat
     return work.reshape(x.shape).to(x.dtype)
 
 
-def _fwht_triton(x: torch.Tensor, scale: float) -> torch.Tensor:
+@functools.lru_cache(maxsize=64)
+def _sylvester(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    return sylvester(size).to(dtype=dtype, device=device)
+
+
+def _fwht_triton(x, scale, p, base):
     from fastspec.triton_kernels import fwht as kernels
 
-    return kernels.fwht(x.contiguous(), scale, *check_size(x.shape[-1]))
+    return kernels.fwht(x.contiguous(), scale, p, base)
 
 
-def _fwht_cuda(x: torch.Tensor, scale: float) -> torch.Tensor:
+def _fwht_cuda(x, scale, p, base):
     import fastspec._C  # noqa: F401  (registers the CUDA kernel of fastspec::fwht_cuda)
 
     return torch.ops.fastspec.fwht_cuda(x.contiguous(), scale)
@@ -84,71 +140,77 @@ _IMPLS = {"torch": fwht_torch, "triton": _fwht_triton, "cuda": _fwht_cuda}
 # ---------------------------------------------------------------------------- validation
 
 
-def _check_backend_supports(backend: str, dtype: torch.dtype, n: int) -> str | None:
-    """None if ``backend`` handles this dtype and length, else why not."""
+def _check_backend_supports(backend: str, dtype: torch.dtype, n: int, m: int) -> str | None:
+    """None if ``backend`` handles this dtype and length (n = m·2^k), else why not."""
     if backend == "cuda":
         if dtype == torch.float64:
             return "the cuda backend takes float16, bfloat16 and float32 (use backend='torch' for float64)"
-        if n & (n - 1) or n > CUDA_MAX_N:
+        if m != 1 or n > CUDA_MAX_N:
             return f"the cuda backend takes n = 2^k up to {CUDA_MAX_N}, got n={n}"
     return None
 
 
-def _validate(x, scale, backend: str) -> None:
+def _validate(x, scale, transpose, block: str, backend: str) -> tuple[int, int]:
+    """Checks every argument before any kernel sees it; returns (m, p)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"fwht: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"fwht: x must be float16, bfloat16, float32 or float64, got {x.dtype}")
     if x.dim() == 0:
         raise ValueError("fwht: x must have at least one dimension (the transform runs along the last), got a 0-dim tensor")
-    n = int(x.shape[-1])  # a symbolic size (dynamic shapes) is specialised: kernels depend on n
-    check_size(n)
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"fwht: scale must be a Python float, got {type(scale).__name__}")
+    if not isinstance(transpose, bool):
+        raise TypeError(f"fwht: transpose must be a bool, got {type(transpose).__name__}")
+    n = int(x.shape[-1])  # a symbolic size (dynamic shapes) is specialised: kernels depend on n
+    m, p = _factorisation(n, block)
     if backend in _IMPLS:
-        reason = _check_backend_supports(backend, x.dtype, n)
+        reason = _check_backend_supports(backend, x.dtype, n, m)
         if reason:
             raise ValueError(f"fwht: {reason}")
+    return m, p
 
 
-def _auto_choice(device: torch.device, dtype: torch.dtype, n: int) -> str:
+def _auto_choice(device: torch.device, dtype: torch.dtype, n: int, m: int) -> str:
     if device.type != "cuda" or dtype == torch.float64:
         return "torch"
     for max_n, order in AUTO_CUDA:
         if n <= max_n:
             for name in order:
-                if _backend.device_ok(name, device) is None and _check_backend_supports(name, dtype, n) is None:
+                if _backend.device_ok(name, device) is None and _check_backend_supports(name, dtype, n, m) is None:
                     return name
     return "torch"
 
 
 @torch.compiler.assume_constant_result
-def _choose_backend(backend: str, device: torch.device, dtype: torch.dtype, n: int) -> str:
-    return _backend.resolve("fwht", backend, device, lambda: _auto_choice(device, dtype, n))
+def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, n: int, m: int) -> str:
+    """The concrete backend for a call (``auto`` resolved through the table above)."""
+    return _backend.resolve("fwht", backend, device, lambda: _auto_choice(device, dtype, n, m))
 
 
 # ---------------------------------------------------------------------------- the op
 
 
 @torch.library.custom_op("fastspec::fwht", mutates_args=())
-def fwht_op(x: torch.Tensor, scale: float, backend: str) -> torch.Tensor:
-    """Registered op: (x @ H_n) * scale with a concrete backend ('torch'|'triton'|'cuda')."""
-    _validate(x, scale, backend)
-    return _IMPLS[backend](x, scale)
+def fwht_op(x: torch.Tensor, scale: float, transpose: bool, block: str, backend: str) -> torch.Tensor:
+    """Registered op: (x @ (B ⊗ H_p)) * scale, B the canonical or named (``block``) base
+    block, transposed if ``transpose``, with a concrete backend ('torch'|'triton'|'cuda')."""
+    m, p = _validate(x, scale, transpose, block, backend)
+    return _IMPLS[backend](x, scale, p, Base(m, block, transpose))
 
 
 @fwht_op.register_fake
-def _(x, scale, backend):
-    _validate(x, scale, backend)
+def _(x, scale, transpose, block, backend):
+    _validate(x, scale, transpose, block, backend)
     return x.new_empty(x.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    _, ctx.scale, ctx.backend = inputs
+    _, ctx.scale, ctx.transpose, ctx.block, ctx.backend = inputs
 
 
 def _backward(ctx, grad):
-    return fwht_op(grad, ctx.scale, ctx.backend), None, None
+    return fwht_op(grad, ctx.scale, not ctx.transpose, ctx.block, ctx.backend), None, None, None, None
 
 
 fwht_op.register_autograd(_backward, setup_context=_setup_context)
@@ -161,21 +223,22 @@ def _(x, scale):
     return x.new_empty(x.shape)
 
 
-def fwht(x: torch.Tensor, scale: float = 1.0, *, backend: str = "auto") -> torch.Tensor:
-    """Fast Walsh–Hadamard transform along the last dim: ``(x @ H_n) * scale``.
-
-    Drop-in for ``fast_hadamard_transform.hadamard_transform(x, scale)``.
+def fwht(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False, backend: str = "auto") -> torch.Tensor:
+    """Fast Walsh–Hadamard transform along the last dim: ``(x @ H_n) * scale``, or
+    ``(x @ H_nᵀ) * scale`` with ``transpose=True``.
 
     x: (..., n), any strides; float16, bfloat16 or float32 on every backend, float64 on
-    torch and triton. n = 2^k (1 ≤ n ≤ 2^20) or n = m·2^k for m in {12, 20, 28, 40}
-    (``fastspec.hadamard_matrix(n)`` is the matrix). Returns a contiguous tensor of
-    x's shape and dtype; half precision is accumulated in float32.
+    torch and triton. n: any of ``fastspec.supported_sizes()``, i.e. 2^k (1 ≤ n ≤ 2^20)
+    and m·2^k for every base order m the library builds (``fastspec.hadamard_matrix(n)``
+    is H_n). Returns a contiguous tensor of x's shape and dtype; half precision is
+    accumulated in float32. The inverse is ``fwht(y, 1 / (n·scale), transpose=not
+    transpose)``; where H_n is symmetric (n = 2^k and Paley II bases) transpose changes nothing.
     scale: Python float. backend: 'auto' | 'torch' | 'triton' | 'cuda'
     (env FASTSPEC_BACKEND replaces 'auto').
     Raises TypeError for non-float or non-tensor input, ValueError for an unsupported n
     (naming the nearest supported sizes), RuntimeError for a named backend that cannot
     run here.
     """
-    _validate(x, scale, "auto")
-    chosen = _choose_backend(backend, x.device, x.dtype, int(x.shape[-1]))
-    return fwht_op(x, float(scale), chosen)
+    m, _ = _validate(x, scale, transpose, "", "auto")
+    chosen = choose_backend(backend, x.device, x.dtype, int(x.shape[-1]), m)
+    return fwht_op(x, float(scale), transpose, "", chosen)

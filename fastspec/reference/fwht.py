@@ -11,10 +11,16 @@ import torch
 from fastspec.hadamard import check_size, hadamard_block, hadamard_matrix
 
 
-def fwht_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """(x @ H_n) * scale along the last dim in float64 (returns float64). x: (..., n)."""
+def fwht_reference(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False,
+                   block: torch.Tensor | None = None) -> torch.Tensor:
+    """(x @ H_n) * scale along the last dim in float64 (returns float64), H_n = B ⊗ H_p
+    with B the canonical base block for n, or ``block`` (an (m, m) matrix, n = m·p) if
+    given; ``transpose`` multiplies by H_nᵀ = Bᵀ ⊗ H_p instead. x: (..., n)."""
     n = x.shape[-1]
-    m, p = check_size(n)
+    if block is None:
+        m, p = check_size(n)
+        block = hadamard_block(m)
+    m, p = block.shape[0], n // block.shape[0]
     y = x.to(torch.float64).reshape(-1, m, p)
     h = 1
     while h < p:  # butterfly on bit log2(h) of the power-of-two index: (a, b) -> (a+b, a-b)
@@ -22,7 +28,8 @@ def fwht_reference(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         a, b = pairs[:, :, :, 0], pairs[:, :, :, 1]
         y = torch.stack((a + b, a - b), dim=3).reshape(y.shape)
         h *= 2
-    y = torch.einsum("rap,ac->rcp", y, hadamard_block(m).to(y.device))  # H_m on the leading index
+    mat = block.to(dtype=torch.float64, device=y.device)
+    y = torch.einsum("rap,ac->rcp", y, mat.T if transpose else mat)  # B on the leading index
     return (y * scale).reshape(x.shape)
 
 
