@@ -22,18 +22,18 @@ from conftest import cuobjdump
 from fastspec._backend import triton_interpreted
 from fastspec.hadamard import check_size
 from fastspec.ops.fwht import Base
-from fastspec.triton_kernels.fwht import fwht_kernel, kernel_calls
+from fastspec.triton_kernels.fwht import kernel_calls
 
 SM90_MAX_SHARED = 227 * 1024
 _POINTER = {torch.float16: "*fp16", torch.bfloat16: "*bf16", torch.float32: "*fp32", torch.float64: "*fp64"}
 
 
-def _source(args, meta) -> ASTSource:
+def _source(kernel, args, meta) -> ASTSource:
     """The kernel as a launch with these arguments would compile it: like Triton's JIT,
     integers equal to 1 become constants and pointers and multiples of 16 are marked
     divisible by 16 (which lets the compiler vectorize loads and stores)."""
     sig, constants, attrs = {}, dict(meta), {}
-    for i, (name, value) in enumerate(zip(fwht_kernel.arg_names, args)):
+    for i, (name, value) in enumerate(zip(kernel.arg_names, args)):
         if isinstance(value, torch.Tensor):
             sig[name] = _POINTER[value.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
@@ -46,7 +46,7 @@ def _source(args, meta) -> ASTSource:
             if value % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     sig.update({k: "constexpr" for k in meta})
-    return ASTSource(fn=fwht_kernel, signature=sig, constexprs=constants, attrs=attrs)
+    return ASTSource(fn=kernel, signature=sig, constexprs=constants, attrs=attrs)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels compile and run for real")
@@ -56,10 +56,10 @@ def _source(args, meta) -> ASTSource:
 def test_compiles_for_sm90_and_fits_shared_memory(dtype, n):
     x = torch.empty(64, n, dtype=dtype, device="meta")
     m, p = check_size(n)
-    for _, args, meta in kernel_calls(x, x, 0.5, p, Base(m)):
+    for kernel, _, args, meta in kernel_calls(x, x, 0.5, p, Base(m)):
         meta = dict(meta)
         num_warps = meta.pop("num_warps")
-        kernel = triton.compile(_source(args, meta), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+        kernel = triton.compile(_source(kernel, args, meta), target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
         assert kernel.metadata.shared <= SM90_MAX_SHARED, f"{meta}: {kernel.metadata.shared} bytes of shared memory"
         if dtype != torch.float64:  # float64 is correct but not a speed target
             assert _stack_bytes(kernel.asm["cubin"]) == 0, f"{meta}, num_warps={num_warps}: registers spill"

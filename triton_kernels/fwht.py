@@ -1,9 +1,11 @@
-"""Triton FWHT: the Hadamard transform as small matrix products on the tensor cores.
+"""Triton FWHT: the Hadamard transform as matrix products on the tensor cores.
 
-A row of length n = m·2^k is an (m, 2, 2, ..., 2) tensor and H_n = H_m ⊗ H_2 ⊗ ... ⊗ H_2.
-Each program loads an (R, A, B, C) tile: R rows (one long row or several short ones),
-each viewed as (A, B, C), and multiplies every axis by a small dense matrix, the
-Kronecker product of the factors that fall on that axis:
+A row of length n = m·p (p = 2^k) is multiplied by B ⊗ H_p, B the (m, m) base block.
+
+Powers of two (m = 1), ``fwht_kernel``: a row is an (2, 2, ..., 2) tensor and H_p the
+Kronecker product of H_2's. Each program loads an (R, A, B, C) tile: R rows (one long
+row or several short ones), each viewed as (A, B, C), and multiplies every axis by a
+small dense matrix, the Kronecker product of the factors that fall on that axis:
 
     (R·A·B, C) @ M_C, rotate to (R, C, A, B);  (R·C·A, B) @ M_B, rotate;  (R·B·C, A) @ M_A, rotate
 
@@ -12,18 +14,28 @@ the data on the left (no broadcast copies of the matrices in registers). Rows
 never share a matrix: an identity-with-zeros factor would carry one row's NaN or Inf
 into its neighbours as NaN. Axes are padded to powers of two (at least 16, the smallest
 `tl.dot`); padded lanes are masked on load and store.
-
 A tile holds at most 8192 elements (registers). Rows up to 2^15 are still transformed by
 one program: tiles of the inner factor, a barrier, then tiles of the outer factor over a
 strided axis, in place; the row stays in L2 in between, so DRAM sees one read and one
 write. Longer rows take two launches of the same kernel (twice the DRAM traffic): rows
 of up to 2^15 as above, then the outer factor (at least 16) over a strided axis.
 
+A base block (m > 1), ``fwht_base_kernel``: a row is an (m, p) matrix X and the result
+Bᵀ X H_p. The m-axis is a tiled GEMM, (64 × K-chunk) tiles of Bᵀ against (K-chunk × 64)
+tiles of X, accumulated over the whole of m (up to 1024): the one contraction with a
+long axis, done first, on the raw input. Its epilogue multiplies the accumulator tile by
+H of the low 2^4..2^6 bits of p (one dot, data on the left) before the store; the rest
+of H_p is a pass of the power-of-two tiles above over the (m, p) sub-rows, in place
+after a barrier (or a second launch for rows above 2^15). A factor of at most 2 left
+over, or a p below 16, is folded into the GEMM's block instead (B ⊗ H_f).
+
 Precision: the matrices hold 0 and ±1, exact in every dot type, so only the data needs
-care. float64 dots in float64. float32 data is split into two TF32-exact parts (two TF32
-dots: each element off by at most 2^-22 relative, instead of TF32's 2^-11); float16
-and bfloat16 data are split into two bfloat16 parts (2^-17). Accumulation is float32
-(float64 for float64), and the scale is applied once at the end in that precision.
+care. float64 dots in float64. float16 and bfloat16 input enters the first contraction
+of a base block as it is (one dot, exact products); everywhere else the data is float32
+and is split into bfloat16 parts, truncating all but the last part: three parts for
+float32 data (exact: 8 + 8 + 8 bits), two for float16/bfloat16 data (2^-17 relative).
+Accumulation is float32 (float64 for float64), and the scale, passed as two float32
+halves, is applied once at the end in that precision.
 """
 from __future__ import annotations
 
@@ -38,12 +50,12 @@ import triton.language as tl
 from fastspec.hadamard import sylvester
 
 MAX_FUSED_N = 2**13
-"""Rows up to this length are one tile. A program holds its whole tile in registers
-(about six per element with the split parts and the accumulator): 8192 elements fit 16
-warps without spilling on sm_90, 16384 do not (ptxas, see tests/test_fwht_triton_sm90.py)."""
+"""Power-of-two rows up to this length are one tile. A program holds its whole tile in
+registers (about six per element with the split parts and the accumulator): 8192 elements
+fit 16 warps without spilling on sm_90, 16384 do not (ptxas, tests/test_fwht_triton_sm90.py)."""
 MAX_ROW_N = 2**15
-"""Rows up to this length are transformed by one program in two phases (tiles of the
-inner factor, then of the outer), so the row is read from and written to DRAM once."""
+"""Rows up to this length are transformed by one program in two phases (tiles, a barrier,
+tiles over a strided axis), so the row is read from and written to DRAM once."""
 _CHUNK = 4096
 """Target number of elements one program transforms."""
 _MEMORY_COST = 32
@@ -51,37 +63,55 @@ _MEMORY_COST = 32
 _MAX_AXIS = 64
 """Largest padded axis. A program loads each axis matrix into registers: (64, 64) is 16
 values a thread at 8 warps, (128, 128) spills."""
+_GEMM_TILE = 64
+"""A base-block GEMM tile: 64 rows of Bᵀ (one Hopper warpgroup MMA) by 64 data columns."""
+_MAX_FOLD = 2
+"""Largest power-of-two factor folded into the GEMM's block rather than left to a pass."""
+_MAX_FOLDED_ORDER = 128
+"""For p < 16 the whole H_p is folded into the block while m·p stays at most this."""
+
+
+# ----------------------------------------------------------------------------- kernels
 
 
 @triton.jit
-def _split(x, MODE: tl.constexpr):
-    """x (float32) = hi + lo with hi exact in the dot type; lo = 0 where x is ±inf."""
-    if MODE == 1:  # TF32 keeps 10 mantissa bits: truncate for hi, round the rest to nearest
-        hi = (x.to(tl.int32, bitcast=True) & -8192).to(tl.float32, bitcast=True)
-        rest = tl.where(hi == x, 0.0, x - hi)
-        lo = ((rest.to(tl.int32, bitcast=True) + 4096) & -8192).to(tl.float32, bitcast=True)
+def _dot(data, mat, acc, DATA_LEFT: tl.constexpr):
+    if DATA_LEFT:
+        acc = tl.dot(data, mat, acc, out_dtype=acc.dtype)
     else:
-        hi = x.to(tl.bfloat16)
-        hi32 = hi.to(tl.float32)
-        lo = tl.where(hi32 == x, 0.0, x - hi32).to(tl.bfloat16)
-    return hi, lo
+        acc = tl.dot(mat, data, acc, out_dtype=acc.dtype)
+    return acc
+
+
+@triton.jit
+def _mma(data, mat, acc, DATA_LEFT: tl.constexpr, PARTS: tl.constexpr):
+    """acc + data @ mat (DATA_LEFT) or acc + mat @ data, mat exact in the dot type.
+
+    PARTS 0: float64 data and dot; 1: 16-bit data, one dot; 2 or 3: float32 data split
+    into bfloat16 parts, all but the last truncated (so none overflows), the last rounded.
+    ``where`` keeps ±inf in the first part alone (inf - inf would be NaN)."""
+    if PARTS <= 1:
+        acc = _dot(data, mat, acc, DATA_LEFT)
+    else:
+        rest = data
+        for i in tl.static_range(PARTS - 1):
+            part = (rest.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+            acc = _dot(part.to(tl.bfloat16), mat, acc, DATA_LEFT)
+            rest = tl.where(part == rest, 0.0, rest - part)
+        acc = _dot(rest.to(tl.bfloat16), mat, acc, DATA_LEFT)
+    return acc
 
 
 @triton.jit
 def _stage(x, m_ptr, R: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl.constexpr,
-           APPLY: tl.constexpr, MODE: tl.constexpr):
+           APPLY: tl.constexpr, PARTS: tl.constexpr):
     """x: (R, D0, D1, D2). Multiplies the last axis by the (D2, D2) matrix at m_ptr (if
     APPLY) and rotates that axis to the front: returns (R, D2, D0, D1)."""
     if APPLY:
         i = tl.arange(0, D2)
         mat = tl.load(m_ptr + i[:, None] * D2 + i[None, :])
         rows = tl.reshape(x, (R * D0 * D1, D2))
-        if MODE == 0:
-            y = tl.dot(rows, mat, out_dtype=tl.float64)
-        else:
-            hi, lo = _split(rows, MODE)
-            y = tl.dot(hi, mat, input_precision="tf32", out_dtype=tl.float32)
-            y = tl.dot(lo, mat, y, input_precision="tf32", out_dtype=tl.float32)
+        y = _mma(rows, mat, tl.zeros((R * D0 * D1, D2), x.dtype), True, PARTS)
         x = tl.reshape(y, (R, D0, D1, D2))
     if D2 == 1:
         out = tl.reshape(x, (R, D2, D0, D1))
@@ -96,10 +126,9 @@ def _tile(src_ptr, dst_ptr, base, numel, scale_hi, scale_lo, ma_ptr, mb_ptr, mc_
           R: tl.constexpr, A_TRUE: tl.constexpr, B_TRUE: tl.constexpr, C_TRUE: tl.constexpr,
           A: tl.constexpr, B: tl.constexpr, C: tl.constexpr,
           APPLY_A: tl.constexpr, APPLY_B: tl.constexpr, APPLY_C: tl.constexpr,
-          MODE: tl.constexpr, CACHE: tl.constexpr):
+          PARTS: tl.constexpr, CACHE: tl.constexpr):
     """Transforms the (R, A, B, C) tile at src_ptr + base into dst_ptr + base: R rows (or
-    columns) each viewed as (A, B, C). MODE: 0 float64, 1 float32 (split TF32), 2 float16
-    and bfloat16 (split bfloat16)."""
+    columns) each viewed as (A, B, C); PARTS as in _mma for float32 data (0: float64)."""
     r = tl.arange(0, R)[:, None, None, None]
     a = tl.arange(0, A)[None, :, None, None]
     b = tl.arange(0, B)[None, None, :, None]
@@ -107,12 +136,17 @@ def _tile(src_ptr, dst_ptr, base, numel, scale_hi, scale_lo, ma_ptr, mb_ptr, mc_
     offs = r * stride_r + a * stride_a + b * stride_b + c * stride_c
     mask = (a < A_TRUE) & (b < B_TRUE) & (c < C_TRUE) & (base + offs < numel)
     x = tl.load(src_ptr + base + offs, mask=mask, other=0.0, cache_modifier=CACHE)
-    x = x.to(tl.float64 if MODE == 0 else tl.float32)
-    x = _stage(x, mc_ptr, R, A, B, C, APPLY_C, MODE)  # (R, C, A, B)
-    x = _stage(x, mb_ptr, R, C, A, B, APPLY_B, MODE)  # (R, B, C, A)
-    x = _stage(x, ma_ptr, R, B, C, A, APPLY_A, MODE)  # (R, A, B, C)
-    scale = tl.cast(scale_hi, x.dtype) + tl.cast(scale_lo, x.dtype)  # exact in float64, inf-safe
-    tl.store(dst_ptr + base + offs, (x * scale).to(dst_ptr.dtype.element_ty), mask=mask)
+    x = x.to(tl.float64 if PARTS == 0 else tl.float32)
+    x = _stage(x, mc_ptr, R, A, B, C, APPLY_C, PARTS)  # (R, C, A, B)
+    x = _stage(x, mb_ptr, R, C, A, B, APPLY_B, PARTS)  # (R, B, C, A)
+    x = _stage(x, ma_ptr, R, B, C, A, APPLY_A, PARTS)  # (R, A, B, C)
+    tl.store(dst_ptr + base + offs, (x * _scale(scale_hi, scale_lo, x.dtype)).to(dst_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scale(scale_hi, scale_lo, dtype: tl.constexpr):
+    """The scale from its two float32 halves (a float64 one keeps 48 bits; no inf·0)."""
+    return tl.cast(scale_hi, dtype) + tl.cast(scale_lo, dtype)
 
 
 @triton.jit
@@ -127,46 +161,109 @@ def fwht_kernel(
     T2: tl.constexpr, R2: tl.constexpr, A_TRUE2: tl.constexpr, B_TRUE2: tl.constexpr, C_TRUE2: tl.constexpr,
     A2: tl.constexpr, B2: tl.constexpr, C2: tl.constexpr,
     APPLY_A2: tl.constexpr, APPLY_B2: tl.constexpr, APPLY_C2: tl.constexpr,
-    MODE: tl.constexpr,
+    PARTS: tl.constexpr,
 ):
-    """One program: T1 tiles of phase 1 (src -> out, scaled), then, if T2 > 0, T2 tiles
-    of phase 2 (out -> out, in place) after a barrier. Phase 2 reads what other threads
-    of this program wrote in phase 1: the barrier orders it, and the loads bypass L1."""
+    """Powers of two. One program: T1 tiles of phase 1 (src -> out, scaled), then, if
+    T2 > 0, T2 tiles of phase 2 (out -> out, in place) after a barrier. Phase 2 reads what
+    other threads of this program wrote in phase 1: the barrier orders it, and the loads
+    bypass L1."""
     pid = tl.program_id(0).to(tl.int64)
     base = (pid // programs_per_group) * group_stride + (pid % programs_per_group) * program_stride
     for t in range(T1):
         _tile(src_ptr, out_ptr, base + t * step1, numel, scale_hi, scale_lo, ma1, mb1, mc1, sr1, sa1, sb1, sc1,
-              R1, A_TRUE1, B_TRUE1, C_TRUE1, A1, B1, C1, APPLY_A1, APPLY_B1, APPLY_C1, MODE, "")
+              R1, A_TRUE1, B_TRUE1, C_TRUE1, A1, B1, C1, APPLY_A1, APPLY_B1, APPLY_C1, PARTS, "")
     if T2 > 0:
         tl.debug_barrier()
         for t in range(T2):
             _tile(out_ptr, out_ptr, base + t * step2, numel, 1.0, 0.0, ma2, mb2, mc2, sr2, sa2, sb2, sc2,
-                  R2, A_TRUE2, B_TRUE2, C_TRUE2, A2, B2, C2, APPLY_A2, APPLY_B2, APPLY_C2, MODE, ".cg")
+                  R2, A_TRUE2, B_TRUE2, C_TRUE2, A2, B2, C2, APPLY_A2, APPLY_B2, APPLY_C2, PARTS, ".cg")
+
+
+@triton.jit
+def _gemm_tile(src_ptr, dst_ptr, rows, row0, j0, scale_hi, scale_lo, bt_ptr, e_ptr,
+               N: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, KSTRIDE: tl.constexpr,
+               WJ: tl.constexpr, RW: tl.constexpr, MT: tl.constexpr, KC: tl.constexpr,
+               EPILOGUE: tl.constexpr, PARTS1: tl.constexpr, PARTS2: tl.constexpr):
+    """Y[c, col] = Σ_a Bᵀ[c, a] X[a, col] for the 64 columns col = (row r < RW, j < WJ) at
+    (row0 + r)·N + a·KSTRIDE + j0 + j, c and a < K (Bᵀ at bt_ptr zero-padded to KP × KP),
+    then (EPILOGUE) each row's WJ entries times the (WJ, WJ) matrix at e_ptr, scaled, stored."""
+    w = tl.arange(0, RW * WJ)
+    row = row0 + w // WJ
+    col = row.to(tl.int64) * N + j0 + w % WJ
+    col_ok = row < rows
+    acc_type: tl.constexpr = tl.float64 if PARTS1 == 0 else tl.float32
+    for m0 in range(0, KP, MT):
+        c = m0 + tl.arange(0, MT)
+        acc = tl.zeros((MT, RW * WJ), acc_type)
+        for k0 in range(0, KP, KC):
+            a = k0 + tl.arange(0, KC)
+            x = tl.load(src_ptr + a[:, None] * KSTRIDE + col[None, :], mask=(a[:, None] < K) & col_ok[None, :], other=0.0)
+            if PARTS1 == 0:
+                x = x.to(tl.float64)
+            elif PARTS1 > 1:
+                x = x.to(tl.float32)
+            bt = tl.load(bt_ptr + c[:, None] * KP + a[None, :])
+            acc = _mma(x, bt, acc, False, PARTS1)
+        if EPILOGUE:
+            i = tl.arange(0, WJ)
+            e = tl.load(e_ptr + i[:, None] * WJ + i[None, :])
+            y = tl.reshape(acc, (MT * RW, WJ))
+            y = _mma(y, e, tl.zeros((MT * RW, WJ), acc_type), True, PARTS2)
+            acc = tl.reshape(y, (MT, RW * WJ))
+        out = (acc * _scale(scale_hi, scale_lo, acc_type)).to(dst_ptr.dtype.element_ty)
+        tl.store(dst_ptr + c[:, None] * KSTRIDE + col[None, :], out, mask=(c[:, None] < K) & col_ok[None, :])
+
+
+@triton.jit
+def fwht_base_kernel(
+    src_ptr, out_ptr, rows, numel, scale_hi, scale_lo, bt_ptr, e_ptr,
+    ma2, mb2, mc2, sr2, sa2, sb2, sc2, step2,
+    N: tl.constexpr, K: tl.constexpr, KP: tl.constexpr, KSTRIDE: tl.constexpr,
+    WJ: tl.constexpr, RW: tl.constexpr, MT: tl.constexpr, KC: tl.constexpr,
+    JT: tl.constexpr, PROGRAMS_PER_GROUP: tl.constexpr, EPILOGUE: tl.constexpr,
+    PARTS1: tl.constexpr, PARTS2: tl.constexpr,
+    T2: tl.constexpr, R2: tl.constexpr, A_TRUE2: tl.constexpr, B_TRUE2: tl.constexpr, C_TRUE2: tl.constexpr,
+    A2: tl.constexpr, B2: tl.constexpr, C2: tl.constexpr,
+    APPLY_A2: tl.constexpr, APPLY_B2: tl.constexpr, APPLY_C2: tl.constexpr,
+):
+    """A base block. Program pid takes RW rows from (pid // PROGRAMS_PER_GROUP)·RW and the
+    JT column tiles (WJ wide, at j0 = tile·WJ) from (pid % PROGRAMS_PER_GROUP)·JT: the GEMM
+    of _gemm_tile, src -> out, scaled. Then, if T2 > 0, after a barrier, T2 power-of-two
+    tiles (as in fwht_kernel) over its rows, out -> out in place."""
+    pid = tl.program_id(0)
+    row0 = (pid // PROGRAMS_PER_GROUP) * RW
+    for t in range(JT):
+        j0 = ((pid % PROGRAMS_PER_GROUP) * JT + t) * WJ
+        _gemm_tile(src_ptr, out_ptr, rows, row0, j0, scale_hi, scale_lo, bt_ptr, e_ptr,
+                   N, K, KP, KSTRIDE, WJ, RW, MT, KC, EPILOGUE, PARTS1, PARTS2)
+    if T2 > 0:
+        tl.debug_barrier()
+        base = row0.to(tl.int64) * N
+        for t in range(T2):
+            _tile(out_ptr, out_ptr, base + t * step2, numel, 1.0, 0.0, ma2, mb2, mc2, sr2, sa2, sb2, sc2,
+                  R2, A_TRUE2, B_TRUE2, C_TRUE2, A2, B2, C2, APPLY_A2, APPLY_B2, APPLY_C2, PARTS2, ".cg")
 
 
 # ----------------------------------------------------------------------------- planning
-# A factor is 2 for one Sylvester bit or m for a base block; factor lists run from the
-# least significant up, so an axis (a run of them) is H_(its size): a base block only
-# ever stands at the top of a run.
+# Power-of-two tiles: a factor is one Sylvester bit, an axis a run of them (its size).
 
 
 @dataclasses.dataclass(frozen=True)
 class _Axis:
-    factors: tuple  # least significant first; () for an axis of size 1
+    bits: int  # log2 of its size; an axis of size 1 is not applied
     stride: int
 
     @property
     def applied(self) -> bool:
-        return bool(self.factors)
+        return self.bits > 0
 
     @property
     def true(self) -> int:
-        return math.prod(self.factors)
+        return 2**self.bits
 
     @property
     def padded(self) -> int:
-        size = triton.next_power_of_2(self.true)
-        return max(size, 16) if self.applied else size
+        return max(self.true, 16) if self.applied else 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,13 +282,48 @@ class _Phase:
 
 @dataclasses.dataclass(frozen=True)
 class _Launch:
-    """One kernel launch: program pid starts at (pid // programs_per_group) * group_stride
-    + (pid % programs_per_group) * program_stride and runs its phases (one or two)."""
+    """One power-of-two launch: program pid starts at (pid // programs_per_group) *
+    group_stride + (pid % programs_per_group) * program_stride and runs its phases."""
 
     phases: tuple
     group_stride: int
     programs_per_group: int = 1
     program_stride: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Gemm:
+    """The base block's GEMM on rows viewed as (k, kstride): block order k = m·fold
+    (B ⊗ H_fold), column tiles of rw rows × wj entries, and, if epilogue, H_wj (wj >= 16)
+    on each tile row before the store."""
+
+    m: int
+    fold: int
+    kstride: int
+    wj: int
+    epilogue: bool
+
+    @property
+    def k(self) -> int:
+        return self.m * self.fold
+
+    @property
+    def rw(self) -> int:
+        return _GEMM_TILE // self.wj
+
+    @property
+    def tiles_per_row(self) -> int:
+        return self.kstride // self.wj
+
+
+@dataclasses.dataclass(frozen=True)
+class _BaseLaunch:
+    """One base-block launch: the GEMM, then (phase, if any) power-of-two tiles over the
+    same rows after a barrier; `split` programs share a row group's column tiles."""
+
+    gemm: _Gemm
+    phase: _Phase | None
+    split: int = 1
 
 
 def _cost(axes) -> float:
@@ -200,15 +332,15 @@ def _cost(axes) -> float:
     return waste * (_MEMORY_COST + sum(ax.padded for ax in axes if ax.applied))
 
 
-def _split_axes(factors: tuple, unit: int) -> tuple[_Axis, _Axis, _Axis]:
-    """Cheapest split of factors (least significant first) into axes (A, B, C) of padded
-    size at most _MAX_AXIS; strides are in units of `unit` elements."""
+def _split_axes(bits: int, unit: int) -> tuple[_Axis, _Axis, _Axis]:
+    """Cheapest split of H_(2^bits) into axes (A, B, C) of padded size at most _MAX_AXIS
+    (C least significant); strides are in units of `unit` elements."""
     best = None
-    for i in range(len(factors) + 1):
-        for j in range(i, len(factors) + 1):
-            c = _Axis(factors[:i], unit)
-            b = _Axis(factors[i:j], unit * c.true)
-            a = _Axis(factors[j:], unit * c.true * b.true)
+    for i in range(bits + 1):
+        for j in range(i, bits + 1):
+            c = _Axis(i, unit)
+            b = _Axis(j - i, unit * c.true)
+            a = _Axis(bits - j, unit * c.true * b.true)
             if max(a.padded, b.padded, c.padded) <= _MAX_AXIS and (best is None or _cost((a, b, c)) < best[0]):
                 best = (_cost((a, b, c)), (a, b, c))
     return best[1]
@@ -225,75 +357,112 @@ def _rows_per_program(a: _Axis, b: _Axis, c: _Axis) -> int:
     return rows
 
 
-def _factors(m: int, bits: int) -> tuple:
-    return (2,) * bits + ((m,) if m > 1 else ())
-
-
-def _contiguous(m: int, p: int) -> _Phase:
-    """Rows of m·p contiguous elements, R of them a tile."""
-    a, b, c = _split_axes(_factors(m, p.bit_length() - 1), 1)
+def _contiguous(p: int) -> _Phase:
+    """Rows of p contiguous elements, R of them a tile."""
+    a, b, c = _split_axes(p.bit_length() - 1, 1)
     rows = _rows_per_program(a, b, c)
-    return _Phase(a, b, c, rows=rows, row_stride=m * p, tile_stride=rows * m * p)
+    return _Phase(a, b, c, rows=rows, row_stride=p, tile_stride=rows * p)
 
 
-def _strided(m: int, outer_bits: int, inner: int) -> _Phase:
-    """The outer factor H_m ⊗ H_(2^outer_bits) of rows viewed as (outer, inner): tiles of
-    R columns (stride 1), the outer axes at stride inner."""
-    a, b, c = _split_axes(_factors(m, outer_bits), inner)
-    columns = _rows_per_program(a, b, c)
+def _strided(outer: int, inner: int) -> _Phase:
+    """The outer factor H_outer of rows viewed as (outer, inner): tiles of R columns
+    (stride 1; at least 16, for 16-byte accesses), the outer axes at stride inner."""
+    a, b, c = _split_axes(outer.bit_length() - 1, inner)
+    columns = min(max(16, _rows_per_program(a, b, c)), inner)
     return _Phase(a, b, c, rows=columns, row_stride=1, tiles=inner // columns, tile_stride=columns)
 
 
-@functools.lru_cache(maxsize=None)
-def _plan(m: int, p: int, n: int) -> tuple[_Launch, ...]:
-    """Kernel launches for rows of n = m·p (m = 1 or a base order, p a power of two).
+def _tiles_over(phase: _Phase, count: int, length: int) -> _Phase:
+    """`phase` over `count` consecutive rows of `length` as one program's tiles (R rows
+    each, R dividing count)."""
+    rows = min(phase.rows, count & -count)
+    return dataclasses.replace(phase, rows=rows, tiles=count // rows, tile_stride=rows * length)
 
-    n ≤ MAX_FUSED_N: a grid over tiles of whole rows. Up to MAX_ROW_N: one program a row,
+
+def _outer_launch(outer: _Phase, length: int) -> _Launch:
+    """A launch of `outer` (a _strided phase) over every row of `length`, one tile a program."""
+    return _Launch((dataclasses.replace(outer, tiles=1),), group_stride=length,
+                   programs_per_group=outer.tiles, program_stride=outer.tile_stride)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan_pow2(p: int) -> tuple[_Launch, ...]:
+    """Launches for rows of p = 2^k.
+
+    p ≤ MAX_FUSED_N: a grid over tiles of whole rows. Up to MAX_ROW_N: one program a row,
     inner factor then outer factor, the row staying in L2 in between. Longer: two
     launches, the inner factor (itself one of the above) over all rows, then the outer
     factor in place.
     """
-    if n <= MAX_FUSED_N:
-        phase = _contiguous(m, p)
+    if p <= MAX_FUSED_N:
+        phase = _contiguous(p)
         return (_Launch((phase,), group_stride=phase.tile_stride),)
-    one_launch = n <= MAX_ROW_N
-    limit = MAX_FUSED_N if one_launch else MAX_ROW_N
-    inner = min(p, limit) if m > 1 else min(limit, n // 16)  # outer factor of at least 16
-    outer = _strided(m, (p // inner).bit_length() - 1, inner)
-    if one_launch:
-        first = _contiguous(1, inner)
-        inner_rows = n // inner  # m·2^j: a tile's R inner rows must divide it
-        rows = min(first.rows, inner_rows & -inner_rows)
-        first = dataclasses.replace(first, rows=rows, tiles=inner_rows // rows, tile_stride=rows * inner)
-        return (_Launch((first, outer), group_stride=n),)
-    (first,) = _plan(1, inner, inner)
-    return (
-        first,
-        _Launch((dataclasses.replace(outer, tiles=1),), group_stride=n,
-                programs_per_group=outer.tiles, program_stride=outer.tile_stride),
-    )
+    inner = min(MAX_FUSED_N, p // 16) if p <= MAX_ROW_N else min(MAX_ROW_N, p // 16)
+    outer = _strided(p // inner, inner)
+    if p <= MAX_ROW_N:
+        first = _tiles_over(_contiguous(inner), p // inner, inner)
+        return (_Launch((first, outer), group_stride=p),)
+    (first,) = _plan_pow2(inner)
+    return (first, _outer_launch(outer, p))
 
 
-_DOT_DTYPE = {torch.float64: torch.float64, torch.float32: torch.float32,
-              torch.float16: torch.bfloat16, torch.bfloat16: torch.bfloat16}
-_MODE = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2}
+@functools.lru_cache(maxsize=None)
+def _plan_base(m: int, p: int) -> tuple:
+    """Launches for rows of n = m·p, m > 1.
+
+    p < 16: H_p folded into the GEMM's block while m·p ≤ _MAX_FOLDED_ORDER, else a pass
+    over the contiguous sub-rows of p. p ≥ 16: the GEMM's epilogue takes the low 2^4..2^6
+    bits of H_p, a factor of at most _MAX_FOLD left over is folded into the block, a larger
+    one is a pass over the (m, p) sub-rows as columns of stride 64, all in one program up
+    to n = MAX_ROW_N. Longer rows: the GEMM alone, then H_p as for powers of two on the
+    sub-rows of p, in place.
+    """
+    if p < 16:
+        fold = p if m * p <= _MAX_FOLDED_ORDER else 1
+        gemm = _Gemm(m, fold, kstride=p // fold, wj=p // fold, epilogue=False)
+        phase = None if fold == p else _tiles_over(_contiguous(p), gemm.rw * m, p)
+        return (_BaseLaunch(gemm, phase),)
+    wj = min(p, 64)
+    rest = p // wj
+    if rest <= _MAX_FOLD:
+        return (_BaseLaunch(_Gemm(m, rest, kstride=wj, wj=wj, epilogue=True), None),)
+    if m * p <= MAX_ROW_N:
+        outer = _strided(rest, wj)
+        assert outer.tiles == 1, outer  # rest ≤ 32 here: one tile covers a sub-row
+        gemm = _Gemm(m, 1, kstride=p, wj=wj, epilogue=True)
+        return (_BaseLaunch(gemm, dataclasses.replace(outer, tiles=m, tile_stride=p)),)
+    gemm = _Gemm(m, 1, kstride=p, wj=wj, epilogue=False)
+    return (_BaseLaunch(gemm, None, split=gemm.tiles_per_row), *_plan_pow2(p))
+
+
+# ----------------------------------------------------------------------------- launches
+
+_PARTS = {torch.float64: 0, torch.float32: 3, torch.float16: 2, torch.bfloat16: 2}
+"""Parts of the float32 data in a dot (_mma): 0 means float64."""
+
+
+def _dot_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.bfloat16
 
 
 @functools.lru_cache(maxsize=256)
-def _axis_matrix(axis: _Axis, base, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """The (S, S) matrix of an axis, zero-padded: B ⊗ H_(2^j) if the axis holds the base
-    block (its most significant factor), else H of its size. Every stage multiplies its
-    axis from the right (it is rotated last first), so B is used as it is."""
-    padded = torch.zeros(axis.padded, axis.padded, dtype=torch.float64)
-    m = axis.factors[-1] if axis.factors and axis.factors[-1] > 2 else 1
-    mat = sylvester(axis.true // m)
-    padded[: axis.true, : axis.true] = torch.kron(base.matrix(), mat) if m > 1 else mat
-    return padded.to(dtype=dtype, device=device)
+def _padded_matrix(mat_key, size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, size) zero-padded: `mat_key` is ("H", order) for Sylvester's matrix or
+    ("B", base, fold, transposed) for (B ⊗ H_fold) or its transpose."""
+    if mat_key[0] == "H":
+        mat = sylvester(mat_key[1])
+    else:
+        _, base, fold, transposed = mat_key
+        mat = torch.kron(base.matrix(), sylvester(fold))
+        mat = mat.T if transposed else mat
+    out = torch.zeros(size, size, dtype=torch.float64)
+    out[: mat.shape[0], : mat.shape[0]] = mat
+    return out.to(dtype=dtype, device=device)
 
 
-def _phase_args(phase: _Phase, base, dtype: torch.dtype, device: torch.device):
+def _phase_args(phase: _Phase, dtype: torch.dtype, device: torch.device):
     a, b, c = phase.a, phase.b, phase.c
-    mats = [_axis_matrix(ax, base, _DOT_DTYPE[dtype], device) for ax in (a, b, c)]
+    mats = [_padded_matrix(("H", ax.true), ax.padded, _dot_dtype(dtype), device) for ax in (a, b, c)]
     args = (*mats, phase.row_stride, a.stride, b.stride, c.stride, phase.tile_stride)
     meta = (phase.rows, a.true, b.true, c.true, a.padded, b.padded, c.padded, a.applied, b.applied, c.applied)
     return args, meta
@@ -302,32 +471,65 @@ def _phase_args(phase: _Phase, base, dtype: torch.dtype, device: torch.device):
 _META = ("R", "A_TRUE", "B_TRUE", "C_TRUE", "A", "B", "C", "APPLY_A", "APPLY_B", "APPLY_C")
 
 
+def _num_warps(phases) -> int:
+    volume = max(ph.rows * ph.a.padded * ph.b.padded * ph.c.padded for ph in phases)
+    return min(16, max(4, volume // 512))
+
+
+def _pow2_call(launch: _Launch, src, out, scale_parts, dtype, device):
+    phases = launch.phases
+    first_args, first_meta = _phase_args(phases[0], dtype, device)
+    second_args, second_meta = _phase_args(phases[-1], dtype, device)
+    grid = (triton.cdiv(out.numel(), launch.group_stride) * launch.programs_per_group,)
+    args = (src, out, out.numel(), *scale_parts, launch.programs_per_group, launch.group_stride,
+            launch.program_stride, *first_args, *second_args)
+    meta = {"T1": phases[0].tiles, "T2": phases[1].tiles if len(phases) > 1 else 0}
+    meta |= {k + "1": v for k, v in zip(_META, first_meta, strict=True)}
+    meta |= {k + "2": v for k, v in zip(_META, second_meta, strict=True)}
+    meta |= {"PARTS": _PARTS[dtype], "num_warps": _num_warps(phases)}
+    return fwht_kernel, grid, args, meta
+
+
+def _base_call(launch: _BaseLaunch, base, src, out, scale_parts, dtype, device):
+    gemm, n = launch.gemm, out.shape[-1]
+    kp = triton.cdiv(gemm.k, _GEMM_TILE) * _GEMM_TILE if gemm.k > 32 else max(16, triton.next_power_of_2(gemm.k))
+    # The GEMM multiplies Bᵀ from the left: its first operand is the block transposed.
+    bt = _padded_matrix(("B", base, gemm.fold, True), kp, dtype if dtype == torch.float16 else _dot_dtype(dtype), device)
+    e = _padded_matrix(("H", gemm.wj), gemm.wj, _dot_dtype(dtype), device)
+    phase = launch.phase
+    second_args, second_meta = _phase_args(phase or _contiguous(1), dtype, device)
+    rows = out.numel() // n if n else 0
+    groups = triton.cdiv(rows, gemm.rw)
+    args = (src, out, rows, out.numel(), *scale_parts, bt, e, *second_args)
+    meta = {"N": n, "K": gemm.k, "KP": kp, "KSTRIDE": gemm.kstride, "WJ": gemm.wj, "RW": gemm.rw,
+            "MT": min(_GEMM_TILE, kp), "KC": min(32, kp), "JT": gemm.tiles_per_row // launch.split,
+            "PROGRAMS_PER_GROUP": launch.split, "EPILOGUE": gemm.epilogue,
+            "PARTS1": 1 if dtype in (torch.float16, torch.bfloat16) else _PARTS[dtype], "PARTS2": _PARTS[dtype],
+            "T2": phase.tiles if phase else 0}
+    meta |= {k + "2": v for k, v in zip(_META, second_meta, strict=True)}
+    meta["num_warps"] = 4
+    return fwht_base_kernel, (groups * launch.split,), args, meta
+
+
 def _split_scale(scale: float) -> tuple[float, float]:
     """scale = hi + lo with both float32 (a launch passes Python floats as float32): the
-    product x·hi + x·lo keeps float64 results within 2^-48 of x·scale."""
+    kernels rebuild it in float64, within 2^-48 of scale."""
     hi = float(torch.tensor(scale, dtype=torch.float32))
     return hi, float(torch.tensor(scale - hi, dtype=torch.float32))
 
 
 def kernel_calls(x: torch.Tensor, out: torch.Tensor, scale: float, p: int, base):
     """The launches that transform x into out, x @ (B ⊗ H_p) * scale with B of
-    ``base`` (fastspec.ops.fwht.Base): a list of (grid, args, meta) for
-    ``fwht_kernel[grid](*args, **meta)`` (also used to compile them ahead of time)."""
+    ``base`` (fastspec.ops.fwht.Base): a list of (kernel, grid, args, meta) for
+    ``kernel[grid](*args, **meta)`` (also used to compile them ahead of time)."""
     calls = []
-    for i, launch in enumerate(_plan(base.m, p, x.shape[-1])):
-        phases = launch.phases
-        first_args, first_meta = _phase_args(phases[0], base, x.dtype, x.device)
-        second_args, second_meta = _phase_args(phases[-1], base, x.dtype, x.device)
-        grid = (triton.cdiv(x.numel(), launch.group_stride) * launch.programs_per_group,)
-        args = (x if i == 0 else out, out, x.numel(), *(_split_scale(scale) if i == 0 else (1.0, 0.0)),
-                launch.programs_per_group, launch.group_stride, launch.program_stride,
-                *first_args, *second_args)
-        meta = {"T1": phases[0].tiles, "T2": phases[1].tiles if len(phases) > 1 else 0}
-        meta |= {k + "1": v for k, v in zip(_META, first_meta, strict=True)}
-        meta |= {k + "2": v for k, v in zip(_META, second_meta, strict=True)}
-        volume = max(ph.rows * ph.a.padded * ph.b.padded * ph.c.padded for ph in phases)
-        meta |= {"MODE": _MODE[x.dtype], "num_warps": min(16, max(4, volume // 512))}
-        calls.append((grid, args, meta))
+    plan = _plan_pow2(p) if base.m == 1 else _plan_base(base.m, p)
+    for i, launch in enumerate(plan):
+        src, parts = (x, _split_scale(scale)) if i == 0 else (out, (1.0, 0.0))
+        if isinstance(launch, _BaseLaunch):
+            calls.append(_base_call(launch, base, src, out, parts, x.dtype, x.device))
+        else:
+            calls.append(_pow2_call(launch, src, out, parts, x.dtype, x.device))
     return calls
 
 
@@ -338,8 +540,8 @@ def fwht(x: torch.Tensor, scale: float, p: int, base) -> torch.Tensor:
     # A scale far outside float32's range would lose its low part: applied afterwards.
     in_range = scale == 0 or 2.0**-60 <= abs(scale) <= 2.0**60
     if x.numel():
-        for grid, args, meta in kernel_calls(x, out, scale if in_range else 1.0, p, base):
-            fwht_kernel[grid](*args, **meta)
+        for kernel, grid, args, meta in kernel_calls(x, out, scale if in_range else 1.0, p, base):
+            kernel[grid](*args, **meta)
         if not in_range:
             out.mul_(scale)
     return out
