@@ -37,7 +37,7 @@ def backend_params(*names):
 # at most twice the error of the reference computed in that dtype, plus a small floor.
 # "The reference in that dtype" is the exact result rounded once to the dtype: the best
 # any computation in that dtype can do (a dense in-dtype matmul is no better).
-_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-4, torch.bfloat16: 1e-3}
+_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-7, torch.float16: 1e-4, torch.bfloat16: 1e-3}
 
 
 def _rel_err(out: torch.Tensor, ref: torch.Tensor, dim=None) -> torch.Tensor:

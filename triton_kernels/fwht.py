@@ -84,22 +84,27 @@ def _dot(data, mat, acc, DATA_LEFT: tl.constexpr):
 
 
 @triton.jit
-def _mma(data, mat, acc, DATA_LEFT: tl.constexpr, PARTS: tl.constexpr):
-    """acc + data @ mat (DATA_LEFT) or acc + mat @ data, mat exact in the dot type.
+def _mma(data, mat, acc, acc_lo, DATA_LEFT: tl.constexpr, PARTS: tl.constexpr):
+    """(acc, acc_lo) + data @ mat (DATA_LEFT) or mat @ data, mat exact in the dot type.
 
     PARTS 0: float64 data and dot; 1: 16-bit data, one dot; 2 or 3: float32 data split
-    into bfloat16 parts, all but the last truncated (so none overflows), the last rounded.
-    ``where`` keeps ±inf in the first part alone (inf - inf would be NaN)."""
+    into bfloat16 parts, all but the last truncated (so none overflows), the last rounded
+    (3 parts are exact). The first part's products go to acc: sums of numbers of 8
+    significant bits stay (nearly) exact in float32, whatever the length of the sum or how
+    the hardware rounds; the small parts go to acc_lo. ``where`` keeps ±inf in the first
+    part alone (inf - inf would be NaN)."""
     if PARTS <= 1:
         acc = _dot(data, mat, acc, DATA_LEFT)
     else:
-        rest = data
-        for i in tl.static_range(PARTS - 1):
+        part = (data.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
+        acc = _dot(part.to(tl.bfloat16), mat, acc, DATA_LEFT)
+        rest = tl.where(part == data, 0.0, data - part)
+        if PARTS == 3:
             part = (rest.to(tl.int32, bitcast=True) & -65536).to(tl.float32, bitcast=True)
-            acc = _dot(part.to(tl.bfloat16), mat, acc, DATA_LEFT)
+            acc_lo = _dot(part.to(tl.bfloat16), mat, acc_lo, DATA_LEFT)
             rest = tl.where(part == rest, 0.0, rest - part)
-        acc = _dot(rest.to(tl.bfloat16), mat, acc, DATA_LEFT)
-    return acc
+        acc_lo = _dot(rest.to(tl.bfloat16), mat, acc_lo, DATA_LEFT)
+    return acc, acc_lo
 
 
 @triton.jit
@@ -111,7 +116,10 @@ def _stage(x, m_ptr, R: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, D2: tl
         i = tl.arange(0, D2)
         mat = tl.load(m_ptr + i[:, None] * D2 + i[None, :])
         rows = tl.reshape(x, (R * D0 * D1, D2))
-        y = _mma(rows, mat, tl.zeros((R * D0 * D1, D2), x.dtype), True, PARTS)
+        zeros = tl.zeros((R * D0 * D1, D2), x.dtype)
+        y, y_lo = _mma(rows, mat, zeros, zeros, True, PARTS)
+        if PARTS >= 2:
+            y += y_lo
         x = tl.reshape(y, (R, D0, D1, D2))
     if D2 == 1:
         out = tl.reshape(x, (R, D2, D0, D1))
@@ -195,6 +203,7 @@ def _gemm_tile(src_ptr, dst_ptr, rows, row0, j0, scale_hi, scale_lo, bt_ptr, e_p
     for m0 in range(0, KP, MT):
         c = m0 + tl.arange(0, MT)
         acc = tl.zeros((MT, RW * WJ), acc_type)
+        acc_lo = tl.zeros((MT, RW * WJ), acc_type)
         for k0 in range(0, KP, KC):
             a = k0 + tl.arange(0, KC)
             x = tl.load(src_ptr + a[:, None] * KSTRIDE + col[None, :], mask=(a[:, None] < K) & col_ok[None, :], other=0.0)
@@ -203,12 +212,17 @@ def _gemm_tile(src_ptr, dst_ptr, rows, row0, j0, scale_hi, scale_lo, bt_ptr, e_p
             elif PARTS1 > 1:
                 x = x.to(tl.float32)
             bt = tl.load(bt_ptr + c[:, None] * KP + a[None, :])
-            acc = _mma(x, bt, acc, False, PARTS1)
+            acc, acc_lo = _mma(x, bt, acc, acc_lo, False, PARTS1)
+        if PARTS1 >= 2:
+            acc += acc_lo
         if EPILOGUE:
             i = tl.arange(0, WJ)
             e = tl.load(e_ptr + i[:, None] * WJ + i[None, :])
             y = tl.reshape(acc, (MT * RW, WJ))
-            y = _mma(y, e, tl.zeros((MT * RW, WJ), acc_type), True, PARTS2)
+            zeros = tl.zeros((MT * RW, WJ), acc_type)
+            y, y_lo = _mma(y, e, zeros, zeros, True, PARTS2)
+            if PARTS2 >= 2:
+                y += y_lo
             acc = tl.reshape(y, (MT, RW * WJ))
         out = (acc * _scale(scale_hi, scale_lo, acc_type)).to(dst_ptr.dtype.element_ty)
         tl.store(dst_ptr + c[:, None] * KSTRIDE + col[None, :], out, mask=(c[:, None] < K) & col_ok[None, :])

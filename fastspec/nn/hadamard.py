@@ -10,13 +10,15 @@ from fastspec.ops.fwht import fwht
 
 
 class HadamardTransform(torch.nn.Module):
-    """y = fwht(x * signs, scale) along the last dim (size n).
+    """y = fwht(x * signs, scale) along the last dim (size n, any of
+    ``fastspec.supported_sizes()``: model widths such as 11008 = 172·64 included).
 
     scale defaults to 1/sqrt(n), which makes the transform orthonormal. With
     ``random_signs=True`` a fixed random ±1 vector D (a buffer, drawn from ``seed``)
     multiplies x first: y = x D H scale, the randomized Hadamard rotation used to
     spread outliers before quantization (QuaRot, SpinQuant). ``inverse(y)`` undoes it
-    for any scale: x = (y H / (n scale)) D.
+    for any scale: x = (y Hᵀ / (n scale)) D (H Hᵀ = n I; H itself is not symmetric for
+    every n).
     """
 
     def __init__(self, n: int, scale: float | None = None, random_signs: bool = False,
@@ -47,7 +49,7 @@ class HadamardTransform(torch.nn.Module):
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         """The inverse map: forward(inverse(y)) == y up to rounding."""
         self._check(y)
-        x = fwht(y, 1.0 / (self.n * self.scale), backend=self.backend)
+        x = fwht(y, 1.0 / (self.n * self.scale), transpose=True, backend=self.backend)
         if self.signs is not None:
             x = x * self.signs.to(x.dtype)
         return x

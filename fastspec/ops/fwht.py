@@ -95,11 +95,22 @@ def _torch_factors(p: int) -> list[int]:
     return [2 ** (k // pieces + (i < k % pieces)) for i in range(pieces)] if k else []
 
 
+def _exact_product(a: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+    """a @ mat for float32 a and a ±1 mat, with the error of about one rounding: a is
+    split into its leading 8 significant bits (whose sums stay exact in float32) and the
+    rest (2^-8 smaller, so its rounding errors are too)."""
+    hi = (a.view(torch.int32) & -65536).view(torch.float32)
+    lo = torch.where(hi == a, 0.0, a - hi)  # where: ±inf stays in hi (inf - inf is NaN)
+    return hi @ mat + lo @ mat
+
+
 def fwht_torch(x: torch.Tensor, scale: float, p: int, base: Base) -> torch.Tensor:
     """The torch backend: one batched matmul per Kronecker factor of B ⊗ H_p.
 
     Each step contracts the leading factor axis and moves it last, so after all factors
-    the axes are back in order. float16/bfloat16 are computed in float32.
+    the axes are back in order. float16/bfloat16 are computed in float32; float32 with
+    each product split in two (``_exact_product``), so that long factors (m up to 1024)
+    keep float32 results within a few roundings.
     """
     n = x.shape[-1]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -107,14 +118,11 @@ def fwht_torch(x: torch.Tensor, scale: float, p: int, base: Base) -> torch.Tenso
     rows = work.shape[0]
     mats = [base.matrix(acc, x.device)] if base.m > 1 else []
     mats += [_sylvester(size, acc, x.device) for size in _torch_factors(p)]
-    if not mats:
-        return (work * scale).to(x.dtype).reshape(x.shape)
-    for i, mat in enumerate(mats):
-        if i == len(mats) - 1 and scale != 1.0:
-            mat = mat * scale
+    product = _exact_product if x.dtype == torch.float32 else torch.matmul
+    for mat in mats:
         size = mat.shape[0]
-        work = work.reshape(rows, size, n // size).transpose(1, 2) @ mat
-    return work.reshape(x.shape).to(x.dtype)
+        work = product(work.reshape(rows, size, n // size).transpose(1, 2), mat)
+    return (work * scale).reshape(x.shape).to(x.dtype)
 
 
 @functools.lru_cache(maxsize=64)
