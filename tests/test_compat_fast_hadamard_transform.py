@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import fastspec
 from fastspec.compat import fast_hadamard_transform as fht
+from fastspec.hadamard import hadamard_block
 from fastspec.reference.fwht import fast_hadamard_transform_reference, fwht_reference
 
 from conftest import DEVICE, assert_close_to_reference, backend_params, random_input
@@ -76,6 +77,7 @@ def test_base_matrices_are_hadamard(m):
     assert b.shape == (m, m) and set(b.unique().tolist()) == {-1.0, 1.0}
     assert torch.equal(b @ b.T, m * torch.eye(m, dtype=torch.float64))
     assert torch.equal(b, b.T) == (m == 12)  # the peer's backward assumes symmetry: only 12 is
+    assert not torch.equal(b, hadamard_block(m))  # not fastspec's own: fastspec.fwht differs at m·2^k
 
 
 @pytest.mark.parametrize("m", ORDERS)
@@ -140,6 +142,13 @@ def test_exact_lengths_are_not_padded(m):
             x = random_input((3, dim), torch.float64)
             unpadded = fwht_reference(x.cpu(), 1.0, transpose=True, block=fht.base_matrix(m))
             assert not torch.allclose(FUNCTIONS[m](x).cpu(), unpadded)
+
+
+def test_fwht_is_the_peers_hadamard_transform_at_powers_of_two():
+    """As the README says (dims 1, 2, 4 are padded to 8 here: Sylvester's nesting)."""
+    for k in range(13):
+        x = random_input((3, 2**k), torch.float32)
+        torch.testing.assert_close(fastspec.fwht(x, 0.5), fht.hadamard_transform(x, 0.5))
 
 
 @pytest.mark.parametrize("m", ORDERS)

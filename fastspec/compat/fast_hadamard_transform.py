@@ -128,12 +128,14 @@ def _padded_length(dim: int, m: int) -> int:
 
 
 def _transform(name: str, x: torch.Tensor, scale, m: int, backend: str) -> torch.Tensor:
+    """Validate, zero-pad to the peer's length, run the fwht op (base B_m if m > 1), cut back."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: x must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{name}: x must be float16, bfloat16 or float32 (or float64), got {x.dtype}")
     if x.dim() == 0:
-        raise ValueError(f"{name}: x must have at least one dimension (the transform runs along the last), got a 0-dim tensor")
+        raise ValueError(f"{name}: x must have at least one dimension (the transform runs along "
+                         "the last), got a 0-dim tensor")
     if not isinstance(scale, numbers.Real):
         raise TypeError(f"{name}: scale must be a real number, got {type(scale).__name__}")
     dim = int(x.shape[-1])
