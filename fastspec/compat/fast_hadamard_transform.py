@@ -23,7 +23,7 @@ peer does. When dim was padded the result is a view of the padded result, as the
 
 Where this module does more than the peer: any device (the peer takes CUDA tensors only),
 every fastspec backend (``backend=``, keyword-only), float64 (computed in float64), padded
-lengths up to 2^20 (the peer stops at dim 32768, and m·1024), empty batches.
+lengths up to 2^20 (the peer stops at dim 32768, and at m·1024 for ``_{m}N``), empty batches.
 
 Where it differs, because the peer is wrong there:
 
