@@ -3,8 +3,11 @@
 ``fwht_reference`` runs the radix-2 butterfly over the power-of-two factor and a dense
 product with the base block H_m (a different algorithm from every backend);
 ``fwht_dense`` is the literal ``x @ H_n``; the tests check the two against each other.
+``fast_hadamard_transform_reference`` is fast-hadamard-transform 1.1.0's definition
+(``fastspec.compat.fast_hadamard_transform``): zero-pad, transform, cut back.
 """
 import functools
+import math
 
 import torch
 
@@ -31,6 +34,27 @@ def fwht_reference(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = Fal
     mat = block.to(dtype=torch.float64, device=y.device)
     y = torch.einsum("rap,ac->rcp", y, mat.T if transpose else mat)  # B on the leading index
     return (y * scale).reshape(x.shape)
+
+
+def fast_hadamard_transform_reference(x: torch.Tensor, scale: float = 1.0,
+                                      base: torch.Tensor | None = None) -> torch.Tensor:
+    """fast-hadamard-transform 1.1.0 by its definition, in float64 (returns float64).
+
+    x: (..., dim). Each row is zero-padded to n, multiplied from the left by
+    K = base ⊗ H_(n/m) (base of order m, its index the most significant; K = H_n if base
+    is None), scaled and cut back to dim: ``(pad(x) @ Kᵀ)[..., :dim] * scale``.
+    n: dim rounded up to a multiple of 8 (no base) or 4m, then up to the next m·2^k.
+    """
+    m = 1 if base is None else base.shape[0]
+    dim = x.shape[-1]
+    multiple = 8 if base is None else 4 * m
+    n = math.ceil(dim / multiple) * multiple
+    p = 1
+    while m * p < n:
+        p *= 2
+    zeros = torch.zeros(*x.shape[:-1], m * p - dim, dtype=torch.float64, device=x.device)
+    padded = torch.cat([x.to(torch.float64), zeros], dim=-1)
+    return fwht_reference(padded, scale, transpose=True, block=base)[..., :dim]
 
 
 @functools.lru_cache(maxsize=8)
