@@ -4,15 +4,15 @@
 #
 #   bench/gpu_check.sh OUTDIR
 #
-# OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, summary),
-# pytest.log, main.log, <family>-<device>.json/.png per benchmark, and, where the tools
-# run, ncu.log (Nsight Compute: speed of light, occupancy, launch statistics of the FWHT
-# kernels at the benchmark shape) and sanitizer.log (compute-sanitizer memcheck of both GPU
-# backends, racecheck of the CUDA kernel). Each step has a timeout inside one overall
-# budget (GPU_CHECK_BUDGET_S, default 450 s; the last PROFILE_RESERVE_S = 100 of it are
-# kept for the profiler and sanitizer), so the script ends inside 8 minutes; a failing
-# step does not stop the later ones, and the exit status is 1 if any step failed.
-# PYTHON overrides the interpreter.
+# OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, the tuning sweep
+# of bench/tune_fwht.py, summary), pytest.log, main.log, <family>-<device>.json/.png per
+# benchmark, and, where the tools run, ncu.log (Nsight Compute: speed of light, occupancy,
+# launch statistics of the FWHT kernels at the benchmark shape) and sanitizer.log
+# (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
+# step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
+# last PROFILE_RESERVE_S = 160 of it are kept for the sweep, the profiler and the
+# sanitizer), so the script ends inside 9 minutes; a failing step does not stop the later
+# ones, and the exit status is 1 if any step failed. PYTHON overrides the interpreter.
 set -euo pipefail
 
 [[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
@@ -20,7 +20,7 @@ mkdir -p "$1"
 OUTDIR=$(cd "$1" && pwd)
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-450}))
+DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
 export PYTHONUNBUFFERED=1
 SUMMARY=()
 FAILED=0
@@ -73,21 +73,24 @@ main() {
   # pytest-xdist is there (it is on the GPU image).
   local xdist=()
   "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 8)
-  TAIL=25 step "pytest tests/" 200 "$OUTDIR/pytest.log" \
+  TAIL=25 step "pytest tests/" 220 "$OUTDIR/pytest.log" \
     "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
 
-  local benches=(bench/bench_*.py) i reserve=${PROFILE_RESERVE_S:-100}
+  local benches=(bench/bench_*.py) i reserve=${PROFILE_RESERVE_S:-160}
   for i in "${!benches[@]}"; do
     local left=$((DEADLINE - SECONDS - 5 - reserve)) n=$((${#benches[@]} - i))
     step "$(basename "${benches[$i]}")" $((left / n)) - "$PY" "${benches[$i]}" --out "$OUTDIR"
   done
 
+  # Variants of the base-block kernel (tile sizes, stages, warps) at two model widths.
+  TAIL=20 step "tune_fwht.py" 60 - "$PY" bench/tune_fwht.py
+
   # One launch per kernel and size (bench/profile_fwht.py), watched by the tools.
   if command -v ncu >/dev/null; then
     TAIL=60 step "ncu fwht kernels" 55 "$OUTDIR/ncu.log" ncu --clock-control none -k regex:fwht \
       --section SpeedOfLight --section Occupancy --section LaunchStats \
-      "$PY" bench/profile_fwht.py --sizes 4096 32768 --dtypes float16
+      "$PY" bench/profile_fwht.py --sizes 4096 32768 11008 --dtypes float16
   else
     echo "ncu not found: no profile"
   fi

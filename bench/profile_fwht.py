@@ -34,7 +34,11 @@ def main(argv=None) -> int:
         for dtype in (getattr(torch, d) for d in args.dtypes):
             for n in args.sizes:
                 x = torch.randn(args.rows, n, dtype=dtype, device=device)
-                err = check((x,), fastspec.fwht(x, n**-0.5, backend=backend))
+                try:
+                    err = check((x,), fastspec.fwht(x, n**-0.5, backend=backend))
+                except ValueError as exc:  # this backend does not take n
+                    print(f"{backend:7s} n={n:<6d} {str(dtype):15s} skipped: {exc}", flush=True)
+                    continue
                 ok = err <= _timing.TOLERANCE[dtype]
                 failed += not ok
                 print(f"{backend:7s} n={n:<6d} {str(dtype):15s} rows={args.rows}: relative error {err:.1e} {'ok' if ok else 'FAIL'}",

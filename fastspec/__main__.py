@@ -55,13 +55,14 @@ FAMILIES = [
         op=lambda x, backend: fastspec.fwht(x, x.shape[-1] ** -0.5, backend=backend),
         reference=lambda x: fwht_reference(x, x.shape[-1] ** -0.5),
         baseline=_fwht_baseline,
-        check_shapes={
-            "cpu": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (2, 4096)],
-            "cuda": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (64, 4096), (16, 32768), (2, 2**20)],
+        check_shapes={  # 11008 = 172·64 (Llama-2-7B's MLP width) and 4080 = 1020·4: the largest block
+            "cpu": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (2, 4096), (2, 11008)],
+            "cuda": [(4, 256), (3, 12 * 64), (2, 3, 40 * 32), (64, 4096), (16, 32768), (2, 2**20), (64, 11008),
+                     (8, 4080), (4, 27648)],
         },
         bench_cases={
-            "cpu": [((256, 4096), torch.float32)],
-            "cuda": [((16 * 2048, n), torch.float16) for n in (256, 1024, 4096, 16384)],
+            "cpu": [((256, 4096), torch.float32), ((64, 11008), torch.float32)],
+            "cuda": [((16 * 2048, n), torch.float16) for n in (256, 1024, 4096, 16384, 11008)],
         },
     ),
 ]

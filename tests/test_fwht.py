@@ -432,6 +432,20 @@ def test_cuda_and_triton_agree_on_gpu(dtype):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
+def test_triton_model_widths_on_gpu(dtype):
+    """Every model width with many rows (more programs than SMs), float32 within 2e-7."""
+    for n in MODEL_WIDTHS + [1020 * 64, 12 * 2**16]:
+        x = random_input((min(300, 2**23 // n), n), dtype)
+        ref = fwht_reference(x.cpu(), 1 / math.sqrt(n))
+        out = fastspec.fwht(x, 1 / math.sqrt(n), backend="triton")
+        assert_close_to_reference(out, ref)
+        if dtype == torch.float32:
+            assert (out.cpu().double() - ref).norm() / ref.norm() <= 2e-7, n
+
+
+@pytest.mark.cuda
 @pytest.mark.parametrize("backend", backend_params("cuda"))
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE, ids=str)
 @pytest.mark.parametrize("n, rows", [(2048, 5000), (32768, 700)])

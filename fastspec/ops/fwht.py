@@ -88,10 +88,10 @@ def _base_matrix(base: Base, dtype: torch.dtype, device: torch.device) -> torch.
 
 
 def _torch_factors(p: int) -> list[int]:
-    """Sylvester factors of H_p, most significant first, each at most 64 (a few small
-    matrix products beat log2(p) elementwise passes)."""
+    """Sylvester factors of H_p, most significant first, each at most 16 (a few small
+    matrix products beat log2(p) elementwise passes; longer float32 sums lose precision)."""
     k = p.bit_length() - 1
-    pieces = -(-k // 6)
+    pieces = -(-k // 4)
     return [2 ** (k // pieces + (i < k % pieces)) for i in range(pieces)] if k else []
 
 
@@ -108,9 +108,8 @@ def fwht_torch(x: torch.Tensor, scale: float, p: int, base: Base) -> torch.Tenso
     """The torch backend: one batched matmul per Kronecker factor of B ⊗ H_p.
 
     Each step contracts the leading factor axis and moves it last, so after all factors
-    the axes are back in order. float16/bfloat16 are computed in float32; float32 with
-    each product split in two (``_exact_product``), so that long factors (m up to 1024)
-    keep float32 results within a few roundings.
+    the axes are back in order. float16/bfloat16 are computed in float32; for float32
+    the product with B (sums of up to 1024 terms) is split in two (``_exact_product``).
     """
     n = x.shape[-1]
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -118,10 +117,10 @@ def fwht_torch(x: torch.Tensor, scale: float, p: int, base: Base) -> torch.Tenso
     rows = work.shape[0]
     mats = [base.matrix(acc, x.device)] if base.m > 1 else []
     mats += [_sylvester(size, acc, x.device) for size in _torch_factors(p)]
-    product = _exact_product if x.dtype == torch.float32 else torch.matmul
-    for mat in mats:
+    for i, mat in enumerate(mats):
         size = mat.shape[0]
-        work = product(work.reshape(rows, size, n // size).transpose(1, 2), mat)
+        exact = i == 0 and base.m > 1 and x.dtype == torch.float32  # the long sums: B's
+        work = (_exact_product if exact else torch.matmul)(work.reshape(rows, size, n // size).transpose(1, 2), mat)
     return (work * scale).reshape(x.shape).to(x.dtype)
 
 
