@@ -11,7 +11,8 @@ Triton 3.6's interpreter stores bfloat16 as raw uint16 bits, and
   bit without carrying into the exponent), where the GPU rounds to nearest even;
 - it passes a Python float argument on as a float64, where a GPU launch passes a float32:
   round it to float32, so a kernel that needs more than a float32 scale is caught here.
-Both fixes are harmless where the interpreter is already right.
+The fixes are harmless where the interpreter is already right (the TF32 one serves any
+kernel with a float32 dot in the default precision).
 """
 import numpy as np
 import triton.language as tl
