@@ -2,22 +2,27 @@
 
 ``fft_conv_reference`` is ``y = postgate · conv(u · pregate, k) + D · u`` per channel for
 the three modes of :func:`fastspec.fft_conv`; ``fft_conv2d_reference`` is the depthwise 2D
-convolution of :func:`fastspec.fft_conv2d`. Both loop over the filter's taps (O(L·Lk)
-work, O(L) memory) and are differentiable, so the tests take their gradients by autograd.
+convolution of :func:`fastspec.fft_conv2d`. Both add up the filter's taps one at a time
+(O(L·Lk) work, O(L) memory) and are differentiable, so the tests take their gradients by
+autograd. ``fft_conv_pytorch`` is the benchmarks' baseline.
 """
 import torch
 
 
-def _shifted(v: torch.Tensor, lag: int, dim: int, circular: bool) -> torch.Tensor:
-    """w[t] = v[t - lag] along ``dim``: cyclic, or with zeros where t - lag is outside."""
+def _add_shifted(y: torch.Tensor, tap: torch.Tensor, v: torch.Tensor, lags: tuple[int, ...], circular: bool) -> None:
+    """y[..., t] += tap · v[..., t − lag] over the last len(lags) dims, in place: cyclically,
+    or only where t − lag is inside v (zero outside)."""
+    dims = tuple(range(-len(lags), 0))
     if circular:
-        return torch.roll(v, lag, dim)
-    n = v.shape[dim]
-    out = torch.zeros_like(v)
-    if abs(lag) < n:
-        src = v.narrow(dim, max(-lag, 0), n - abs(lag))
-        out.narrow(dim, max(lag, 0), n - abs(lag)).copy_(src)
-    return out
+        y += tap * torch.roll(v, lags, dims)
+        return
+    dst, src = [], []
+    for lag, n in zip(lags, v.shape[-len(lags):]):
+        if abs(lag) >= n:
+            return
+        dst.append(slice(max(lag, 0), n + min(lag, 0)))
+        src.append(slice(max(-lag, 0), n - max(lag, 0)))
+    y[(..., *dst)] += tap * v[(..., *src)]
 
 
 def fft_conv_reference(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal",
@@ -37,7 +42,7 @@ def fft_conv_reference(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal"
     centre = (k.shape[-1] - 1) // 2 if mode == "bidirectional" else 0
     y = torch.zeros_like(v)
     for j in range(k.shape[-1]):
-        y = y + k64[:, j, None] * _shifted(v, j - centre, -1, mode == "circular")
+        _add_shifted(y, k64[:, j, None], v, (j - centre,), mode == "circular")
     if postgate is not None:
         y = y * postgate.to(torch.float64)
     if D is not None:
@@ -56,12 +61,10 @@ def fft_conv2d_reference(u: torch.Tensor, k: torch.Tensor, *, mode: str = "circu
     u64, k64 = u.to(torch.float64), k.to(torch.float64)
     kh, kw = k.shape[-2:]
     ch, cw = ((kh - 1) // 2, (kw - 1) // 2) if mode == "same" else (0, 0)
-    circular = mode == "circular"
     y = torch.zeros_like(u64)
     for a in range(kh):
-        rows = _shifted(u64, a - ch, -2, circular)
         for b in range(kw):
-            y = y + k64[:, a, b, None, None] * _shifted(rows, b - cw, -1, circular)
+            _add_shifted(y, k64[:, a, b, None, None], u64, (a - ch, b - cw), mode == "circular")
     return y
 
 
@@ -69,10 +72,12 @@ def fft_conv_pytorch(u: torch.Tensor, k: torch.Tensor, *, pregate: torch.Tensor 
                      postgate: torch.Tensor | None = None, D: torch.Tensor | None = None) -> torch.Tensor:
     """The causal FFT convolution as it is usually written in PyTorch (FlashFFTConv's and
     Hyena's reference code): rfft of u and k at 2L, product, irfft, gates and D as
-    separate ops; float32 FFTs, result in u's dtype. The benchmarks' baseline."""
+    separate ops; float32 FFTs (float64 for float64 u), result in u's dtype. The benchmarks'
+    baseline, and in float64 their check."""
     n = 2 * u.shape[-1]
+    acc = torch.float64 if u.dtype == torch.float64 else torch.float32
     v = u * pregate if pregate is not None else u
-    y = torch.fft.irfft(torch.fft.rfft(v.float(), n=n) * torch.fft.rfft(k.float(), n=n), n=n)[..., : u.shape[-1]]
+    y = torch.fft.irfft(torch.fft.rfft(v.to(acc), n=n) * torch.fft.rfft(k.to(acc), n=n), n=n)[..., : u.shape[-1]]
     if postgate is not None:
         y = y * postgate
     if D is not None:
