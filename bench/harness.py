@@ -4,7 +4,8 @@ A family script describes each benchmark point as a :class:`Case` (inputs, the f
 backends to time, the baselines, a correctness check) and runs them inside a
 :class:`Harness`. For each case the harness times ``torch.clone`` of the first input (the
 copy floor), every baseline and every backend in the same run, on the same rotating
-inputs; it checks each result once on fresh inputs and never times one that fails.
+inputs (interleaved over ``rounds`` rounds where asked); it checks each result once on
+fresh inputs and never times one that fails.
 On exit, also after SIGTERM or an error, it prints a table and writes
 ``<out>/<family>-<device>.json`` (records as in DESIGN.md) and a PNG plot.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import signal
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -54,8 +56,8 @@ class Harness:
     """Runs cases on one device and reports them; use as a context manager."""
 
     def __init__(self, family: str, device: torch.device, out_dir: str | Path | None = None,
-                 *, warmup_ms: float = 25.0, rep_ms: float = 100.0):
-        self.family, self.device = family, torch.device(device)
+                 *, warmup_ms: float = 25.0, rep_ms: float = 100.0, rounds: int = 1):
+        self.family, self.device, self.rounds = family, torch.device(device), rounds
         self.out_dir = Path(out_dir) if out_dir else RESULTS
         self.timing = {"warmup_ms": warmup_ms, "rep_ms": rep_ms}
         self.info = _timing.run_info(self.device)
@@ -74,23 +76,18 @@ class Harness:
         self.report()
         return False
 
-    def _measure(self, fn, case: Case, sets: list[tuple]) -> dict:
-        """Check fn once on fresh inputs, then time it on ``sets``: ms, rel_err, gbps,
-        peak_mb and status ('ok', 'skip: ...' or 'FAIL: ...')."""
-        res = {"ms": None, "rel_err": None, "gbps": None, "peak_mb": None}
+    def _check(self, fn, case: Case) -> dict:
+        """Run fn once on fresh inputs against the reference: rel_err, the bytes it moved and
+        status ('ok', 'skip: ...' or 'FAIL: ...')."""
+        res = {"rel_err": None, "moved": None}
         try:
             fresh = case.make()
             out = fn(*fresh)
             res["rel_err"] = err = case.check(fresh, out)
-            moved = _nbytes(fresh) + out.numel() * out.element_size()
+            res["moved"] = _nbytes(fresh) + out.numel() * out.element_size()
             del fresh, out
             tol = _timing.TOLERANCE[case.dtype]
-            if not err <= tol:
-                return {**res, "status": f"FAIL: rel_err {err:.3g} > {tol:g}"}
-            res["ms"] = _timing.median_ms(fn, sets, device=self.device, **self.timing)
-            res["gbps"] = moved / res["ms"] / 1e6
-            res["peak_mb"] = self._peak_mb(fn, sets[0])
-            return {**res, "status": "ok"}
+            return {**res, "status": "ok" if err <= tol else f"FAIL: rel_err {err:.3g} > {tol:g}"}
         except NOT_SUPPORTED as exc:
             return {**res, "status": f"skip: {exc}"}
         except torch.OutOfMemoryError:
@@ -99,6 +96,24 @@ class Harness:
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on
             return {**res, "status": f"FAIL: {type(exc).__name__}: {exc}"}
 
+    def _time(self, fns: dict, sets: list[tuple]) -> dict:
+        """Median ms of each fn on ``sets``; with several rounds, each round times every fn
+        once (interleaved, so load that comes and goes hits all alike) and the result is the
+        median over the rounds. A fn that raises gets its status string instead."""
+        samples: dict = {name: [] for name in fns}
+        for _ in range(self.rounds):
+            for name, fn in fns.items():
+                if isinstance(samples[name], str):
+                    continue
+                try:
+                    samples[name].append(_timing.median_ms(fn, sets, device=self.device, **self.timing))
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                    samples[name] = "skip: out of memory"
+                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
+                    samples[name] = f"FAIL: {type(exc).__name__}: {exc}"
+        return {name: v if isinstance(v, str) else statistics.median(v) for name, v in samples.items()}
+
     def _peak_mb(self, fn, args) -> float | None:
         """Memory one call allocates beyond what is already held (CUDA only), MiB."""
         if self.device.type != "cuda":
@@ -106,7 +121,11 @@ class Harness:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         held = torch.cuda.memory_allocated(self.device)
-        fn(*args)
+        try:
+            fn(*args)
+        except torch.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None
         torch.cuda.synchronize(self.device)
         return (torch.cuda.max_memory_allocated(self.device) - held) / 2**20
 
@@ -114,17 +133,28 @@ class Harness:
         """Measure one case: clone, baselines and candidates; append its records."""
         sets = [case.make()]
         sets += [case.make() for _ in range(_timing.cache_copies(_nbytes(sets[0]), self.device) - 1)]
-        try:
-            clone_ms = _timing.median_ms(lambda x, *rest: x.clone(), sets, device=self.device, **self.timing)
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            clone_ms = None
-        base = {name: self._measure(fn, case, sets) for name, fn in case.baselines.items()}
-        for name, res in base.items():
-            if res["status"] != "ok":
-                print(f"  baseline {name} at {case.shape} {case.dtype}: {res['status']}", flush=True)
-        cand = {name: self._measure(fn, case, sets) for name, fn in case.candidates.items()}
+        named = {**{("baseline", n): fn for n, fn in case.baselines.items()},
+                 **{("candidate", n): fn for n, fn in case.candidates.items()}}
+        res = {key: self._check(fn, case) for key, fn in named.items()}
+        timed = {("clone", "clone"): lambda x, *rest: x.clone(),
+                 **{key: fn for key, fn in named.items() if res[key]["status"] == "ok"}}
+        times_ms = self._time(timed, sets)
+        clone_ms = times_ms.pop(("clone", "clone"))
+        clone_ms = clone_ms if isinstance(clone_ms, float) else None
+        for key, r in res.items():
+            ms = times_ms.get(key)
+            if isinstance(ms, str):
+                r["status"] = ms
+            ok = isinstance(ms, float)
+            r["ms"], r["gbps"] = (ms, r["moved"] / ms / 1e6) if ok else (None, None)
+            r["peak_mb"] = self._peak_mb(named[key], sets[0]) if ok else None
+            del r["moved"]
         del sets
+        base = {n: r for (kind, n), r in res.items() if kind == "baseline"}
+        cand = {n: r for (kind, n), r in res.items() if kind == "candidate"}
+        for name, r in base.items():
+            if r["status"] != "ok":
+                print(f"  baseline {name} at {case.shape} {case.dtype}: {r['status']}", flush=True)
         times = {"clone": clone_ms} if clone_ms else {}
         times.update({k: r["ms"] for k, r in {**base, **cand}.items() if r["ms"]})
         fields = _timing.case_fields(case.op, case.shape, case.dtype)
@@ -139,6 +169,7 @@ class Harness:
                 self.records.append({"op": fields["op"], "backend": backend, "baseline": b,
                                      "shape": fields["shape"], "dtype": fields["dtype"], "ms": ms,
                                      "baseline_ms": bms, "speedup": bms / ms if bms and ms else None,
+                                     "baseline_peak_mb": base[b]["peak_mb"] if b in base else None,
                                      **self.info, **extra})
 
     def rows(self) -> tuple[list[dict], list[str]]:

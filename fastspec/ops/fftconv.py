@@ -45,6 +45,7 @@ u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -104,7 +105,8 @@ class Plan:
         return tuple(range(-len(self.sizes), 0))
 
 
-def plan(mode: str, shape: Sequence[int], kshape: Sequence[int]) -> Plan:
+@functools.lru_cache(maxsize=256)
+def plan(mode: str, shape: tuple[int, ...], kshape: tuple[int, ...]) -> Plan:
     """The circular convolution that computes ``mode`` for inputs of spatial ``shape`` and
     filters of ``kshape`` taps. Lags run from −centre to taps−1−centre; a size of
     n + max(centre, taps−1−centre) keeps every product that wraps around on zeros."""
@@ -158,14 +160,17 @@ def _channel_column(t: torch.Tensor, ndim: int) -> torch.Tensor:
 def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
     """rfft of the wrapped filter over the plan's sizes: complex (C, *sizes[:-1], sizes[-1]//2 + 1)."""
     p = plan(mode, shape, k.shape[1:])
-    return torch.fft.rfftn(_wrap(k.to(_acc(k.dtype)), p), dim=p.dims)
+    k = k.to(_acc(k.dtype))
+    if not any(p.centres):  # lag 0 at index 0 already: rfftn zero-pads
+        return torch.fft.rfftn(k, s=p.sizes, dim=p.dims)
+    return torch.fft.rfftn(_wrap(k, p), dim=p.dims)
 
 
 def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
     """The torch backend's forward (contract in the module docstring). Per block of rows:
-    v written into a zero-padded buffer, rfft, product with k's spectrum (D folded into it
-    when there are no gates), inverse rfft, and one fused epilogue pass for the gates and D
-    into the output, so each block is 5–6 passes and the work stays in cache."""
+    rfft of v (zero-padded to the plan's size), product with k's spectrum (D folded into it
+    when there are no gates), inverse rfft, and one fused pass for the gates and D into the
+    output: five passes a block, each in cache."""
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
     spectrum = torch_spectrum(k, mode, shape) if k_spectrum is None else k_spectrum
@@ -173,20 +178,11 @@ def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
     if fold_d:  # D·u = conv(u, D·δ): lag 0 adds D to every frequency
         spectrum = spectrum + _channel_column(D.to(acc), nd)
     out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
-    row_bytes = math.prod(p.sizes) * torch.empty((), dtype=acc).element_size()
-    padded = None
+    row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
         uc, dst = u[bs, hs], out[bs, hs]
-        if padded is None or padded.shape[:2] != uc.shape[:2]:  # the zero tail stays zero
-            padded = torch.zeros((*uc.shape[:2], *p.sizes), dtype=acc, device=u.device)
-        v = padded[_crop(shape)]
-        if pregate is None:
-            v.copy_(uc)
-        elif uc.dtype == acc:
-            torch.mul(uc, pregate[bs, hs], out=v)
-        else:  # half precision: the product in float32, not rounded to the input dtype
-            v.copy_(uc).mul_(pregate[bs, hs])
-        freq = torch.fft.rfftn(padded, dim=p.dims).mul_(spectrum[hs])
+        v = uc.to(acc) if pregate is None else uc.to(acc) * pregate[bs, hs]  # half: the product in float32
+        freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims).mul_(spectrum[hs])
         y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
         if D is not None and not fold_d:
             if postgate is not None:
@@ -217,7 +213,7 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
     dk_freq = torch.zeros_like(spectrum) if need_dk else None
     dd = torch.zeros(u.shape[1], dtype=acc, device=u.device) if need_dd else None
     need_dv = need_du or need_dpre
-    row_bytes = math.prod(p.sizes) * torch.empty((), dtype=acc).element_size()
+    row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
         uc, gc = u[bs, hs], grad_y[bs, hs]
         if need_dpost or need_dk:
