@@ -156,8 +156,8 @@ def main(argv=None) -> int:
         timing = {"warmup_ms": 10, "rep_ms": 50 if gpu else 100}
 
     points = [(n, dtype) for dtype in dtypes for n in sizes]
-    if not (args.quick or args.sizes):  # the model widths, in the dtypes models run them in
-        points += [(n, dtype) for dtype in dtypes if dtype != torch.float32 or not gpu for n in MODEL_WIDTHS]
+    if not (args.quick or args.sizes):  # the model widths first, in the dtypes models run them in
+        points = [(n, dtype) for dtype in dtypes if dtype != torch.float32 or not gpu for n in MODEL_WIDTHS] + points
     print(f"fwht benchmark on {_timing.device_name(device)}: backends {_timing.usable_backends(device, timing=True)}, "
           f"fast_hadamard_transform {'found' if fast_hadamard_transform() else 'not installed'}", flush=True)
     with Harness("fwht", device, args.out, **timing) as harness:

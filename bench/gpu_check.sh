@@ -72,7 +72,7 @@ main() {
   # Triton compiles each kernel variant once: spread the tests over processes when
   # pytest-xdist is there (it is on the GPU image).
   local xdist=()
-  "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 8)
+  "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 12)
   TAIL=25 step "pytest tests/" 220 "$OUTDIR/pytest.log" \
     "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
@@ -97,7 +97,7 @@ main() {
   if command -v compute-sanitizer >/dev/null; then
     # More rows than resident blocks: the CUDA kernel's persistent loop prefetches.
     TAIL=15 step "compute-sanitizer" 45 "$OUTDIR/sanitizer.log" bash -c "
-      compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 &&
+      compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --sizes 2048 32768 11008 &&
       compute-sanitizer --tool racecheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --backends cuda"
   else
     echo "compute-sanitizer not found: no memcheck/racecheck"
