@@ -25,7 +25,7 @@ def backend_params(*names):
     and the cuda backend carries the `cuda` mark."""
     infos = fastspec.backends()
     params = []
-    for name in names or ("torch", "triton", "cuda"):
+    for name in names or ("torch", "triton", "cuda", "cpu"):
         marks = [pytest.mark.cuda] if name == "cuda" else []
         if not infos[name].available:
             marks.append(pytest.mark.skip(reason=f"{name}: {infos[name].reason}"))
