@@ -20,12 +20,30 @@
 #endif
 #ifdef FASTSPEC_WITH_CPU
 #include "fwht/fwht_cpu.h"
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 #endif
 
 namespace fastspec {
 namespace {
 
 #ifdef FASTSPEC_WITH_CPU
+// A large new output: ask Linux for transparent huge pages before the kernel first writes it (as
+// numpy does for its arrays). Fresh memory is faulted in page by page, and with 4 KiB pages the
+// faults cost more than the transform.
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
 // fastspec::fwht_cpu(Tensor x, float scale, Tensor? block) -> Tensor: (x @ (B ⊗ H_p)) * scale
 // along the last dim, n = m·p, p = 2^k; block: B as a float64 (m, m) ±1 matrix, None for m = 1.
 at::Tensor fwht_cpu(const at::Tensor& x, double scale, const std::optional<at::Tensor>& block) {
@@ -58,6 +76,7 @@ at::Tensor fwht_cpu(const at::Tensor& x, double scale, const std::optional<at::T
                          : st == at::kHalf   ? CpuDType::kFloat16
                                              : CpuDType::kBFloat16;
   at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  advise_huge_pages(out.data_ptr(), out.nbytes());
   const int64_t rows = x.numel() / n;
   const char* err = fastspec::fwht_cpu_run(x.data_ptr(), out.data_ptr(), rows, log2p, static_cast<int>(m), b, scale,
                                        dtype, at::get_num_threads());

@@ -41,44 +41,45 @@ def _import_reason(module: str) -> str | None:
     return None
 
 
+def _info(name: str) -> BackendInfo:
+    """Whether one backend is usable here, and why not."""
+    if name == "torch":
+        return BackendInfo(True, "PyTorch ops, any device")
+    if name == "triton":
+        triton_err = _import_reason("triton")
+        if triton_err:
+            return BackendInfo(False, triton_err)
+        if triton_interpreted():
+            return BackendInfo(True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors too")
+        if torch.cuda.is_available():
+            return BackendInfo(True, "Triton on CUDA")
+        return BackendInfo(False, "no CUDA GPU (set TRITON_INTERPRET=1 to run on the CPU)")
+    ext_err = _import_reason("fastspec._C")
+    if ext_err:
+        return BackendInfo(False, f"extension not built ({ext_err})")
+    ext = importlib.import_module("fastspec._C")
+    if name == "cuda":
+        if not ext.with_cuda:
+            return BackendInfo(False, "fastspec._C is built without the CUDA kernels (no CUDA at install)")
+        if not torch.cuda.is_available():
+            return BackendInfo(False, "fastspec._C is built but no CUDA GPU is visible")
+        return BackendInfo(True, "fastspec._C on CUDA")
+    if not ext.with_cpu:
+        return BackendInfo(False, "fastspec._C is built without the CPU kernels (FASTSPEC_BUILD_CPU=0 at install)")
+    threads = "OpenMP" if ext.with_openmp else "one thread: built without OpenMP"
+    return BackendInfo(True, f"fastspec._C C++ kernels on CPU ({ext.cpu_isa()}, {threads})")
+
+
 def backends() -> dict[str, BackendInfo]:
     """Report which backends are usable here and why not."""
-    gpu = torch.cuda.is_available()
-    triton_err = _import_reason("triton")
-    if triton_err:
-        triton_info = BackendInfo(False, triton_err)
-    elif triton_interpreted():
-        triton_info = BackendInfo(True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors too")
-    elif gpu:
-        triton_info = BackendInfo(True, "Triton on CUDA")
-    else:
-        triton_info = BackendInfo(False, "no CUDA GPU (set TRITON_INTERPRET=1 to run on the CPU)")
-    ext_err = _import_reason("fastspec._C")
-    ext = None if ext_err else importlib.import_module("fastspec._C")
-    if ext_err:
-        cuda_info = BackendInfo(False, f"extension not built ({ext_err})")
-    elif not ext.with_cuda:
-        cuda_info = BackendInfo(False, "fastspec._C is built without the CUDA kernels (no CUDA at install)")
-    elif not gpu:
-        cuda_info = BackendInfo(False, "fastspec._C is built but no CUDA GPU is visible")
-    else:
-        cuda_info = BackendInfo(True, "fastspec._C on CUDA")
-    if ext_err:
-        cpu_info = BackendInfo(False, f"extension not built ({ext_err})")
-    elif not ext.with_cpu:
-        cpu_info = BackendInfo(False, "fastspec._C is built without the CPU kernels (FASTSPEC_BUILD_CPU=0 at install)")
-    else:
-        threads = "OpenMP" if ext.with_openmp else "one thread: built without OpenMP"
-        cpu_info = BackendInfo(True, f"fastspec._C C++ kernels on CPU ({ext.cpu_isa()}, {threads})")
-    return {"torch": BackendInfo(True, "PyTorch ops, any device"), "triton": triton_info, "cuda": cuda_info,
-            "cpu": cpu_info}
+    return {name: _info(name) for name in NAMES}
 
 
 def device_ok(backend: str, device: torch.device) -> str | None:
     """None if ``backend`` can run on ``device`` here, else the reason it cannot."""
     if backend == "torch":
         return None
-    info = backends()[backend]
+    info = _info(backend)
     if not info.available:
         return info.reason
     if backend == "cpu":
