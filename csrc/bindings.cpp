@@ -29,15 +29,16 @@ namespace fastspec {
 namespace {
 
 #ifdef FASTSPEC_WITH_CPU
-// A large new output: ask Linux for transparent huge pages before the kernel first writes it (as
-// numpy does for its arrays). Fresh memory is faulted in page by page, and with 4 KiB pages the
-// faults cost more than the transform.
+// A large new output (>= 4 MiB): ask Linux for transparent huge pages before the kernel first
+// writes it, as numpy does for its arrays. Fresh memory is zeroed and mapped on first touch, and
+// in 4 KiB pages that costs more than the transform (2x the time at 4096 x 4096 float32).
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (bytes < (size_t{4} << 20)) return;
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint: errors ignored
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint
 #else
   (void)data;
   (void)bytes;

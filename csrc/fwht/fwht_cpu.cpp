@@ -17,6 +17,9 @@
 // goes back once, and the passes between run in L1 (n <= 2^12 float32) or L2. Work buffer: out
 // itself for float32 and float64, a float32 row per thread for the half types.
 //
+// Rows shorter than half a block go through the passes a block of rows at a time (the passes
+// only touch the bits of a row), which spreads the cost of a call over many rows.
+//
 // Threads: rows are split between threads. Fewer rows than threads, of 2^15 elements or more,
 // split each step of a row instead (blocks, then the groups of each outer pass) with a barrier
 // between steps. The arithmetic of an element does not depend on the split or on the lanes.
@@ -54,12 +57,15 @@ int split(int lo, int hi, int max_r, Pass* out) {
   return count;
 }
 
-Plan make_plan(int k, int m, int lw, int kb_max, int max_r) {
+// The plan of `unit` rows of n = m·2^k; passes of at most max_r bits, blocks of 2^kb_max elements.
+Plan make_plan(int k, int m, int lw, int kb_max, int max_r, int64_t unit) {
   Plan pl{};
   pl.k = k;
   pl.m = m;
   pl.lw = lw;
   pl.kb = std::min(k, kb_max);
+  pl.unit = unit;
+  pl.block_len = unit > 1 ? unit * m << k : int64_t{1} << pl.kb;
   pl.nblock = split(lw, pl.kb, max_r, pl.block);
   if (pl.nblock == 0) pl.block[pl.nblock++] = {lw, 0};  // the lane bits alone
   pl.nouter = split(pl.kb, k, max_r, pl.outer);
@@ -136,20 +142,25 @@ const char* transform(const T* x, T* out, int64_t rows, int k, int m, const doub
   const bool one_lane = (int64_t{1} << k) * static_cast<int64_t>(sizeof(A)) < vec.vector_bytes;
   const Kernels& kern = one_lane ? kOneLaneKernels : vec;
   const int lw = one_lane ? 0 : log2_of(vec.vector_bytes / static_cast<int64_t>(sizeof(A)));
-  const Plan pl = make_plan(k, m, lw, log2_of(kBlockBytes / sizeof(A)), kern.max_radix);
+  const int kb = log2_of(kBlockBytes / sizeof(A));
   const StepFn<T> step = step_of<T>(kern);
 
   int nt = static_cast<int>(std::min<int64_t>(std::max(threads, 1), (rows * n + kGrain - 1) / kGrain));
   const bool split_rows = nt > 1 && rows < nt && n >= kSplitRow;
   if (!split_rows) nt = static_cast<int>(std::min<int64_t>(nt, rows));
+  // Rows shorter than half a block run a block of them at a time; the rest of a thread's rows
+  // (fewer than a unit) one at a time.
+  const Plan one = make_plan(k, m, lw, kb, kern.max_radix, 1);
+  const int64_t unit = split_rows ? 1 : std::max<int64_t>(1, (int64_t{1} << kb) / n);
+  const Plan many = unit > 1 ? make_plan(k, m, lw, kb, kern.max_radix, unit) : one;
 
   // Work space, each piece kAlign-aligned: Bᵀ; per thread a column chunk for the mix; for half
-  // types a float32 row per thread (one, shared, when rows are split).
+  // types a float32 unit of rows per thread (one row, shared, when rows are split).
   const auto bytes_of = [](int64_t elems) { return (elems * int64_t{sizeof(A)} + kAlign - 1) / kAlign * kAlign; };
   const int64_t bt_bytes = m > 1 ? bytes_of(int64_t{m} * m) : 0;
   const int64_t tmp_bytes = m > 1 ? bytes_of(int64_t{m} << lw) : 0;
-  const int64_t row_bytes = std::is_same_v<T, A> ? 0 : bytes_of(n);
-  const int64_t bytes = bt_bytes + nt * tmp_bytes + (split_rows ? 1 : nt) * row_bytes;
+  const int64_t unit_bytes = std::is_same_v<T, A> ? 0 : bytes_of(many.elems());
+  const int64_t bytes = bt_bytes + nt * tmp_bytes + (split_rows ? 1 : nt) * unit_bytes;
   std::unique_ptr<char, Free> space(bytes ? static_cast<char*>(std::aligned_alloc(kAlign, bytes)) : nullptr);
   if (bytes && !space) return "fwht_cpu: out of memory for the work space";
   A* const bt = reinterpret_cast<A*>(space.get());
@@ -157,36 +168,43 @@ const char* transform(const T* x, T* out, int64_t rows, int k, int m, const doub
     for (int c = 0; c < m; ++c) bt[int64_t{c} * m + a] = static_cast<A>(block[int64_t{a} * m + c]);
   }
   char* const tmps = space.get() + bt_bytes;
-  char* const row_space = tmps + nt * tmp_bytes;
+  char* const unit_space = tmps + nt * tmp_bytes;
+
+  // Work items: the full units of rows, then the rows left over, one at a time.
+  const int64_t full = rows / unit, items = full + rows % unit;
 
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    int tid = 0, nth = 1;
+    int tid = 0;
 #ifdef _OPENMP
     tid = omp_get_thread_num();
-    nth = omp_get_num_threads();
 #endif
     Io<T> io{};
     io.tmp = reinterpret_cast<A*>(tmps + tid * tmp_bytes);
     io.bt = bt;
     io.scale = static_cast<A>(scale);
-    const int64_t r0 = split_rows ? 0 : rows * tid / nth, r1 = split_rows ? rows : rows * (tid + 1) / nth;
-    for (int64_t r = r0; r < r1; ++r) {
+    io.buf = reinterpret_cast<A*>(unit_space + (split_rows ? 0 : tid * unit_bytes));
+    const auto rows_at = [&](int64_t r) {
       io.x = x + r * n;
       io.out = out + r * n;
-      if constexpr (std::is_same_v<T, A>) {
-        io.buf = io.out;
-      } else {
-        io.buf = reinterpret_cast<A*>(row_space + (split_rows ? 0 : tid * row_bytes));
-      }
-      for (int s = 0; s < pl.steps(); ++s) {
-        const int64_t count = pl.tasks(s);
-        if (split_rows) {
-          step(pl, s, count * tid / nth, count * (tid + 1) / nth, io);
-#pragma omp barrier
-        } else {
-          step(pl, s, 0, count, io);
+      if constexpr (std::is_same_v<T, A>) io.buf = io.out;
+    };
+    if (split_rows) {
+      for (int64_t r = 0; r < rows; ++r) {
+        rows_at(r);
+        for (int s = 0; s < one.steps(); ++s) {
+          const int64_t count = one.tasks(s), chunk = std::max<int64_t>(1, count / (8 * nt));
+#pragma omp for schedule(dynamic, 1)
+          for (int64_t t = 0; t < count; t += chunk) step(one, s, t, std::min(count, t + chunk), io);
         }
+      }
+    } else {
+      // Dynamic: a thread that shares its core with another process takes fewer items.
+#pragma omp for schedule(dynamic, std::max<int64_t>(1, items / (16 * nt)))
+      for (int64_t i = 0; i < items; ++i) {
+        const Plan& pl = i < full ? many : one;
+        rows_at(i < full ? i * unit : full * unit + (i - full));
+        for (int s = 0; s < pl.steps(); ++s) step(pl, s, 0, pl.tasks(s), io);
       }
     }
   }

@@ -152,14 +152,14 @@ FS_INLINE Vec<A, W> in_vector(Vec<A, W> v, std::integer_sequence<int, B...>) {
   return v;
 }
 
-// Groups [g0, g1) of a pass over index bits [log2 stride, + log2 R): group g is the R vectors at
-// base + t·stride (t < R), base = (g / cols)·R·stride + (g % cols)·W, cols = stride / W; with
-// kInVector (stride == W) the lane bits go first. src and dst may be the same buffer.
+// Groups [g0, g1) of a pass over index bits [lo, lo + log2 R): group g is the R vectors at
+// base + t·2^lo (t < R), base = (g >> c)·R·2^lo + (g & (2^c - 1))·W with 2^c = 2^lo / W vectors
+// in a stride; with kInVector (2^lo == W) the lane bits go first. src and dst may be the same buffer.
 template <class A, int W, int R, bool kInVector, class S, class Dst>
-__attribute__((noinline)) void radix_pass(const S* src, Dst dst, int64_t stride, int64_t g0, int64_t g1) {
+__attribute__((noinline)) void radix_pass(const S* src, Dst dst, int lo, int64_t g0, int64_t g1) {
   using V = Vec<A, W>;
-  const int64_t cols = stride / W;
-  int64_t hi = g0 / cols, col = g0 % cols;
+  const int64_t stride = int64_t{1} << lo, cols = stride / W;
+  int64_t hi = g0 >> (lo - log2i(W)), col = g0 & (cols - 1);
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t base = hi * R * stride + col * W;
     V v[R];
@@ -190,35 +190,37 @@ __attribute__((noinline)) void radix_pass(const S* src, Dst dst, int64_t stride,
 
 // The same with R = 2^r known at run time (r <= log2 kMaxR).
 template <class A, int W, int kMaxR, bool kInVector, class S, class Dst>
-FS_INLINE void radix_pass_r(int r, const S* src, Dst dst, int64_t stride, int64_t g0, int64_t g1) {
+FS_INLINE void radix_pass_r(int r, const S* src, Dst dst, int lo, int64_t g0, int64_t g1) {
   switch (r) {
     case 0:
-      return radix_pass<A, W, 1, kInVector>(src, dst, stride, g0, g1);
+      return radix_pass<A, W, 1, kInVector>(src, dst, lo, g0, g1);
     case 1:
-      return radix_pass<A, W, 2, kInVector>(src, dst, stride, g0, g1);
+      return radix_pass<A, W, 2, kInVector>(src, dst, lo, g0, g1);
     case 2:
-      return radix_pass<A, W, 4, kInVector>(src, dst, stride, g0, g1);
+      return radix_pass<A, W, 4, kInVector>(src, dst, lo, g0, g1);
     case 3:
-      return radix_pass<A, W, 8, kInVector>(src, dst, stride, g0, g1);
+      return radix_pass<A, W, 8, kInVector>(src, dst, lo, g0, g1);
     default:
-      if constexpr (kMaxR >= 16) return radix_pass<A, W, 16, kInVector>(src, dst, stride, g0, g1);
+      if constexpr (kMaxR >= 16) return radix_pass<A, W, 16, kInVector>(src, dst, lo, g0, g1);
   }
 }
 
-// buf[c·p + j + i] = Σ_a B[a, c] · x[a·p + j + i], i < W, for the column chunks j = W·[t0, t1).
+// buf[u·n + c·p + j + i] = Σ_a B[a, c] · x[u·n + a·p + j + i], i < W, for the tasks [t0, t1):
+// task t is row u = t / (p / W) of the unit, column j = W·(t mod p / W).
 template <class T, int W>
 __attribute__((noinline)) void mix(const Plan& pl, int64_t t0, int64_t t1, const Io<T>& io) {
   using A = Acc<T>;
   using V = Vec<A, W>;
   const int m = pl.m;
-  const int64_t p = pl.p();
-  for (int64_t j = t0 * W; j < t1 * W; j += W) {
-    for (int a = 0; a < m; ++a) store<A, W>(io.tmp + a * W, load<A, W>(io.x + a * p + j));
+  const int64_t p = pl.p(), n = p * m;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t row = (t >> (pl.k - pl.lw)) * n, j = (t & ((p >> pl.lw) - 1)) * W;
+    for (int a = 0; a < m; ++a) store<A, W>(io.tmp + a * W, load<A, W>(io.x + row + a * p + j));
     for (int c = 0; c < m; ++c) {
       const A* b = io.bt + int64_t{c} * m;
       V acc = load<A, W>(io.tmp) * b[0];
       for (int a = 1; a < m; ++a) acc += load<A, W>(io.tmp + a * W) * b[a];
-      store<A, W>(io.buf + c * p + j, acc);
+      store<A, W>(io.buf + row + c * p + j, acc);
     }
   }
 }
@@ -230,32 +232,31 @@ void step(const Plan& pl, int s, int64_t t0, int64_t t1, const Io<T>& io) {
   constexpr bool kLanes = W > 1;
   if (pl.m > 1 && s-- == 0) return mix<T, W>(pl, t0, t1, io);
   if (s == 0) {
-    const int64_t len = int64_t{1} << pl.kb;
+    const int64_t len = pl.block_len;
     for (int64_t off = t0 * len; off < t1 * len; off += len) {
       for (int i = 0; i < pl.nblock; ++i) {
         const Pass ps = pl.block[i];
-        const int64_t groups = len >> (pl.lw + ps.r), stride = int64_t{1} << ps.lo;
+        const int64_t groups = len >> (pl.lw + ps.r);
         const ToBuffer<A, W> buffer{io.buf + off};
         if (i == 0 && pl.m == 1) {
-          radix_pass_r<A, W, kMaxR, kLanes>(ps.r, io.x + off, buffer, stride, 0, groups);
+          radix_pass_r<A, W, kMaxR, kLanes>(ps.r, io.x + off, buffer, ps.lo, 0, groups);
         } else if (i == 0) {  // after the mix
-          radix_pass_r<A, W, kMaxR, kLanes>(ps.r, io.buf + off, buffer, stride, 0, groups);
+          radix_pass_r<A, W, kMaxR, kLanes>(ps.r, io.buf + off, buffer, ps.lo, 0, groups);
         } else if (pl.nouter == 0 && i == pl.nblock - 1) {
           const ToOutput<A, W, T> output{io.out + off, io.scale};
-          radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf + off, output, stride, 0, groups);
+          radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf + off, output, ps.lo, 0, groups);
         } else {
-          radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf + off, buffer, stride, 0, groups);
+          radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf + off, buffer, ps.lo, 0, groups);
         }
       }
     }
     return;
   }
   const Pass ps = pl.outer[s - 1];
-  const int64_t stride = int64_t{1} << ps.lo;
   if (s == pl.nouter) {
-    radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf, ToOutput<A, W, T>{io.out, io.scale}, stride, t0, t1);
+    radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf, ToOutput<A, W, T>{io.out, io.scale}, ps.lo, t0, t1);
   } else {
-    radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf, ToBuffer<A, W>{io.buf}, stride, t0, t1);
+    radix_pass_r<A, W, kMaxR, false>(ps.r, io.buf, ToBuffer<A, W>{io.buf}, ps.lo, t0, t1);
   }
 }
 

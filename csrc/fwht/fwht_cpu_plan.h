@@ -29,37 +29,41 @@ struct Pass {
   int lo, r;  // butterflies over index bits [lo, lo + r)
 };
 
-// The steps of one row (n = m·2^k): [mix,] blocks, then one step per outer pass. A step is a set of
-// independent tasks. The first block pass also runs the lane bits [0, lw) and writes the work
-// buffer; the last pass of the row writes the output.
+// The steps of one unit of rows (n = m·2^k each): [mix,] blocks, then one step per outer pass. A
+// step is a set of independent tasks. The first block pass also runs the lane bits [0, lw) and
+// writes the work buffer; the last pass of the unit writes the output. Rows shorter than half a
+// block go through the steps `unit` rows at a time (one block), longer ones one at a time.
 struct Plan {
-  int k, m, lw, kb;  // sub-rows of p = 2^k, vectors of 2^lw lanes, blocks of 2^kb elements
+  int k, m, lw, kb;   // sub-rows of p = 2^k, vectors of 2^lw lanes, outer passes over bits [kb, k)
+  int64_t unit;       // rows
+  int64_t block_len;  // elements of a block: unit·n, or 2^kb (unit = 1, k > kb)
   int nblock, nouter;
   Pass block[8], outer[8];
 
   int64_t p() const { return int64_t{1} << k; }
+  int64_t elems() const { return unit * m << k; }
   int steps() const { return (m > 1) + 1 + nouter; }
-  // Tasks of step s: column chunks of one vector (mix), blocks, groups of an outer pass.
+  // Tasks of step s: column chunks of one vector per row (mix), blocks, groups of an outer pass.
   int64_t tasks(int s) const {
-    if (m > 1 && s-- == 0) return p() >> lw;
-    if (s == 0) return int64_t{m} << (k - kb);
-    return (int64_t{m} << k) >> (lw + outer[s - 1].r);
+    if (m > 1 && s-- == 0) return unit * (p() >> lw);
+    if (s == 0) return elems() / block_len;
+    return elems() >> (lw + outer[s - 1].r);
   }
 };
 
-// One row's pointers. buf is out itself when T is the computing type.
+// One unit's pointers. buf is out itself when T is the computing type.
 template <class T>
 struct Io {
   using A = Acc<T>;
   const T* x;
   T* out;
-  A* buf;       // n elements: the work buffer
+  A* buf;       // unit·n elements: the work buffer
   A* tmp;       // m vectors: a column chunk of x for the mix
   const A* bt;  // Bᵀ, m·m: bt[c·m + a] = B[a, c]
   A scale;
 };
 
-// Runs tasks [t0, t1) of step s of the plan on one row.
+// Runs tasks [t0, t1) of step s of the plan on one unit of rows.
 template <class T>
 using StepFn = void (*)(const Plan& plan, int s, int64_t t0, int64_t t1, const Io<T>& io);
 

@@ -140,10 +140,14 @@ def _fwht_cuda(x, scale, p, base):
 
 
 def _fwht_cpu(x, scale, p, base):
+    return _cpu_kernel()(x.contiguous(), scale, base.matrix(torch.float64) if base.m > 1 else None)
+
+
+@functools.cache
+def _cpu_kernel():
     import fastspec._C  # noqa: F401  (registers the CPU kernel of fastspec::fwht_cpu)
 
-    block = base.matrix(torch.float64) if base.m > 1 else None
-    return torch.ops.fastspec.fwht_cpu(x.contiguous(), scale, block)
+    return torch.ops.fastspec.fwht_cpu.default
 
 
 _IMPLS = {"torch": fwht_torch, "triton": _fwht_triton, "cuda": _fwht_cuda, "cpu": _fwht_cpu}
