@@ -4,8 +4,8 @@ torch has CUDA and nvcc is found too.
 
 FASTSPEC_BUILD_CPU and FASTSPEC_BUILD_CUDA decide each part: 0 skips it, 1 requires it (a
 failure is an error), unset builds it when possible and otherwise says why it did not. A failed
-optional part never breaks the install: without the CUDA part the CPU part is built alone, without
-both the package is pure Python. Build with `pip install --no-build-isolation -e .` so that the
+optional part never breaks the install: the other part is built alone, and without either the
+package is pure Python. Build with `pip install --no-build-isolation -e .` so that the
 installed torch is the one the extension compiles against. TORCH_CUDA_ARCH_LIST and MAX_JOBS are
 honoured.
 """
@@ -120,19 +120,26 @@ def _build_plan():
     base = cpp_extension.BuildExtension.with_options(use_ninja=True)
 
     class OptionalBuildExt(base):
-        """Build fastspec._C; if the CUDA part fails and is optional, the CPU part alone; if
-        nothing required fails, a failure only says why."""
+        """Build fastspec._C; if that fails and one part is optional, the other part alone
+        (the CPU kernels without the CUDA ones first); if nothing required is left, a failure
+        only says why."""
 
         def build_extension(self, ext):
             try:
                 return super().build_extension(ext)
             except Exception as exc:  # noqa: BLE001 - any compiler failure
-                if not (cpu and cuda and cuda_mode != "1"):
+                drop = "CUDA" if cuda_mode != "1" else "CPU" if cpu_mode != "1" else None
+                if not (cpu and cuda and drop):
                     raise
-                _log(f"building the CUDA kernels failed, building the CPU kernels alone: {exc}")
-            ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
-            ext.define_macros = [d for d in ext.define_macros if d[0] != "FASTSPEC_WITH_CUDA"]
-            ext.libraries = [lib for lib in ext.libraries if lib not in CUDA_LIBRARIES]
+                _log(f"building fastspec._C failed, building it without the {drop} kernels: {exc}")
+            if drop == "CUDA":
+                ext.sources = [s for s in ext.sources if not s.endswith(".cu")]
+                ext.libraries = [lib for lib in ext.libraries if lib not in CUDA_LIBRARIES]
+            else:
+                ext.sources = [s for s in ext.sources if s not in CPU_SOURCES]
+                ext.extra_compile_args["cxx"] = [f for f in ext.extra_compile_args["cxx"] if f not in openmp]
+                ext.extra_link_args = []
+            ext.define_macros = [d for d in ext.define_macros if d[0] != f"FASTSPEC_WITH_{drop}"]
             return super().build_extension(ext)
 
         def run(self):

@@ -22,13 +22,16 @@ AVAILABLE = {name for name, info in fastspec.backends().items() if info.availabl
 
 def backend_params(*names):
     """pytest params over the named backends; unavailable ones are skipped with the reason,
-    and the cuda backend carries the `cuda` mark."""
+    and the cuda backend carries the `cuda` mark. The tests put their data on DEVICE, so on a
+    GPU the cpu backend is left to tests/test_fwht_cpu.py (which uses CPU tensors everywhere)."""
     infos = fastspec.backends()
     params = []
     for name in names or ("torch", "triton", "cuda", "cpu"):
         marks = [pytest.mark.cuda] if name == "cuda" else []
         if not infos[name].available:
             marks.append(pytest.mark.skip(reason=f"{name}: {infos[name].reason}"))
+        elif name == "cpu" and DEVICE.type != "cpu":
+            marks.append(pytest.mark.skip(reason=f"cpu: the tests run on {DEVICE.type} tensors here"))
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 

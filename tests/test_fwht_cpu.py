@@ -1,6 +1,7 @@
 """The C++ CPU kernel (backend "cpu", csrc/fwht/fwht_cpu*): what the backend-parametrised tests
 in test_fwht.py do not reach — thread counts, instruction sets, the half conversions bit for bit,
-many rows and few long ones, the base-block (m) axis, and its op's own checks."""
+many rows and few long ones, the base-block (m) axis, and its op's own checks. CPU tensors
+throughout, so that on a GPU machine too (where the others run on CUDA tensors)."""
 import os
 
 import pytest
@@ -54,7 +55,7 @@ SPLITS = [(1000, 256), (33, 4096), (1, 2**20), (3, 2**16), (5, 12 * 2**12), (1, 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows,n", SPLITS, ids=str)
 def test_thread_counts_give_the_same_bits(threads, dtype, rows, n):
-    x = random_input((rows, n), dtype)
+    x = random_input((rows, n), dtype, device="cpu")
     results = []
     for count in (1, 2, 4):
         threads(count)
@@ -69,7 +70,7 @@ def test_instruction_sets_give_the_same_bits(isa, dtype):
     with the same operations in the same order."""
     names = [name for name in ("generic", "avx2", "avx512f") if _can_use(isa, name)]
     for rows, n in SPLITS + [(17, 2**10), (3, 2**14)]:
-        x = random_input((rows, n), dtype)
+        x = random_input((rows, n), dtype, device="cpu")
         results = {}
         for name in names:
             isa(name)
@@ -124,7 +125,7 @@ def test_half_conversions_bit_for_bit(dtype, n):
 @pytest.mark.parametrize("rows,n", [(2000, 64), (257, 1024), (2, 2**20), (1, 2**20)], ids=str)
 def test_many_rows_and_long_rows(threads, dtype, rows, n):
     threads(2)
-    x = random_input((rows, n), dtype)
+    x = random_input((rows, n), dtype, device="cpu")
     assert_close_to_reference(fastspec.fwht(x, n**-0.5, backend="cpu"), fwht_reference(x, n**-0.5))
 
 
@@ -136,7 +137,7 @@ def test_base_block_axis(m, k, dtype):
     block, and beyond a block (outer passes)."""
     if m * 2**k > 2**20:
         pytest.skip("n > 2^20")
-    x = random_input((3, m * 2**k), dtype)
+    x = random_input((3, m * 2**k), dtype, device="cpu")
     assert_close_to_reference(fastspec.fwht(x, 0.5, backend="cpu"), fwht_reference(x, 0.5))
 
 
@@ -149,7 +150,7 @@ def test_registered_blocks(transpose, k):
     h12 = hadamard_block(12)[torch.roll(torch.arange(12), 1)]
     ops.register_block("test.rows-rotated-12", h12)
     for name, h in (("test.cpu-h40", h40), ("test.rows-rotated-12", h12)):
-        x = random_input((3, h.shape[0] * 2**k), torch.float32)
+        x = random_input((3, h.shape[0] * 2**k), torch.float32, device="cpu")
         out = ops.fwht_op(x, 0.5, transpose, name, "cpu")
         assert_close_to_reference(out, fwht_reference(x, 0.5, transpose=transpose, block=h))
 
@@ -167,7 +168,7 @@ def test_block_order_limit(monkeypatch):
 @pytest.mark.parametrize("dtype,n,m", [(torch.float32, 64, 1), (torch.bfloat16, 12 * 8, 12), (torch.float64, 20, 20)],
                          ids=str)
 def test_opcheck_kernel_op(dtype, n, m):
-    x = random_input((3, n), dtype)
+    x = random_input((3, n), dtype, device="cpu")
     block = hadamard_block(m).contiguous() if m > 1 else None
     torch.library.opcheck(torch.ops.fastspec.fwht_cpu.default, (x, 0.5, block))
 
