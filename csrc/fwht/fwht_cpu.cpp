@@ -123,12 +123,6 @@ constexpr int64_t kSplitRow = int64_t{1} << 15;  // rows this long may be split 
 constexpr int64_t kAlign = 64;                   // bytes: alignment of each work-space piece
 constexpr int kBlockBytes = 16384;               // a block of the first passes (in L1)
 
-constexpr int log2_of(int64_t v) {
-  int k = 0;
-  while ((int64_t{1} << k) < v) ++k;
-  return k;
-}
-
 struct Free {
   void operator()(char* p) const { std::free(p); }
 };
@@ -141,8 +135,8 @@ const char* transform(const T* x, T* out, int64_t rows, int k, int m, const doub
   const int64_t n = int64_t{m} << k;
   const bool one_lane = (int64_t{1} << k) * static_cast<int64_t>(sizeof(A)) < vec.vector_bytes;
   const Kernels& kern = one_lane ? kOneLaneKernels : vec;
-  const int lw = one_lane ? 0 : log2_of(vec.vector_bytes / static_cast<int64_t>(sizeof(A)));
-  const int kb = log2_of(kBlockBytes / sizeof(A));
+  const int lw = one_lane ? 0 : log2i(vec.vector_bytes / static_cast<int64_t>(sizeof(A)));
+  const int kb = log2i(kBlockBytes / sizeof(A));
   const StepFn<T> step = step_of<T>(kern);
 
   int nt = static_cast<int>(std::min<int64_t>(std::max(threads, 1), (rows * n + kGrain - 1) / kGrain));

@@ -83,9 +83,9 @@ struct VecOf<A, 1> {
 template <class A, int W>
 using Vec = typename VecOf<A, W>::type;
 
-constexpr int log2i(int v) {
+constexpr int log2i(int64_t v) {  // ceil(log2 v)
   int k = 0;
-  while ((1 << k) < v) ++k;
+  while ((int64_t{1} << k) < v) ++k;
   return k;
 }
 
