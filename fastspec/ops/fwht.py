@@ -32,8 +32,8 @@ CPU_MAX_BLOCK = 1024
 AUTO_CUDA = ((CUDA_MAX_N, ("cuda", "triton", "torch")), (MAX_N, ("triton", "torch")))
 """(largest n, backends in order of preference) for CUDA tensors."""
 AUTO_CPU = ("cpu", "torch")
-"""Backends for CPU tensors, in order of preference: the C++ kernel is faster than torch at every
-n and dtype measured (bench/results/fwht-cpu.json)."""
+"""Backends for CPU tensors, in order of preference: the C++ kernel is 4.6-10.5x faster than torch
+at every float32 size of bench/results/fwht-cpu.json (2 threads, 256 and 4096 rows, n = 2^10..2^14)."""
 
 
 # ---------------------------------------------------------------------------- base blocks
