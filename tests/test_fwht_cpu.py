@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastspec
-from fastspec.hadamard import hadamard_block
+from fastspec.hadamard import hadamard_block, sylvester
 from fastspec.ops import fwht as ops
 from fastspec.reference.fwht import fwht_reference
 
@@ -153,6 +153,16 @@ def test_registered_blocks(transpose, k):
         x = random_input((3, h.shape[0] * 2**k), torch.float32, device="cpu")
         out = ops.fwht_op(x, 0.5, transpose, name, "cpu")
         assert_close_to_reference(out, fwht_reference(x, 0.5, transpose=transpose, block=h))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_largest_block_sums_round_once(dtype):
+    """m = 1024 (Sylvester's H_1024 as a named block): the mix sums 1024 terms in float64 and
+    rounds once, so float32 stays within the tolerance rule."""
+    ops.register_block("test.cpu-h1024", sylvester(1024))
+    x = random_input((3, 1024 * 4), dtype, device="cpu")
+    out = ops.fwht_op(x, 0.5, False, "test.cpu-h1024", "cpu")
+    assert_close_to_reference(out, fwht_reference(x, 0.5, block=sylvester(1024)))
 
 
 def test_block_order_limit(monkeypatch):

@@ -206,21 +206,33 @@ FS_INLINE void radix_pass_r(int r, const S* src, Dst dst, int lo, int64_t g0, in
 }
 
 // buf[u·n + c·p + j + i] = Σ_a B[a, c] · x[u·n + a·p + j + i], i < W, for the tasks [t0, t1):
-// task t is row u = t / (p / W) of the unit, column j = W·(t mod p / W).
+// task t is row u = t / (p / W) of the unit, column j = W·(t mod p / W). The sums (up to m = 1024
+// terms) run in float64 and are rounded once, as the butterflies' are.
 template <class T, int W>
 __attribute__((noinline)) void mix(const Plan& pl, int64_t t0, int64_t t1, const Io<T>& io) {
   using A = Acc<T>;
-  using V = Vec<A, W>;
+  using D = Vec<double, W>;
   const int m = pl.m;
   const int64_t p = pl.p(), n = p * m;
+  const auto wide = [&](int a) {
+    if constexpr (W == 1) {
+      return static_cast<double>(io.tmp[a]);
+    } else {
+      return __builtin_convertvector(load<A, W>(io.tmp + a * W), D);
+    }
+  };
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = (t >> (pl.k - pl.lw)) * n, j = (t & ((p >> pl.lw) - 1)) * W;
     for (int a = 0; a < m; ++a) store<A, W>(io.tmp + a * W, load<A, W>(io.x + row + a * p + j));
     for (int c = 0; c < m; ++c) {
       const A* b = io.bt + int64_t{c} * m;
-      V acc = load<A, W>(io.tmp) * b[0];
-      for (int a = 1; a < m; ++a) acc += load<A, W>(io.tmp + a * W) * b[a];
-      store<A, W>(io.buf + row + c * p + j, acc);
+      D acc = wide(0) * static_cast<double>(b[0]);
+      for (int a = 1; a < m; ++a) acc += wide(a) * static_cast<double>(b[a]);
+      if constexpr (W == 1) {
+        io.buf[row + c * p + j] = static_cast<A>(acc);
+      } else {
+        store<A, W>(io.buf + row + c * p + j, __builtin_convertvector(acc, Vec<A, W>));
+      }
     }
   }
 }
