@@ -20,8 +20,9 @@ constexpr int kFwhtCpuMaxBlock = 1024;  // m <= 1024
 // overlapping. block: B row-major (block[a * m + c] = B[a, c], every entry +1 or -1), nullptr
 // iff m == 1. float32, float16 and bfloat16 are computed in float32 (the half types converted on
 // load and rounded to nearest even on store), float64 in float64, the sums over B in float64
-// (rounded once); scale is applied once, at the end. NaN and Inf propagate as in the plain product. The butterflies run bit by bit from bit 0,
-// in the same order on every instruction set and thread count, so those give the same bits.
+// (rounded once); scale is applied once, at the end. NaN and Inf propagate as in the plain
+// product. The butterflies run bit by bit from bit 0, in the same order on every instruction set
+// and thread count, so those give the same bits.
 // threads: OpenMP threads to use at most (< 1: one). Returns nullptr, or (nothing written) a
 // message that names the argument it cannot handle.
 const char* fwht_cpu_run(const void* x, void* out, int64_t rows, int log2p, int m, const double* block,
