@@ -11,7 +11,7 @@
 # (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
 # step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
 # last PROFILE_RESERVE_S = 160 of it are kept for the sweep, the profiler and the
-# sanitizer), so the script ends inside 9 minutes; a failing step does not stop the later
+# sanitizer; PYTEST_CAP_S, default 220, caps the tests), so the script ends inside 9 minutes; a failing step does not stop the later
 # ones, and the exit status is 1 if any step failed. PYTHON overrides the interpreter.
 set -euo pipefail
 
@@ -73,7 +73,7 @@ main() {
   # pytest-xdist is there (it is on the GPU image).
   local xdist=()
   "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 12)
-  TAIL=25 step "pytest tests/" 220 "$OUTDIR/pytest.log" \
+  TAIL=25 step "pytest tests/" "${PYTEST_CAP_S:-220}" "$OUTDIR/pytest.log" \
     "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
 

@@ -1,7 +1,7 @@
 """Shared fixtures: where tests run, which backends they cover, and the tolerance rule.
 
 Without a GPU, Triton kernels run on the CPU interpreter: TRITON_INTERPRET=1 must be set
-before Triton compiles anything, so it is set here, before fastspec is imported.
+before triton is imported, so it is set here, first.
 """
 import os
 import subprocess
@@ -9,10 +9,13 @@ import zlib
 
 import pytest
 import torch
-import triton
 
+# Before triton is imported: its standard library (tl.zeros, ...) is decorated at import
+# as interpreted or compiled functions, by this variable.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import triton  # noqa: E402
 
 import fastspec  # noqa: E402
 
