@@ -11,7 +11,7 @@
 # (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
 # step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
 # last PROFILE_RESERVE_S = 160 of it are kept for the sweep, the profiler and the
-# sanitizer), so the script ends inside 9 minutes; a failing step does not stop the later
+# sanitizer; PYTEST_CAP_S, default 220, caps the tests), so the script ends inside 9 minutes; a failing step does not stop the later
 # ones, and the exit status is 1 if any step failed. PYTHON overrides the interpreter.
 set -euo pipefail
 
@@ -72,8 +72,8 @@ main() {
   # Triton compiles each kernel variant once: spread the tests over processes when
   # pytest-xdist is there (it is on the GPU image).
   local xdist=()
-  "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 8)
-  TAIL=25 step "pytest tests/" 220 "$OUTDIR/pytest.log" \
+  "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 12)
+  TAIL=25 step "pytest tests/" "${PYTEST_CAP_S:-220}" "$OUTDIR/pytest.log" \
     "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
 
@@ -97,7 +97,7 @@ main() {
   if command -v compute-sanitizer >/dev/null; then
     # More rows than resident blocks: the CUDA kernel's persistent loop prefetches.
     TAIL=15 step "compute-sanitizer" 45 "$OUTDIR/sanitizer.log" bash -c "
-      compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 &&
+      compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --sizes 2048 32768 11008 &&
       compute-sanitizer --tool racecheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --backends cuda"
   else
     echo "compute-sanitizer not found: no memcheck/racecheck"

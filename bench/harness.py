@@ -4,8 +4,10 @@ A family script describes each benchmark point as a :class:`Case` (inputs, the f
 backends to time, the baselines, a correctness check) and runs them inside a
 :class:`Harness`. For each case the harness times ``torch.clone`` of the first input (the
 copy floor), every baseline and every backend in the same run, on the same rotating
-inputs (interleaved over ``rounds`` rounds where asked); it checks each result once on
-fresh inputs and never times one that fails.
+inputs; it checks each result once on fresh inputs and never times one that fails. With
+``rounds`` > 1 the timings are interleaved: each round times every function in turn (the
+order rotating from round to round), and a time is the median over the rounds, so that a
+burst of load on a shared machine hits every function alike.
 On exit, also after SIGTERM or an error, it prints a table and writes
 ``<out>/<family>-<device>.json`` (records as in DESIGN.md) and a PNG plot.
 """
@@ -33,8 +35,9 @@ class Case:
 
     make() returns fresh random inputs (a tuple) on the device; candidates maps a
     fastspec backend, and baselines a baseline name, to fn(*inputs) -> output;
-    check(inputs, output) returns the relative error against a float64 reference;
-    target(backend, times_ms) may return a note on a speed target (times_ms holds
+    check(inputs, output) returns the relative error against a float64 reference
+    (checks[name] replaces it for a baseline or backend of other semantics, e.g. another
+    scale); target(backend, times_ms) may return a note on a speed target (times_ms holds
     'clone', each baseline and each backend that ran).
     """
 
@@ -46,6 +49,7 @@ class Case:
     baselines: dict[str, Callable]
     check: Callable[[tuple, torch.Tensor], float]
     target: Callable[[str, dict[str, float]], str | None] | None = None
+    checks: dict[str, Callable[[tuple, torch.Tensor], float]] = dataclasses.field(default_factory=dict)
 
 
 def _nbytes(tensors) -> int:
@@ -57,9 +61,10 @@ class Harness:
 
     def __init__(self, family: str, device: torch.device, out_dir: str | Path | None = None,
                  *, warmup_ms: float = 25.0, rep_ms: float = 100.0, rounds: int = 1):
-        self.family, self.device, self.rounds = family, torch.device(device), rounds
+        self.family, self.device = family, torch.device(device)
         self.out_dir = Path(out_dir) if out_dir else RESULTS
-        self.timing = {"warmup_ms": warmup_ms, "rep_ms": rep_ms}
+        self.timing = {"warmup_ms": warmup_ms, "rep_ms": rep_ms / rounds}
+        self.rounds = rounds
         self.info = _timing.run_info(self.device)
         self.records: list[dict] = []
         self.failures = 0
@@ -76,14 +81,14 @@ class Harness:
         self.report()
         return False
 
-    def _check(self, fn, case: Case) -> dict:
-        """Run fn once on fresh inputs against the reference: rel_err, the bytes it moved and
-        status ('ok', 'skip: ...' or 'FAIL: ...')."""
+    def _check(self, name: str, fn, case: Case) -> dict:
+        """Run fn once on fresh inputs and check it: rel_err, the bytes it moves, and status
+        ('ok', 'skip: ...' or 'FAIL: ...')."""
         res = {"rel_err": None, "moved": None}
         try:
             fresh = case.make()
             out = fn(*fresh)
-            res["rel_err"] = err = case.check(fresh, out)
+            res["rel_err"] = err = case.checks.get(name, case.check)(fresh, out)
             res["moved"] = _nbytes(fresh) + out.numel() * out.element_size()
             del fresh, out
             tol = _timing.TOLERANCE[case.dtype]
@@ -96,23 +101,21 @@ class Harness:
         except Exception as exc:  # noqa: BLE001 - reported, the run goes on
             return {**res, "status": f"FAIL: {type(exc).__name__}: {exc}"}
 
-    def _time(self, fns: dict, sets: list[tuple]) -> dict:
-        """Median ms of each fn on ``sets``; with several rounds, each round times every fn
-        once (interleaved, so load that comes and goes hits all alike) and the result is the
-        median over the rounds. A fn that raises gets its status string instead."""
-        samples: dict = {name: [] for name in fns}
-        for _ in range(self.rounds):
-            for name, fn in fns.items():
-                if isinstance(samples[name], str):
+    def _time(self, fns: dict[str, Callable], sets: list[tuple]) -> dict[str, float | None]:
+        """Median ms of each function on ``sets``, over ``self.rounds`` interleaved rounds
+        (None for one that runs out of memory)."""
+        samples: dict[str, list[float]] = {name: [] for name in fns}
+        names = list(fns)
+        for r in range(self.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                if samples[name] is None:
                     continue
                 try:
-                    samples[name].append(_timing.median_ms(fn, sets, device=self.device, **self.timing))
+                    samples[name].append(_timing.median_ms(fns[name], sets, device=self.device, **self.timing))
                 except torch.OutOfMemoryError:
                     torch.cuda.empty_cache()
-                    samples[name] = "skip: out of memory"
-                except Exception as exc:  # noqa: BLE001 - reported, the run goes on
-                    samples[name] = f"FAIL: {type(exc).__name__}: {exc}"
-        return {name: v if isinstance(v, str) else statistics.median(v) for name, v in samples.items()}
+                    samples[name] = None
+        return {name: statistics.median(s) if s else None for name, s in samples.items()}
 
     def _peak_mb(self, fn, args) -> float | None:
         """Memory one call allocates beyond what is already held (CUDA only), MiB."""
@@ -121,11 +124,7 @@ class Harness:
         torch.cuda.synchronize(self.device)
         torch.cuda.reset_peak_memory_stats(self.device)
         held = torch.cuda.memory_allocated(self.device)
-        try:
-            fn(*args)
-        except torch.OutOfMemoryError:
-            torch.cuda.empty_cache()
-            return None
+        fn(*args)
         torch.cuda.synchronize(self.device)
         return (torch.cuda.max_memory_allocated(self.device) - held) / 2**20
 
@@ -133,28 +132,22 @@ class Harness:
         """Measure one case: clone, baselines and candidates; append its records."""
         sets = [case.make()]
         sets += [case.make() for _ in range(_timing.cache_copies(_nbytes(sets[0]), self.device) - 1)]
-        named = {**{("baseline", n): fn for n, fn in case.baselines.items()},
-                 **{("candidate", n): fn for n, fn in case.candidates.items()}}
-        res = {key: self._check(fn, case) for key, fn in named.items()}
-        timed = {("clone", "clone"): lambda x, *rest: x.clone(),
-                 **{key: fn for key, fn in named.items() if res[key]["status"] == "ok"}}
-        times_ms = self._time(timed, sets)
-        clone_ms = times_ms.pop(("clone", "clone"))
-        clone_ms = clone_ms if isinstance(clone_ms, float) else None
-        for key, r in res.items():
-            ms = times_ms.get(key)
-            if isinstance(ms, str):
-                r["status"] = ms
-            ok = isinstance(ms, float)
-            r["ms"], r["gbps"] = (ms, r["moved"] / ms / 1e6) if ok else (None, None)
-            r["peak_mb"] = self._peak_mb(named[key], sets[0]) if ok else None
-            del r["moved"]
+        base = {name: self._check(name, fn, case) for name, fn in case.baselines.items()}
+        for name, res in base.items():
+            if res["status"] != "ok":
+                print(f"  baseline {name} at {case.shape} {case.dtype}: {res['status']}", flush=True)
+        cand = {name: self._check(name, fn, case) for name, fn in case.candidates.items()}
+        fns = {"clone": lambda x, *rest: x.clone()}
+        fns.update({name: fn for name, fn in {**case.baselines, **case.candidates}.items()
+                    if {**base, **cand}[name]["status"] == "ok"})
+        measured = self._time(fns, sets)
+        for name, res in {**base, **cand}.items():
+            res["ms"] = measured.get(name)
+            moved = res.pop("moved")
+            res["gbps"] = moved / res["ms"] / 1e6 if res["ms"] else None
+            res["peak_mb"] = self._peak_mb(fns[name], sets[0]) if res["ms"] else None
         del sets
-        base = {n: r for (kind, n), r in res.items() if kind == "baseline"}
-        cand = {n: r for (kind, n), r in res.items() if kind == "candidate"}
-        for name, r in base.items():
-            if r["status"] != "ok":
-                print(f"  baseline {name} at {case.shape} {case.dtype}: {r['status']}", flush=True)
+        clone_ms = measured["clone"]
         times = {"clone": clone_ms} if clone_ms else {}
         times.update({k: r["ms"] for k, r in {**base, **cand}.items() if r["ms"]})
         fields = _timing.case_fields(case.op, case.shape, case.dtype)
@@ -169,7 +162,6 @@ class Harness:
                 self.records.append({"op": fields["op"], "backend": backend, "baseline": b,
                                      "shape": fields["shape"], "dtype": fields["dtype"], "ms": ms,
                                      "baseline_ms": bms, "speedup": bms / ms if bms and ms else None,
-                                     "baseline_peak_mb": base[b]["peak_mb"] if b in base else None,
                                      **self.info, **extra})
 
     def rows(self) -> tuple[list[dict], list[str]]:

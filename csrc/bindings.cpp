@@ -1,21 +1,92 @@
-// fastspec._C: the CUDA implementations of fastspec ops (the only file that includes torch).
+// fastspec._C: the compiled implementations of fastspec ops (the only file that includes torch).
 //
 // The op schemas are defined on the Python side (torch.library.define in fastspec/ops/*.py);
-// importing fastspec._C registers the CUDA kernels for them.
+// importing fastspec._C registers the kernels for them: the CPU ones where setup.py built them
+// (FASTSPEC_WITH_CPU), the CUDA ones where it built those (FASTSPEC_WITH_CUDA).
 #include <Python.h>
 
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cstdint>
+#include <optional>
+
+#ifdef FASTSPEC_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 #include "fwht/fwht.h"
+#endif
+#ifdef FASTSPEC_WITH_CPU
+#include "fwht/fwht_cpu.h"
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+#endif
 
 namespace fastspec {
 namespace {
 
+#ifdef FASTSPEC_WITH_CPU
+// A large new output (>= 4 MiB): ask Linux for transparent huge pages before the kernel first
+// writes it, as numpy does for its arrays. Fresh memory is zeroed and mapped on first touch, and
+// in 4 KiB pages that costs more than the transform (2x the time at 4096 x 4096 float32).
+void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (bytes < (size_t{4} << 20)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);  // a hint
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+// fastspec::fwht_cpu(Tensor x, float scale, Tensor? block) -> Tensor: (x @ (B ⊗ H_p)) * scale
+// along the last dim, n = m·p, p = 2^k; block: B as a float64 (m, m) ±1 matrix, None for m = 1.
+at::Tensor fwht_cpu(const at::Tensor& x, double scale, const std::optional<at::Tensor>& block) {
+  TORCH_CHECK(x.device().is_cpu(), "fwht_cpu: x must be a CPU tensor, got device ", x.device());
+  TORCH_CHECK(x.dim() >= 1, "fwht_cpu: x must have at least one dimension, got a 0-dim tensor");
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble || st == at::kHalf || st == at::kBFloat16,
+              "fwht_cpu: x must be float32, float64, float16 or bfloat16, got ", st);
+  TORCH_CHECK(x.is_contiguous(), "fwht_cpu: x must be contiguous, got sizes ", x.sizes(), " and strides ",
+              x.strides());
+  int64_t m = 1;
+  const double* b = nullptr;
+  if (block.has_value()) {
+    const at::Tensor& bm = *block;
+    TORCH_CHECK(bm.device().is_cpu() && bm.scalar_type() == at::kDouble && bm.dim() == 2 && bm.size(0) == bm.size(1) &&
+                    bm.size(0) >= 2 && bm.size(0) <= kFwhtCpuMaxBlock && bm.is_contiguous(),
+                "fwht_cpu: block must be a contiguous float64 CPU matrix of shape (m, m), 2 <= m <= ",
+                kFwhtCpuMaxBlock, ", got ", bm.scalar_type(), " ", bm.device(), " of shape ", bm.sizes());
+    m = bm.size(0);
+    b = bm.data_ptr<double>();
+  }
+  const int64_t n = x.size(-1), p = n / m;
+  TORCH_CHECK(n >= m && n % m == 0 && (p & (p - 1)) == 0 && n <= (int64_t{1} << kFwhtCpuMaxLog2N),
+              "fwht_cpu: the last dim must be m·2^k <= ", int64_t{1} << kFwhtCpuMaxLog2N, " with m = ", m,
+              ", got ", n, " (shape ", x.sizes(), ")");
+  int log2p = 0;
+  while ((int64_t{1} << log2p) < p) ++log2p;
+  const CpuDType dtype = st == at::kFloat    ? CpuDType::kFloat32
+                         : st == at::kDouble ? CpuDType::kFloat64
+                         : st == at::kHalf   ? CpuDType::kFloat16
+                                             : CpuDType::kBFloat16;
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  advise_huge_pages(out.data_ptr(), out.nbytes());
+  const int64_t rows = x.numel() / n;
+  const char* err = fastspec::fwht_cpu_run(x.data_ptr(), out.data_ptr(), rows, log2p, static_cast<int>(m), b, scale,
+                                       dtype, at::get_num_threads());
+  TORCH_CHECK(err == nullptr, err, " (shape ", x.sizes(), ", dtype ", st, ")");
+  return out;
+}
+#endif
+
+#ifdef FASTSPEC_WITH_CUDA
 // fastspec::fwht_cuda(Tensor x, float scale) -> Tensor: (x @ H_n) * scale along the last dim.
 at::Tensor fwht_cuda(const at::Tensor& x, double scale) {
   TORCH_CHECK(x.is_cuda(), "fwht_cuda: x must be a CUDA tensor, got device ", x.device());
@@ -50,27 +121,81 @@ at::Tensor fwht_cuda(const at::Tensor& x, double scale) {
               ": ", cudaGetErrorString(err));
   return out;
 }
+#endif
+
+#ifdef FASTSPEC_WITH_CPU
+// fastspec._C.cpu_isa([name]) -> str: the instruction set of the CPU kernels; with a name
+// ("generic", "avx2", "avx512f", or "" for the best this CPU has) it switches to that one first.
+PyObject* cpu_isa(PyObject* /*module*/, PyObject* args) {
+  const char* name = nullptr;
+  if (!PyArg_ParseTuple(args, "|s", &name)) return nullptr;
+  if (name != nullptr && !fastspec::fwht_cpu_set_isa(name)) {
+    PyErr_Format(PyExc_ValueError,
+                 "cpu_isa: %R is not available in this build on this CPU; the names are 'generic', 'avx2', "
+                 "'avx512f' and '' (the best available)",
+                 PyTuple_GET_ITEM(args, 0));
+    return nullptr;
+  }
+  return PyUnicode_FromString(fastspec::fwht_cpu_isa());
+}
+#endif
 
 }  // namespace
 }  // namespace fastspec
 
+#ifdef FASTSPEC_WITH_CUDA
 TORCH_LIBRARY_IMPL(fastspec, CUDA, m) { m.impl("fwht_cuda", &fastspec::fwht_cuda); }
+#endif
+#ifdef FASTSPEC_WITH_CPU
+TORCH_LIBRARY_IMPL(fastspec, CPU, m) { m.impl("fwht_cpu", &fastspec::fwht_cpu); }
+#endif
 
-// `import fastspec._C` loads this library, which runs the registrations above; the Python
-// module itself is empty.
+// `import fastspec._C` loads this library, which runs the registrations above; the Python module
+// has cpu_isa (where the CPU kernels are built) and the flags with_cpu, with_openmp, with_cuda.
 extern "C" {
 PyObject* PyInit__C(void) {
+#ifdef FASTSPEC_WITH_CPU
+  static PyMethodDef methods[] = {
+      {"cpu_isa", fastspec::cpu_isa, METH_VARARGS,
+       "cpu_isa([name]) -> str: the instruction set of the CPU kernels (set it first if name is given)"},
+      {nullptr, nullptr, 0, nullptr}};
+#else
+  static PyMethodDef* methods = nullptr;
+#endif
   static struct PyModuleDef module_def = {
       PyModuleDef_HEAD_INIT,
       "_C",  // name
-      "fastspec CUDA kernels; importing registers them with torch.library",  // doc
+      "fastspec compiled kernels; importing registers them with torch.library",  // doc
       -1,       // m_size
-      nullptr,  // m_methods
+      methods,  // m_methods
       nullptr,  // m_slots
       nullptr,  // m_traverse
       nullptr,  // m_clear
       nullptr,  // m_free
   };
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  // Which parts setup.py built: the CPU kernels (and with OpenMP), the CUDA kernels.
+#ifdef FASTSPEC_WITH_CPU
+  const int with_cpu = 1;
+#else
+  const int with_cpu = 0;
+#endif
+#ifdef _OPENMP
+  const int with_openmp = with_cpu;
+#else
+  const int with_openmp = 0;
+#endif
+#ifdef FASTSPEC_WITH_CUDA
+  const int with_cuda = 1;
+#else
+  const int with_cuda = 0;
+#endif
+  if (module != nullptr && (PyModule_AddIntConstant(module, "with_cpu", with_cpu) < 0 ||
+                            PyModule_AddIntConstant(module, "with_openmp", with_openmp) < 0 ||
+                            PyModule_AddIntConstant(module, "with_cuda", with_cuda) < 0)) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 }

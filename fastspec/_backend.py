@@ -1,8 +1,9 @@
 """Which backends exist here, and which one a call uses.
 
 Backends: ``torch`` (vectorised PyTorch, any device), ``triton`` (GPU; CPU tensors only
-under the Triton interpreter, ``TRITON_INTERPRET=1`` set before fastspec is imported)
-and ``cuda`` (the compiled extension ``fastspec._C``). A backend asked for by name that
+under the Triton interpreter, ``TRITON_INTERPRET=1`` set before fastspec is imported),
+``cuda`` (the CUDA kernels of the compiled extension ``fastspec._C``, CUDA tensors) and
+``cpu`` (its C++ kernels, CPU tensors). A backend asked for by name that
 cannot run the call raises; it never falls back. ``auto`` asks the op's choice table;
 the environment variable ``FASTSPEC_BACKEND`` replaces ``auto`` (an explicit argument wins).
 """
@@ -15,7 +16,7 @@ import os
 
 import torch
 
-NAMES = ("torch", "triton", "cuda")
+NAMES = ("torch", "triton", "cuda", "cpu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,35 +41,49 @@ def _import_reason(module: str) -> str | None:
     return None
 
 
+def _info(name: str) -> BackendInfo:
+    """Whether one backend is usable here, and why not."""
+    if name == "torch":
+        return BackendInfo(True, "PyTorch ops, any device")
+    if name == "triton":
+        triton_err = _import_reason("triton")
+        if triton_err:
+            return BackendInfo(False, triton_err)
+        if triton_interpreted():
+            return BackendInfo(True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors too")
+        if torch.cuda.is_available():
+            return BackendInfo(True, "Triton on CUDA")
+        return BackendInfo(False, "no CUDA GPU (set TRITON_INTERPRET=1 to run on the CPU)")
+    ext_err = _import_reason("fastspec._C")
+    if ext_err:
+        return BackendInfo(False, f"extension not built ({ext_err})")
+    ext = importlib.import_module("fastspec._C")
+    if name == "cuda":
+        if not ext.with_cuda:
+            return BackendInfo(False, "fastspec._C is built without the CUDA kernels (no CUDA at install)")
+        if not torch.cuda.is_available():
+            return BackendInfo(False, "fastspec._C is built but no CUDA GPU is visible")
+        return BackendInfo(True, "fastspec._C on CUDA")
+    if not ext.with_cpu:
+        return BackendInfo(False, "fastspec._C is built without the CPU kernels (FASTSPEC_BUILD_CPU=0 at install)")
+    threads = "OpenMP" if ext.with_openmp else "one thread: built without OpenMP"
+    return BackendInfo(True, f"fastspec._C C++ kernels on CPU ({ext.cpu_isa()}, {threads})")
+
+
 def backends() -> dict[str, BackendInfo]:
     """Report which backends are usable here and why not."""
-    gpu = torch.cuda.is_available()
-    triton_err = _import_reason("triton")
-    if triton_err:
-        triton_info = BackendInfo(False, triton_err)
-    elif triton_interpreted():
-        triton_info = BackendInfo(True, "Triton interpreter (TRITON_INTERPRET=1): CPU tensors too")
-    elif gpu:
-        triton_info = BackendInfo(True, "Triton on CUDA")
-    else:
-        triton_info = BackendInfo(False, "no CUDA GPU (set TRITON_INTERPRET=1 to run on the CPU)")
-    cuda_err = _import_reason("fastspec._C")
-    if cuda_err:
-        cuda_info = BackendInfo(False, f"extension not built ({cuda_err})")
-    elif not gpu:
-        cuda_info = BackendInfo(False, "fastspec._C is built but no CUDA GPU is visible")
-    else:
-        cuda_info = BackendInfo(True, "fastspec._C on CUDA")
-    return {"torch": BackendInfo(True, "PyTorch ops, any device"), "triton": triton_info, "cuda": cuda_info}
+    return {name: _info(name) for name in NAMES}
 
 
 def device_ok(backend: str, device: torch.device) -> str | None:
     """None if ``backend`` can run on ``device`` here, else the reason it cannot."""
     if backend == "torch":
         return None
-    info = backends()[backend]
+    info = _info(backend)
     if not info.available:
         return info.reason
+    if backend == "cpu":
+        return None if device.type == "cpu" else f"it runs on CPU tensors, got a {device.type} tensor"
     if device.type == "cuda" or (backend == "triton" and triton_interpreted() and device.type == "cpu"):
         return None
     return f"it runs on CUDA tensors{' (and CPU under TRITON_INTERPRET=1)' if backend == 'triton' else ''}, got a {device.type} tensor"
@@ -81,11 +96,11 @@ def resolve(op: str, backend: str, device: torch.device, auto_choice) -> str:
     backend that cannot run on ``device`` raises RuntimeError with the reason.
     """
     if backend not in ("auto",) + NAMES:
-        raise ValueError(f"{op}: backend must be one of 'auto', 'torch', 'triton', 'cuda'; got {backend!r}")
+        raise ValueError(f"{op}: backend must be one of {', '.join(map(repr, ('auto',) + NAMES))}; got {backend!r}")
     if backend == "auto":
         backend = os.environ.get("FASTSPEC_BACKEND", "auto") or "auto"
         if backend not in ("auto",) + NAMES:
-            raise ValueError(f"FASTSPEC_BACKEND must be one of auto, torch, triton, cuda; got {backend!r}")
+            raise ValueError(f"FASTSPEC_BACKEND must be one of {', '.join(('auto',) + NAMES)}; got {backend!r}")
         if backend == "auto":
             return auto_choice()
     reason = device_ok(backend, device)

@@ -12,7 +12,7 @@ from fastspec.hadamard import decompose, hadamard_block, is_symmetric, supported
 from fastspec.ops.fwht import CUDA_MAX_N, fwht_op, register_block
 from fastspec.reference.fwht import fwht_reference
 
-from conftest import DEVICE, assert_close_to_reference, backend_params, random_input
+from conftest import AVAILABLE, DEVICE, assert_close_to_reference, backend_params, random_input
 
 ALL_BACKENDS = backend_params()
 SMALL_SIZES = [n for n in supported_sizes() if n <= 4096]
@@ -196,7 +196,7 @@ def test_backward_through_sum(backend):
     assert_close_to_reference(x.grad, expect)
 
 
-@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+@pytest.mark.parametrize("backend", backend_params("torch", "triton", "cpu"))
 @pytest.mark.parametrize("n", [4, 12, 64])
 def test_gradcheck_and_double_backward(backend, n):
     if backend == "triton" and n == 64 and triton_interpreted():
@@ -229,7 +229,7 @@ def test_reference_with_a_block_is_the_dense_product(transpose):
     torch.testing.assert_close(fwht_reference(x, 0.5, transpose=transpose, block=h), expect, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+@pytest.mark.parametrize("backend", backend_params("torch", "triton", "cpu"))
 @pytest.mark.parametrize("transpose", [False, True])
 @pytest.mark.parametrize("n", [12, 12 * 64, 12 * 2**11])
 def test_named_block_and_transpose(backend, transpose, n):
@@ -239,7 +239,7 @@ def test_named_block_and_transpose(backend, transpose, n):
     assert_close_to_reference(out, fwht_reference(x.cpu(), 0.5, transpose=transpose, block=h))
 
 
-@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+@pytest.mark.parametrize("backend", backend_params("torch", "triton", "cpu"))
 def test_asymmetric_gradient_is_the_transposed_transform(backend):
     h = _asymmetric_block()
     x = random_input((3, 12 * 8), torch.float64).requires_grad_()
@@ -288,7 +288,7 @@ def test_opcheck(backend, dtype, n):
     torch.library.opcheck(torch.ops.fastspec.fwht.default, (x, 0.5, False, "", backend))
 
 
-@pytest.mark.parametrize("backend", backend_params("torch", "triton"))
+@pytest.mark.parametrize("backend", backend_params("torch", "triton", "cpu"))
 def test_opcheck_named_block_transposed(backend):
     _asymmetric_block()
     x = random_input((3, 12 * 4), torch.float32).requires_grad_()
@@ -373,7 +373,7 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 def test_backends_report():
     info = fastspec.backends()
-    assert set(info) == {"torch", "triton", "cuda"}
+    assert set(info) == {"torch", "triton", "cuda", "cpu"}
     assert info["torch"].available
     assert all(isinstance(i.reason, str) and i.reason for i in info.values())
 
@@ -382,7 +382,7 @@ def test_auto_choice_and_env_override(monkeypatch):
     from fastspec.ops.fwht import choose_backend
 
     cpu = torch.device("cpu")
-    assert choose_backend("auto", cpu, torch.float32, 64, 1) == "torch"
+    assert choose_backend("auto", cpu, torch.float32, 64, 1) == ("cpu" if "cpu" in AVAILABLE else "torch")
     monkeypatch.setenv("FASTSPEC_BACKEND", "torch")
     assert choose_backend("auto", cpu, torch.float32, 64, 1) == "torch"
     if "triton" in {k for k, v in fastspec.backends().items() if v.available}:
@@ -406,7 +406,21 @@ def test_auto_table_on_cuda(monkeypatch):
     assert ops._auto_choice(dev, torch.bfloat16, 12 * 64, 12) == "triton"
     assert ops._auto_choice(dev, torch.float16, 2**16, 1) == "triton"
     assert ops._auto_choice(dev, torch.float64, 4096, 1) == "torch"
-    assert ops._auto_choice(torch.device("cpu"), torch.float32, 4096, 1) == "torch"
+
+
+def test_auto_table_on_cpu(monkeypatch):
+    """CPU tensors take the C++ kernel for every n and dtype where it is built, torch otherwise
+    (and for base blocks larger than the kernel takes)."""
+    from fastspec.ops import fwht as ops
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(ops._backend, "device_ok", lambda name, device: None)
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert ops._auto_choice(cpu, dtype, 4096, 1) == "cpu"
+    assert ops._auto_choice(cpu, torch.float32, 12 * 2**16, 12) == "cpu"
+    assert ops._auto_choice(cpu, torch.float32, 2 * 2048, 2048) == "torch"
+    monkeypatch.setattr(ops._backend, "device_ok", lambda name, device: "not built" if name == "cpu" else None)
+    assert ops._auto_choice(cpu, torch.float32, 4096, 1) == "torch"
 
 
 @pytest.mark.cuda

@@ -22,13 +22,18 @@ from fastspec.hadamard import MAX_N, check_size, hadamard_block, sylvester
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CUDA_MAX_N = 2**15
 """The CUDA C++ kernel covers n = 2^k up to this, float16/bfloat16/float32."""
+CPU_MAX_BLOCK = 1024
+"""The C++ CPU kernel takes base blocks of order up to this (every n, every dtype)."""
 
 # backend="auto" on a CUDA tensor: the first backend of the list that supports the call.
 # Measured on an H200 (bench/results/fwht-h200.json, 2026-11-27, 16·2048 rows): the CUDA
 # kernel, whose tests passed there, is 2.1-6.4x faster than Triton at every n = 2^8..2^15
 # in float16, bfloat16 and float32; Triton is 1.0-3.5x faster than torch above 2^15.
 AUTO_CUDA = ((CUDA_MAX_N, ("cuda", "triton", "torch")), (MAX_N, ("triton", "torch")))
-"""(largest n, backends in order of preference) for CUDA tensors; CPU tensors use torch."""
+"""(largest n, backends in order of preference) for CUDA tensors."""
+AUTO_CPU = ("cpu", "torch")
+"""Backends for CPU tensors, in order of preference: the C++ kernel is 4.6-10.5x faster than torch
+at every float32 size of bench/results/fwht-cpu.json (2 threads, 256 and 4096 rows, n = 2^10..2^14)."""
 
 
 # ---------------------------------------------------------------------------- base blocks
@@ -141,7 +146,18 @@ def _fwht_cuda(x, scale, p, base):
     return torch.ops.fastspec.fwht_cuda(x.contiguous(), scale)
 
 
-_IMPLS = {"torch": fwht_torch, "triton": _fwht_triton, "cuda": _fwht_cuda}
+def _fwht_cpu(x, scale, p, base):
+    return _cpu_kernel()(x.contiguous(), scale, base.matrix(torch.float64) if base.m > 1 else None)
+
+
+@functools.cache
+def _cpu_kernel():
+    import fastspec._C  # noqa: F401  (registers the CPU kernel of fastspec::fwht_cpu)
+
+    return torch.ops.fastspec.fwht_cpu.default
+
+
+_IMPLS = {"torch": fwht_torch, "triton": _fwht_triton, "cuda": _fwht_cuda, "cpu": _fwht_cpu}
 
 
 # ---------------------------------------------------------------------------- validation
@@ -154,6 +170,8 @@ def _check_backend_supports(backend: str, dtype: torch.dtype, n: int, m: int) ->
             return "the cuda backend takes float16, bfloat16 and float32 (use backend='torch' for float64)"
         if m != 1 or n > CUDA_MAX_N:
             return f"the cuda backend takes n = 2^k up to {CUDA_MAX_N}, got n={n}"
+    if backend == "cpu" and m > CPU_MAX_BLOCK:
+        return f"the cpu backend takes base blocks of order up to {CPU_MAX_BLOCK}, got order {m} (n={n})"
     return None
 
 
@@ -179,13 +197,15 @@ def _validate(x, scale, transpose, block: str, backend: str) -> tuple[int, int]:
 
 
 def _auto_choice(device: torch.device, dtype: torch.dtype, n: int, m: int) -> str:
-    if device.type != "cuda" or dtype == torch.float64:
+    if device.type == "cpu":
+        order = AUTO_CPU
+    elif device.type != "cuda" or dtype == torch.float64:
         return "torch"
-    for max_n, order in AUTO_CUDA:
-        if n <= max_n:
-            for name in order:
-                if _backend.device_ok(name, device) is None and _check_backend_supports(name, dtype, n, m) is None:
-                    return name
+    else:
+        order = next(order for max_n, order in AUTO_CUDA if n <= max_n)
+    for name in order:
+        if _backend.device_ok(name, device) is None and _check_backend_supports(name, dtype, n, m) is None:
+            return name
     return "torch"
 
 
@@ -201,7 +221,7 @@ def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, n: in
 @torch.library.custom_op("fastspec::fwht", mutates_args=())
 def fwht_op(x: torch.Tensor, scale: float, transpose: bool, block: str, backend: str) -> torch.Tensor:
     """Registered op: (x @ (B ⊗ H_p)) * scale, B the canonical or named (``block``) base
-    block, transposed if ``transpose``, with a concrete backend ('torch'|'triton'|'cuda')."""
+    block, transposed if ``transpose``, with a concrete backend ('torch'|'triton'|'cuda'|'cpu')."""
     m, p = _validate(x, scale, transpose, block, backend)
     return _IMPLS[backend](x, scale, p, Base(m, block, transpose))
 
@@ -230,18 +250,27 @@ def _(x, scale):
     return x.new_empty(x.shape)
 
 
+# x: (..., n) contiguous, n = m·2^k; block: the (m, m) float64 base block B (None: m = 1).
+torch.library.define("fastspec::fwht_cpu", "(Tensor x, float scale, Tensor? block) -> Tensor")
+
+
+@torch.library.register_fake("fastspec::fwht_cpu")
+def _(x, scale, block):
+    return x.new_empty(x.shape)
+
+
 def fwht(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False, backend: str = "auto") -> torch.Tensor:
     """Fast Walsh–Hadamard transform along the last dim: ``(x @ H_n) * scale``, or
     ``(x @ H_nᵀ) * scale`` with ``transpose=True``.
 
     x: (..., n), any strides; float16, bfloat16 or float32 on every backend, float64 on
-    torch and triton. n: any of ``fastspec.supported_sizes()``, i.e. 2^k (1 ≤ n ≤ 2^20)
+    torch, triton and cpu. n: any of ``fastspec.supported_sizes()``, i.e. 2^k (1 ≤ n ≤ 2^20)
     and m·2^k for every base order m the library builds (``fastspec.hadamard_matrix(n)``
     is H_n). Returns a contiguous tensor of x's shape and dtype; half precision is
     accumulated in float32. The inverse is ``fwht(y, 1 / (n·scale), transpose=not
     transpose)``; where H_n is symmetric (n = 2^k and Paley II bases) transpose changes nothing.
-    scale: Python float. backend: 'auto' | 'torch' | 'triton' | 'cuda'
-    (env FASTSPEC_BACKEND replaces 'auto').
+    scale: Python float. backend: 'auto' | 'torch' | 'triton' | 'cuda' (CUDA tensors) | 'cpu'
+    (CPU tensors) (env FASTSPEC_BACKEND replaces 'auto').
     Raises TypeError for non-float or non-tensor input, ValueError for an unsupported n
     (naming the nearest supported sizes), RuntimeError for a named backend that cannot
     run here.
