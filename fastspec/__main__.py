@@ -11,12 +11,14 @@ import dataclasses
 import functools
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import torch
 
 import fastspec
 from fastspec import _timing
+from fastspec.ops import fftconv as fftconv_ops
+from fastspec.reference.fftconv import fft_conv_pytorch, fft_conv_reference
 from fastspec.reference.fwht import fwht_dense, fwht_reference
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -29,6 +31,7 @@ class Family:
     ``make(shape, dtype, device)`` returns the op's inputs (a tuple); ``op(*inputs,
     backend=)`` runs it; ``reference(*inputs)`` is the float64 result; ``baseline(device)``
     gives (name, fn(*inputs)) to time against. Shapes are keyed by device type.
+    ``backends()`` names the backends that implement the op (None: every backend).
     """
 
     name: str
@@ -39,6 +42,10 @@ class Family:
     check_shapes: dict[str, list[tuple[int, ...]]]
     bench_cases: dict[str, list[tuple[tuple[int, ...], torch.dtype]]]
     dtypes: tuple[torch.dtype, ...] = FLOAT_DTYPES
+    backends: Callable[[], Collection[str]] | None = None
+
+    def runs_on(self, backend: str) -> bool:
+        return self.backends is None or backend in self.backends()
 
 
 def _fwht_baseline(device):
@@ -46,6 +53,26 @@ def _fwht_baseline(device):
     if device.type == "cuda":
         return "clone", torch.clone
     return "matmul", lambda x: fwht_dense(x, x.shape[-1] ** -0.5)
+
+
+def _fftconv_make(gated: bool):
+    """make(shape, dtype, device) for fft_conv: (u, k) or (u, k, pregate, postgate, D); a
+    causal filter as long as the sequence, scaled by 1/sqrt(L)."""
+
+    def make(shape, dtype, device):
+        B, H, L = shape
+        u = torch.randn(shape, dtype=dtype, device=device)
+        k = torch.randn(H, L, dtype=dtype, device=device) / L**0.5
+        if not gated:
+            return u, k
+        return u, k, *(torch.randn(shape, dtype=dtype, device=device) for _ in range(2)), torch.randn(
+            H, dtype=dtype, device=device)
+
+    return make
+
+
+def _gates(rest):
+    return dict(zip(("pregate", "postgate", "D"), rest))
 
 
 FAMILIES = [
@@ -65,6 +92,22 @@ FAMILIES = [
             "cuda": [((16 * 2048, n), torch.float16) for n in (256, 1024, 4096, 16384, 11008)],
         },
     ),
+    *(Family(
+        name="fft_conv" + (" gated" if gated else ""),
+        make=_fftconv_make(gated),
+        op=lambda u, k, *rest, backend: fastspec.fft_conv(u, k, **_gates(rest), backend=backend),
+        reference=lambda u, k, *rest: fft_conv_reference(u, k, **_gates(rest)),
+        baseline=lambda device: ("pytorch", lambda u, k, *rest: fft_conv_pytorch(u, k, **_gates(rest))),
+        check_shapes={  # odd lengths (777, 1000) have no power-of-two FFT
+            "cpu": [(2, 4, 777), (1, 3, 1), (2, 3, 1000), (2, 4, 4096)],
+            "cuda": [(2, 8, 777), (1, 3, 1), (4, 16, 4096), (2, 4, 16384)],
+        },
+        bench_cases={  # the issue's CPU size plain, its GPU size gated
+            "cpu": [] if gated else [((8, 64, 4096), torch.float32)],
+            "cuda": [((64, 768, 4096), torch.float16)] if gated else [],
+        },
+        backends=lambda: fftconv_ops._IMPLS,
+    ) for gated in (False, True)),
 ]
 
 
@@ -79,7 +122,7 @@ def self_check(device: torch.device, quick: bool) -> list[dict]:
     cases = []
     for fam in FAMILIES:
         shapes = _for_device(fam.check_shapes, device)
-        for backend in _timing.usable_backends(device, timing=False):
+        for backend in filter(fam.runs_on, _timing.usable_backends(device, timing=False)):
             for shape in shapes[:2] if quick else shapes:
                 cases += [(fam, backend, shape, dtype) for dtype in fam.dtypes]
     rows = []
@@ -112,7 +155,7 @@ def bench(device: torch.device, quick: bool) -> list[dict]:
         inputs = [first] + [fam.make(shape, dtype, device) for _ in range(_timing.cache_copies(nbytes, device) - 1)]
         base_name, base_fn = fam.baseline(device)
         base_ms = _timing.median_ms(base_fn, inputs, device=device, **timing)
-        for backend in _timing.usable_backends(device, timing=True):
+        for backend in filter(fam.runs_on, _timing.usable_backends(device, timing=True)):
             rec = {**_timing.case_fields(fam.name, shape, dtype), "backend": backend, "baseline": base_name,
                    "ms": None, "baseline_ms": base_ms, "speedup": None, **info}
             try:

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fastspec
 from fastspec.__main__ import main
@@ -46,3 +47,21 @@ def test_profile_script_launches_and_checks(monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 2 * len(backends) and all(line.endswith(" ok") for line in lines)
     sys.modules.pop("profile_fwht", None)
+
+
+def test_bench_fftconv_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_fftconv
+
+    assert bench_fftconv.main(["--quick", "--batch", "2", "--channels", "4", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("fftconv-*.json")
+    records = json.loads(result.read_text())
+    assert {r["op"] for r in records} == {"fft_conv", "fft_conv gated fwd+bwd"}
+    assert all(r["status"] == "ok" and "x floor" in r["target"] for r in records)
+    assert {r["baseline"] for r in records} >= {"pytorch", "clone"}
+    cuda = torch.device("cuda")  # the GPU shapes: B·H·L at most 2^28
+    assert bench_fftconv.shape_for(4096, cuda, None, None) == (64, 768, 4096)
+    assert bench_fftconv.shape_for(8192, cuda, None, None) == (42, 768, 8192)
+    assert bench_fftconv.shape_for(2**20, cuda, None, None) == (1, 256, 2**20)
+    sys.modules.pop("bench_fftconv", None)

@@ -1,4 +1,5 @@
 """Drop-in nn.Modules built on fastspec ops."""
+from fastspec.nn.fftconv import Conv1dFFT, FFTConv
 from fastspec.nn.hadamard import HadamardTransform
 
-__all__ = ["HadamardTransform"]
+__all__ = ["Conv1dFFT", "FFTConv", "HadamardTransform"]

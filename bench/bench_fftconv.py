@@ -1,0 +1,224 @@
+"""FFT long-convolution benchmark: every usable fastspec.fft_conv backend against the
+PyTorch FFT convolution everyone writes (rfft of u and k at 2L, product, irfft, gates as
+separate ops: ``fastspec.reference.fftconv.fft_conv_pytorch``) and, where importable,
+FlashFFTConv, all in the same run; causal mode, a filter as long as the sequence.
+
+    python bench/bench_fftconv.py [--out DIR] [--full] [--quick] [--lengths L ...] [--dtypes ...]
+                                  [--batch B] [--channels H] [--rounds R] [--threads T]
+
+Cases: plain (u, k) and gated (u·pregate, ·postgate), forward and forward+backward (the
+gradients of u, k and the gates for a random grad_y). GPU: B = 64, H = 768, scaled down
+so that B·H·L ≤ 2^28 (u of 512 MiB in half precision: B = 42 at L = 8K, ..., B = 1 and
+H = 256 at L = 1M; the table shows every shape); float16 at L = 1K, 4K, 16K and 1M by
+default (about a minute), ``--full`` every L of 256, 1K, 4K, 8K, 16K, 32K, 64K, 1M in
+float16 and bfloat16. CPU: B = 8, H = 64, L = 256 … 64K in float32, forward, three
+interleaved rounds (other jobs share the machine: the load average is printed).
+
+Each row's target note gives the time over the memory floor (bytes of u, the gates, y
+and for the backward grad_y and the gradients once, over the copy bandwidth of
+``torch.clone`` measured in the same run) and, on the GPU, the issue's targets: forward
+gated ≥ 8× over the PyTorch baseline at L = 1K, ≥ 5× at 4K–16K, ≥ 2× at 1M; forward+backward
+≥ 4× at 1K–16K; peak memory ≤ 1/6 of the baseline's. On the CPU: the torch backend at
+least as fast as the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import sys
+
+import torch
+
+from fastspec import _timing
+from fastspec.ops import fftconv as ops
+from fastspec.reference.fftconv import fft_conv_pytorch
+
+from harness import Case, Harness  # bench/harness.py
+
+GPU_BATCH, GPU_CHANNELS, GPU_MAX_ELEMENTS = 64, 768, 2**28
+CPU_BATCH, CPU_CHANNELS = 8, 64
+GPU_LENGTHS = [1024, 4096, 16384, 2**20]
+FULL_LENGTHS = [256, 1024, 4096, 8192, 16384, 32768, 65536, 2**20]
+CPU_LENGTHS = [256, 1024, 4096, 8192, 16384, 32768, 65536]
+CHECK_ROWS = 2
+"""The correctness check compares the first channels of the first batch element."""
+GPU_SPEEDUP = {1024: 8.0, 4096: 5.0, 8192: 5.0, 16384: 5.0, 2**20: 2.0}
+"""Forward, gated: the least speedup over the PyTorch baseline the issue asks for, by L."""
+GPU_BACKWARD_SPEEDUP, GPU_PEAK_FRACTION = 4.0, 1 / 6
+"""Forward+backward at 1K–16K; peak memory at most this fraction of the baseline's."""
+
+
+def shape_for(L: int, device: torch.device, batch: int | None, channels: int | None) -> tuple[int, int, int]:
+    """(B, H, L): the headline B and H, scaled down on the GPU to B·H·L ≤ 2^28."""
+    if device.type != "cuda":
+        return batch or CPU_BATCH, channels or CPU_CHANNELS, L
+    H = channels or min(GPU_CHANNELS, max(1, GPU_MAX_ELEMENTS // L))
+    return batch or max(1, min(GPU_BATCH, GPU_MAX_ELEMENTS // (H * L))), H, L
+
+
+@functools.cache
+def flashfftconv():
+    """flashfftconv.FlashFFTConv if the package imports, else None."""
+    try:
+        from flashfftconv import FlashFFTConv
+    except ImportError:
+        return None
+    return FlashFFTConv
+
+
+def make_inputs(shape, dtype, device, gated: bool, backward: bool) -> tuple[torch.Tensor, ...]:
+    """(u, k[, pregate, postgate][, grad_y]); u, k and the gates require grad for ``backward``."""
+    B, H, L = shape
+    u = torch.randn(shape, dtype=dtype, device=device)
+    k = torch.randn(H, L, dtype=torch.float32, device=device) / L**0.5
+    tensors = [u, k] + ([torch.randn(shape, dtype=dtype, device=device) for _ in range(2)] if gated else [])
+    if not backward:
+        return tuple(tensors)
+    return (*(t.requires_grad_() for t in tensors), torch.randn(shape, dtype=dtype, device=device))
+
+
+def with_backward(forward):
+    """fn(*inputs) running ``forward`` and the gradients of every input that requires grad."""
+
+    def run(*inputs):
+        *tensors, grad_y = inputs
+        y = forward(*tensors)
+        torch.autograd.grad(y, tensors, grad_y)
+        return y.detach()
+
+    return run
+
+
+def check(inputs: tuple, out: torch.Tensor) -> float:
+    """Relative error of ``out`` on the first rows against the float64 FFT convolution."""
+    u, k, *rest = (t.detach() for t in inputs)
+    gates = rest[:2] if len(rest) >= 2 else [None, None]
+    rows = (slice(0, 1), slice(0, CHECK_ROWS))
+    pregate, postgate = (g[rows].double() if g is not None else None for g in gates)
+    ref = fft_conv_pytorch(u[rows].double(), k[rows[1]].double(), pregate=pregate, postgate=postgate)
+    return _timing.rel_error(out[rows], ref)
+
+
+def floor_bytes(shape, dtype, gated: bool, backward: bool) -> int:
+    """Bytes a fused kernel must move at least: u, the gates and y once; for the backward
+    also grad_y, u and the gates again, and du and the gates' gradients."""
+    tensors = 2 + 2 * gated  # u, y, gates
+    if backward:
+        tensors += 2 + 2 * gated + 1 + 2 * gated  # grad_y, u, gates; du, dgates
+    return tensors * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+
+
+def target(device, shape, dtype, gated, backward):
+    """Case.target: time over the memory floor, and the issue's speed target here."""
+    L = shape[-1]
+    u_bytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    floor_ratio = floor_bytes(shape, dtype, gated, backward) / (2 * u_bytes)  # clone moves u twice
+
+    def note(backend, times):
+        parts = []
+        if "clone" in times:
+            parts.append(f"x floor {times[backend] / (times['clone'] * floor_ratio):.2f}")
+        if "pytorch" in times:
+            speedup = times["pytorch"] / times[backend]
+            if device.type != "cuda":
+                parts.append(f"vs pytorch >= 1: {'met' if speedup >= 1 else 'missed'}")
+            elif backward and 1024 <= L <= 16384:
+                parts.append(f"vs pytorch >= {GPU_BACKWARD_SPEEDUP:g}: "
+                             f"{'met' if speedup >= GPU_BACKWARD_SPEEDUP else 'missed'}")
+            elif gated and not backward and L in GPU_SPEEDUP:
+                parts.append(f"vs pytorch >= {GPU_SPEEDUP[L]:g}: {'met' if speedup >= GPU_SPEEDUP[L] else 'missed'}")
+        return "; ".join(parts) or None
+
+    return note
+
+
+def make_case(L: int, dtype: torch.dtype, gated: bool, backward: bool, device: torch.device,
+              batch: int | None = None, channels: int | None = None) -> Case:
+    shape = shape_for(L, device, batch, channels)
+
+    def ours(backend, u, k, pregate=None, postgate=None):
+        return ops.fft_conv(u, k, pregate=pregate, postgate=postgate, backend=backend)
+
+    def pytorch(u, k, pregate=None, postgate=None):
+        return fft_conv_pytorch(u, k, pregate=pregate, postgate=postgate)
+
+    baselines = {"pytorch": pytorch}
+    flash = flashfftconv()
+    if flash is not None and device.type == "cuda" and dtype != torch.float32:
+        module = flash(2 * L, dtype=dtype).to(device)
+        baselines["flashfftconv"] = lambda u, k, pregate=None, postgate=None: module(u, k, pregate, postgate)
+    candidates = {b: functools.partial(ours, b) for b in _timing.usable_backends(device, timing=True)
+                  if b in ops._IMPLS}
+    wrap = with_backward if backward else (lambda fn: fn)
+    return Case(
+        op="fft_conv" + (" gated" if gated else "") + (" fwd+bwd" if backward else ""),
+        shape=shape,
+        dtype=dtype,
+        make=lambda: make_inputs(shape, dtype, device, gated, backward),
+        candidates={name: wrap(fn) for name, fn in candidates.items()},
+        baselines={name: wrap(fn) for name, fn in baselines.items()},
+        check=check,
+        target=target(device, shape, dtype, gated, backward),
+    )
+
+
+def add_memory_targets(records: list[dict], device: torch.device) -> None:
+    """Append the peak-memory comparison with the PyTorch baseline to each GPU record's note."""
+    if device.type != "cuda":
+        return
+    peaks = {(r["op"], r["shape"], r["dtype"], r["backend"]): (r["peak_mb"], r["baseline_peak_mb"])
+             for r in records if r["baseline"] == "pytorch" and r["peak_mb"] and r["baseline_peak_mb"]}
+    for r in records:
+        ours, theirs = peaks.get((r["op"], r["shape"], r["dtype"], r["backend"]), (None, None))
+        if ours:
+            met = "met" if ours <= GPU_PEAK_FRACTION * theirs else "missed"
+            note = f"peak {ours:.0f}/{theirs:.0f} MB <= 1/6: {met}"
+            r["target"] = f"{r['target']}; {note}" if r["target"] else note
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", help="output folder (default bench/results)")
+    parser.add_argument("--full", action="store_true", help="GPU: every length, float16 and bfloat16")
+    parser.add_argument("--quick", action="store_true", help="one small case of each kind, short timing")
+    parser.add_argument("--lengths", nargs="+", type=int, metavar="L")
+    parser.add_argument("--dtypes", nargs="+", choices=["float16", "bfloat16", "float32"])
+    parser.add_argument("--batch", type=int, help="B for every length")
+    parser.add_argument("--channels", type=int, help="H for every length")
+    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 3 on CPU, 1 on GPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: all)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    device = _timing.default_device()
+    gpu = device.type == "cuda"
+    if gpu:
+        lengths = FULL_LENGTHS if args.full else GPU_LENGTHS
+        dtypes = ["float16", "bfloat16"] if args.full else ["float16"]
+        kinds = [(gated, backward) for backward in (False, True) for gated in (False, True)]
+    else:
+        lengths, dtypes, kinds = CPU_LENGTHS, ["float32"], [(False, False), (True, False)]
+    if args.quick:
+        lengths, kinds = [256], [(False, False), (True, True)]
+    lengths, dtypes = args.lengths or lengths, [getattr(torch, d) for d in args.dtypes or dtypes]
+    timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {"warmup_ms": 10, "rep_ms": 50 if gpu else 100}
+    rounds = args.rounds or (1 if gpu or args.quick else 3)
+
+    points = [(L, dtype, gated, backward) for dtype in dtypes for gated, backward in kinds for L in lengths]
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"fft_conv benchmark on {_timing.device_name(device)}: backends "
+          f"{[b for b in _timing.usable_backends(device, timing=True) if b in ops._IMPLS]}, flashfftconv "
+          f"{'found' if flashfftconv() else 'not installed'}; {rounds} round(s); load average {load}", flush=True)
+    with Harness("fftconv", device, args.out, rounds=rounds, **timing) as harness:
+        for L, dtype, gated, backward in _timing.progress(points, "fftconv", lambda p: f"L={p[0]} {p[1]} "
+                                                          f"{'gated' if p[2] else 'plain'}{' fwd+bwd' if p[3] else ''}"):
+            harness.run(make_case(L, dtype, gated, backward, device, args.batch, args.channels))
+        add_memory_targets(harness.records, device)
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    return 1 if harness.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

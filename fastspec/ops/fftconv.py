@@ -1,0 +1,530 @@
+"""FFT long convolution: public functions, validation, custom ops, autograd, torch backend.
+
+``fft_conv(u, k, mode, pregate, postgate, D)`` is ``y = postgate · conv(u · pregate, k) + D · u``
+per channel, u and the gates (B, H, L), k (H, Lk), D (H,); with v = u · pregate:
+
+- ``causal``:        y[t] = Σ_{0≤s≤t} k[s]·v[t−s]           (1 ≤ Lk ≤ L; k is zero beyond Lk)
+- ``circular``:      y[t] = Σ_{0≤s<Lk} k[s]·v[(t−s) mod L]  (1 ≤ Lk ≤ L)
+- ``bidirectional``: y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, c = (Lk−1)/2 (Lk odd, ≤ 2L−1;
+  Lk = 2L−1 is M2-BERT's and Hyena's two-sided filter with lag 0 at index L−1)
+
+``fft_conv2d(u, k, mode)`` is the depthwise 2D convolution, u (B, C, H, W), k (C, kh, kw):
+``circular`` y[i,j] = Σ k[a,b]·u[(i−a) mod H, (j−b) mod W] (kh ≤ H, kw ≤ W); ``same`` the
+zero-padded linear convolution cropped to u's size, y[i,j] = Σ k[a,b]·u[i−a+ch, j−b+cw] with
+ch = (kh−1)//2, cw = (kw−1)//2 (kh ≤ 2H−1, kw ≤ 2W−1): torch's ``padding="same"`` for odd
+kernels (with k flipped: torch correlates), scipy.signal.convolve2d's ``"same"`` for all.
+
+Every call is a circular convolution of some size (``plan``): the filter is "wrapped" so
+that its lag-0 tap sits at index 0 and negative lags at the end; ``circular`` uses the
+input's size, the others the smallest 5-smooth size with room for every lag, L + Lk − 1
+for ``causal`` and L + (Lk−1)/2 for ``bidirectional`` (so a short filter costs a shorter
+FFT: L + Lk − 1 instead of the 2L of a padded one).
+
+Both public functions call one registered op, ``fastspec::fft_conv`` (1 or 2 convolved
+dims), whose autograd calls ``fastspec::fft_conv_backward``: the gradients of every input
+from the FFTs of v and of grad_y·postgate (v's FFT is recomputed, not saved). Double
+backward differentiates a plain PyTorch version of the forward (``_differentiable_forward``).
+
+Backend contract: ``_IMPLS`` maps a backend name to an :class:`Implementation`. A backend
+gets tensors that passed ``_validate`` (any strides, stride 0 included: it makes contiguous
+what it needs) and returns new tensors:
+
+- ``forward(u, k, k_spectrum, pregate, postgate, D, mode) -> y``: y contiguous, u's shape
+  and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for k.
+- ``backward(grad_y, u, k, pregate, postgate, D, mode, needs) -> (du, dk, dpregate,
+  dpostgate, dD)``: ``needs`` five bools; None where False; each gradient contiguous, in
+  its input's shape and dtype.
+- ``spectrum(k, mode, shape) -> Tensor``: k prepared for inputs of spatial ``shape``, in
+  whatever layout ``forward`` takes.
+- ``unsupported(dtype, mode, shape, kshape) -> str | None``: why the backend cannot take
+  this call (u's dtype and spatial shape, k's taps), or None.
+
+u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
+``fft_conv2d`` (gates and D None); float16/bfloat16 are accumulated in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fastspec import _backend
+
+MODES = ("causal", "circular", "bidirectional")
+MODES_2D = ("circular", "same")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# backend="auto" on a CUDA tensor: the first of these that takes the call. Torch until the
+# Triton kernel has passed its tests (then measured crossovers go here); CPU tensors use torch.
+AUTO_CUDA = ("torch",)
+
+CPU_BLOCK_BYTES = 16 << 20
+"""The torch backend works through the rows in blocks of about this many bytes of FFT input
+on the CPU: every buffer stays under glibc's 32 MiB mmap threshold, so it is reused rather
+than mapped fresh from the OS (those page faults cost more than the FFTs at L ≥ 16K), and
+a block's FFTs, product and gates run in the last-level cache. Larger blocks (one per
+call) are 1.5–2x slower from L = 16K; smaller ones add parallel regions, each of which
+waits for a time slice when other jobs share the cores (measured on 2 shared cores)."""
+CUDA_BLOCK_BYTES = 1 << 30
+"""The same on CUDA, only to bound the workspace (a few launches per GiB)."""
+
+
+# ---------------------------------------------------------------------------- FFT plan
+
+
+def fast_size(n: int) -> int:
+    """The smallest 2^a·3^b·5^c ≥ n (FFT libraries are fastest on such sizes)."""
+    best = 1 << max(n - 1, 0).bit_length()
+    odd5 = 1
+    while odd5 < best:
+        odd = odd5
+        while odd < best:
+            m = odd
+            while m < n:
+                m *= 2
+            best = min(best, m)
+            odd *= 3
+        odd5 *= 5
+    return best
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A call as a circular convolution over the last len(sizes) dims: FFT sizes, and per
+    dim the index of k's lag-0 tap (taps before it are negative lags)."""
+
+    sizes: tuple[int, ...]
+    centres: tuple[int, ...]
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        return tuple(range(-len(self.sizes), 0))
+
+
+@functools.lru_cache(maxsize=256)
+def plan(mode: str, shape: tuple[int, ...], kshape: tuple[int, ...]) -> Plan:
+    """The circular convolution that computes ``mode`` for inputs of spatial ``shape`` and
+    filters of ``kshape`` taps. Lags run from −centre to taps−1−centre; a size of
+    n + max(centre, taps−1−centre) keeps every product that wraps around on zeros."""
+    centres = tuple((t - 1) // 2 if mode in ("bidirectional", "same") else 0 for t in kshape)
+    if mode == "circular":
+        return Plan(tuple(shape), centres)
+    sizes = tuple(fast_size(n + max(c, t - 1 - c)) for n, t, c in zip(shape, kshape, centres, strict=True))
+    return Plan(sizes, centres)
+
+
+def _wrap(k: torch.Tensor, p: Plan) -> torch.Tensor:
+    """k (C, *taps) as a circular filter (C, *p.sizes): the tap of lag s at index s mod size."""
+    pad = [amount for size, taps in zip(reversed(p.sizes), reversed(k.shape[1:])) for amount in (0, size - taps)]
+    wrapped = F.pad(k, pad)
+    return wrapped.roll([-c for c in p.centres], p.dims) if any(p.centres) else wrapped
+
+
+def _unwrap(wrapped: torch.Tensor, p: Plan, kshape: Sequence[int]) -> torch.Tensor:
+    """The adjoint of ``_wrap``: the taps of a circular filter."""
+    if any(p.centres):
+        wrapped = wrapped.roll(list(p.centres), p.dims)
+    return wrapped[(..., *(slice(0, t) for t in kshape))]
+
+
+def _crop(shape: Sequence[int]) -> tuple:
+    return (..., *(slice(0, n) for n in shape))
+
+
+# ---------------------------------------------------------------------------- torch backend
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _blocks(batch: int, channels: int, row_bytes: int, device: torch.device) -> list[tuple[slice, slice]]:
+    """(batch, channel) slices covering every row, each of about a block's bytes of rows."""
+    budget = CUDA_BLOCK_BYTES if device.type == "cuda" else CPU_BLOCK_BYTES
+    rows = max(1, budget // row_bytes)
+    if rows >= channels:
+        step = rows // max(channels, 1)
+        return [(slice(b, b + step), slice(None)) for b in range(0, batch, step)]
+    return [(slice(b, b + 1), slice(h, h + rows)) for b in range(batch) for h in range(0, channels, rows)]
+
+
+def _channel_column(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """(C,) as (C, 1, ...) against (…, C, *spatial)."""
+    return t.reshape(-1, *([1] * ndim))
+
+
+def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+    """rfft of the wrapped filter over the plan's sizes: complex (C, *sizes[:-1], sizes[-1]//2 + 1)."""
+    p = plan(mode, shape, k.shape[1:])
+    k = k.to(_acc(k.dtype))
+    if not any(p.centres):  # lag 0 at index 0 already: rfftn zero-pads
+        return torch.fft.rfftn(k, s=p.sizes, dim=p.dims)
+    return torch.fft.rfftn(_wrap(k, p), dim=p.dims)
+
+
+def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
+    """The torch backend's forward (contract in the module docstring). Per block of rows:
+    rfft of v (zero-padded to the plan's size), product with k's spectrum (D folded into it
+    when there are no gates), inverse rfft, and one fused pass for the gates and D into the
+    output: five passes a block, each in cache."""
+    shape, nd = u.shape[2:], len(u.shape[2:])
+    p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
+    spectrum = torch_spectrum(k, mode, shape) if k_spectrum is None else k_spectrum
+    fold_d = D is not None and pregate is None and postgate is None
+    if fold_d:  # D·u = conv(u, D·δ): lag 0 adds D to every frequency
+        spectrum = spectrum + _channel_column(D.to(acc), nd)
+    out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
+    row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
+    for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
+        uc, dst = u[bs, hs], out[bs, hs]
+        v = uc.to(acc) if pregate is None else uc.to(acc) * pregate[bs, hs]  # half: the product in float32
+        freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims).mul_(spectrum[hs])
+        y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
+        if D is not None and not fold_d:
+            if postgate is not None:
+                y = y.mul_(postgate[bs, hs])
+            torch.addcmul(y, uc, _channel_column(D[hs], nd), out=dst)
+        elif postgate is not None:
+            torch.mul(y, postgate[bs, hs], out=dst)
+        else:
+            dst.copy_(y)
+    return out
+
+
+def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
+    """The torch backend's backward (contract in the module docstring). With v = u·pregate,
+    z = conv(v, k) and gz = grad_y·postgate: dpostgate = grad_y·z, dv = corr(gz, k)
+    (irfft of GZ·conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
+    (the batch summed in frequency), dD = Σ grad_y·u."""
+    need_du, need_dk, need_dpre, need_dpost, need_dd = needs
+    shape, nd = u.shape[2:], len(u.shape[2:])
+    p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
+    spectrum = torch_spectrum(k, mode, shape)
+    # conj_physical, not the lazy conj(): a conjugate bit is lost when the op runs under
+    # AOTAutograd's dispatch (opcheck's test_aot_dispatch_dynamic shows it)
+    spectrum_conj = torch.conj_physical(spectrum)
+    du = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_du else None
+    dpre = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_dpre else None
+    dpost = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_dpost else None
+    dk_freq = torch.zeros_like(spectrum) if need_dk else None
+    dd = torch.zeros(u.shape[1], dtype=acc, device=u.device) if need_dd else None
+    need_dv = need_du or need_dpre
+    row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
+    for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
+        uc, gc = u[bs, hs], grad_y[bs, hs]
+        if need_dpost or need_dk:
+            v = uc.to(acc) if pregate is None else uc.to(acc) * pregate[bs, hs]
+            v_freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims)
+        if need_dv or need_dk:
+            gz = gc.to(acc) if postgate is None else gc.to(acc) * postgate[bs, hs]
+            gz_freq = torch.fft.rfftn(gz, s=p.sizes, dim=p.dims)
+        if need_dpost:
+            z = torch.fft.irfftn(v_freq * spectrum[hs], s=p.sizes, dim=p.dims)[_crop(shape)]
+            dpost[bs, hs] = z.mul_(gc)
+        if need_dv:
+            dv = torch.fft.irfftn(gz_freq * spectrum_conj[hs], s=p.sizes, dim=p.dims)[_crop(shape)]
+            if need_dpre:
+                dpre[bs, hs] = dv * uc
+            if need_du:
+                if pregate is not None:
+                    dv = dv.mul_(pregate[bs, hs])
+                if D is not None:
+                    dv = dv.addcmul_(gc, _channel_column(D[hs], nd))
+                du[bs, hs] = dv
+        if need_dk:
+            dk_freq[hs] += gz_freq.mul_(v_freq.conj_physical_()).sum(0)
+        if need_dd:
+            dd[hs] += (gc.to(acc) * uc).sum(0).sum(-1)
+    dk = _unwrap(torch.fft.irfftn(dk_freq, s=p.sizes, dim=p.dims), p, k.shape[1:]).to(k.dtype).contiguous() if need_dk else None
+    return du, dk, dpre, dpost, dd.to(D.dtype) if need_dd else None
+
+
+def _differentiable_forward(u, k, pregate, postgate, D, mode):
+    """The op in plain differentiable PyTorch (autograd records every step), for double
+    backward: the first backward differentiates this instead of calling the backward op."""
+    shape, nd = u.shape[2:], len(u.shape[2:])
+    p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
+    v = u.to(acc) if pregate is None else u.to(acc) * pregate
+    freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims) * torch.fft.rfftn(_wrap(k.to(acc), p), dim=p.dims)
+    y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
+    if postgate is not None:
+        y = y * postgate
+    if D is not None:
+        y = y + _channel_column(D, nd) * u
+    return y.to(u.dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One backend of the family; the contract is in the module docstring."""
+
+    forward: Callable[..., torch.Tensor]
+    backward: Callable[..., tuple]
+    spectrum: Callable[..., torch.Tensor]
+    unsupported: Callable[..., str | None] = lambda dtype, mode, shape, kshape: None
+
+
+_IMPLS: dict[str, Implementation] = {
+    "torch": Implementation(forward=torch_forward, backward=torch_backward, spectrum=torch_spectrum),
+}
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _op_name(u: torch.Tensor) -> str:
+    return "fft_conv2d" if u.dim() == 4 else "fft_conv"
+
+
+def _check_tensor(op: str, name: str, t) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+
+
+def _param_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, ...]:
+    """The dtypes k and D may have next to u's: u's, or float32 under half-precision u."""
+    return (dtype,) if dtype in (torch.float32, torch.float64) else (torch.float32, dtype)
+
+
+def _check_param_dtype(op: str, name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
+    allowed = _param_dtypes(dtype)
+    if t.dtype not in allowed:
+        names = " or ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"{op}: {name} must be {names} for u of {dtype}, got {t.dtype}")
+
+
+def _check_filter(op: str, k, channels: int, shape: Sequence[int], dtype: torch.dtype, mode: str) -> None:
+    """k's type, dtype, channels and taps for inputs of spatial ``shape`` in ``mode``."""
+    _check_tensor(op, "k", k)
+    _check_param_dtype(op, "k", k, dtype)
+    two_d = len(shape) == 2
+    if k.dim() != len(shape) + 1 or k.shape[0] != channels:
+        layout = "(C, kh, kw) with C" if two_d else "(H, Lk) with H"
+        raise ValueError(f"{op}: k must be {layout} = {channels} as in u, got shape {tuple(k.shape)}")
+    taps = tuple(k.shape[1:])
+    if mode in ("causal", "circular"):
+        if any(t < 1 or t > n for t, n in zip(taps, shape)):
+            limit = f"kh <= H = {shape[0]} and kw <= W = {shape[1]}" if two_d else f"1 <= Lk <= L = {shape[0]}"
+            raise ValueError(f"{op}: mode={mode!r} needs {limit}, got k of shape {tuple(k.shape)}")
+    elif mode == "bidirectional":
+        if taps[0] % 2 == 0 or taps[0] > 2 * shape[0] - 1:
+            raise ValueError(f"{op}: mode='bidirectional' needs k of odd length Lk <= 2L-1 = {2 * shape[0] - 1} "
+                             f"(index (Lk-1)/2 is lag 0), got Lk = {taps[0]}")
+    elif any(t < 1 or t > 2 * n - 1 for t, n in zip(taps, shape)):  # same
+        raise ValueError(f"{op}: mode='same' needs 1 <= kh <= 2H-1 = {2 * shape[0] - 1} and 1 <= kw <= 2W-1 = "
+                         f"{2 * shape[1] - 1}, got k of shape {tuple(k.shape)}")
+
+
+def _validate(op: str, u, k, pregate, postgate, D, mode) -> None:
+    """Every argument of ``op`` ('fft_conv': u (B, H, L); 'fft_conv2d': u (B, C, H, W), no
+    gates or D), before any kernel sees it: TypeError for a wrong type or dtype, ValueError
+    for a wrong shape, mode or device, each saying what is allowed."""
+    modes = MODES_2D if op == "fft_conv2d" else MODES
+    if mode not in modes:
+        raise ValueError(f"{op}: mode must be one of {', '.join(map(repr, modes))}; got {mode!r}")
+    _check_tensor(op, "u", u)
+    if u.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{op}: u must be float16, bfloat16, float32 or float64, got {u.dtype}")
+    if u.dim() != (4 if op == "fft_conv2d" else 3):
+        raise ValueError(f"{op}: u must be {'(B, C, H, W)' if op == 'fft_conv2d' else '(B, H, L)'}, "
+                         f"got shape {tuple(u.shape)}")
+    shape = tuple(u.shape[2:])
+    if min(shape) < 1:
+        raise ValueError(f"{op}: the convolved {'sizes H, W' if len(shape) == 2 else 'length L'} must be at "
+                         f"least 1, got u of shape {tuple(u.shape)}")
+    _check_filter(op, k, u.shape[1], shape, u.dtype, mode)
+    if op == "fft_conv2d" and not (pregate is None and postgate is None and D is None):
+        raise ValueError("fft_conv2d: takes no gates and no D")
+    for name, gate in (("pregate", pregate), ("postgate", postgate)):
+        if gate is None:
+            continue
+        _check_tensor(op, name, gate)
+        if gate.dtype != u.dtype:
+            raise TypeError(f"{op}: {name} must have u's dtype {u.dtype}, got {gate.dtype}")
+        if gate.shape != u.shape:
+            raise ValueError(f"{op}: {name} must have u's shape {tuple(u.shape)}, got {tuple(gate.shape)}")
+    if D is not None:
+        _check_tensor(op, "D", D)
+        _check_param_dtype(op, "D", D, u.dtype)
+        if D.shape != (u.shape[1],):
+            raise ValueError(f"{op}: D must have shape (H,) = ({u.shape[1]},), got {tuple(D.shape)}")
+    for name, t in (("k", k), ("pregate", pregate), ("postgate", postgate), ("D", D)):
+        if t is not None and t.device != u.device:
+            raise ValueError(f"{op}: every tensor must be on u's device ({u.device}); {name} is on {t.device}")
+
+
+def _check_backend(op: str, backend: str, dtype: torch.dtype, mode: str, shape, kshape) -> None:
+    """A concrete backend that has no implementation, or does not take this call, raises."""
+    if backend not in _IMPLS:
+        raise NotImplementedError(f"{op}: the {backend!r} backend has no implementation of this op yet "
+                                  f"(implemented: {', '.join(_IMPLS)})")
+    reason = _IMPLS[backend].unsupported(dtype, mode, tuple(shape), tuple(kshape))
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+
+
+def _auto_choice(device: torch.device, dtype: torch.dtype, mode: str, shape, kshape) -> str:
+    if device.type != "cuda":
+        return "torch"
+    for name in AUTO_CUDA:
+        if (name in _IMPLS and _backend.device_ok(name, device) is None
+                and _IMPLS[name].unsupported(dtype, mode, shape, kshape) is None):
+            return name
+    return "torch"
+
+
+@torch.compiler.assume_constant_result
+def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, mode: str,
+                   shape: tuple[int, ...], kshape: tuple[int, ...]) -> str:
+    """The concrete backend for a call (``auto`` resolved through AUTO_CUDA)."""
+    op = "fft_conv2d" if len(shape) == 2 else "fft_conv"
+    return _backend.resolve(op, backend, device, lambda: _auto_choice(device, dtype, mode, shape, kshape))
+
+
+# ---------------------------------------------------------------------------- the ops
+
+
+@torch.library.custom_op("fastspec::fft_conv", mutates_args=())
+def fft_conv_op(u: torch.Tensor, k: torch.Tensor, pregate: torch.Tensor | None, postgate: torch.Tensor | None,
+                D: torch.Tensor | None, k_spectrum: torch.Tensor | None, mode: str, backend: str) -> torch.Tensor:
+    """Registered op: fft_conv (u (B, H, L)) or fft_conv2d (u (B, C, H, W), no gates or D)
+    on a concrete backend; ``k_spectrum`` None or that backend's ``spectrum`` of k."""
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+    _check_backend(_op_name(u), backend, u.dtype, mode, u.shape[2:], k.shape[1:])
+    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode)
+
+
+@fft_conv_op.register_fake
+def _(u, k, pregate, postgate, D, k_spectrum, mode, backend):
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+    return u.new_empty(u.shape)
+
+
+@torch.library.custom_op(
+    "fastspec::fft_conv_backward", mutates_args=(),
+    schema="(Tensor grad_y, Tensor u, Tensor k, Tensor? pregate, Tensor? postgate, Tensor? D, str mode, "
+           "bool[] needs, str backend) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)")
+def fft_conv_backward_op(grad_y, u, k, pregate, postgate, D, mode, needs, backend):
+    """Registered op: the gradients (du, dk, dpregate, dpostgate, dD) of fastspec::fft_conv
+    for the five ``needs``, None where not needed."""
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs))
+
+
+@fft_conv_backward_op.register_fake
+def _(grad_y, u, k, pregate, postgate, D, mode, needs, backend):
+    inputs = (u, k, pregate, postgate, D)
+    return tuple(t.new_empty(t.shape) if need else None for t, need in zip(inputs, needs, strict=True))
+
+
+def _setup_context(ctx, inputs, output):
+    u, k, pregate, postgate, D, _, ctx.mode, ctx.backend = inputs
+    ctx.save_for_backward(u, k, pregate, postgate, D)
+
+
+def _backward(ctx, grad_y):
+    inputs = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch path
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        with torch.enable_grad():
+            found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode), wanted, grad_y,
+                                             create_graph=True))
+        grads = [next(found) if need else None for need in needs]
+    else:
+        grads = fft_conv_backward_op(grad_y, *inputs, ctx.mode, needs, ctx.backend)
+    return (*grads, None, None, None)
+
+
+fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------------------- public functions
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterSpectrum:
+    """A filter prepared once by one backend (``prepare_filter``) for fft_conv calls of one
+    mode, length and dtype: pass it as ``spectrum=`` while the filter is unchanged."""
+
+    backend: str
+    mode: str
+    length: int
+    dtype: torch.dtype
+    tensor: torch.Tensor
+
+
+def prepare_filter(k: torch.Tensor, length: int, *, mode: str = "causal", dtype: torch.dtype = torch.float32,
+                   backend: str = "auto") -> FilterSpectrum:
+    """k (H, Lk) prepared by ``backend`` for ``fft_conv`` of u (B, H, ``length``) of ``dtype``
+    in ``mode`` (for the torch backend: its FFT); computed without autograd."""
+    if mode not in MODES:
+        raise ValueError(f"prepare_filter: mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"prepare_filter: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    _check_tensor("prepare_filter", "k", k)
+    _check_filter("prepare_filter", k, k.shape[0], (length,), dtype, mode)
+    chosen = choose_backend(backend, k.device, dtype, mode, (length,), tuple(k.shape[1:]))
+    _check_backend("prepare_filter", chosen, dtype, mode, (length,), k.shape[1:])
+    with torch.no_grad():
+        return FilterSpectrum(chosen, mode, length, dtype, _IMPLS[chosen].spectrum(k, mode, (length,)))
+
+
+def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate: torch.Tensor | None = None,
+             postgate: torch.Tensor | None = None, D: torch.Tensor | None = None,
+             spectrum: FilterSpectrum | None = None, backend: str = "auto") -> torch.Tensor:
+    """Long convolution per channel: ``y = postgate · conv(u · pregate, k) + D · u``.
+
+    u: (B, H, L), any L ≥ 1; float16, bfloat16 or float32 (float64 on the torch backend).
+    k: (H, Lk), float32 or u's dtype. mode (v = u · pregate):
+      'causal'        y[t] = Σ_{0≤s≤t} k[s]·v[t−s], 1 ≤ Lk ≤ L (k zero beyond Lk)
+      'circular'      y[t] = Σ_{s<Lk} k[s]·v[(t−s) mod L], 1 ≤ Lk ≤ L
+      'bidirectional' y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, Lk odd ≤ 2L−1, c = (Lk−1)/2
+                      (Lk = 2L−1: lag 0 at index L−1, as M2-BERT and Hyena's k_rev)
+    pregate, postgate: (B, H, L) in u's dtype, optional. D: (H,), float32 or u's dtype, optional.
+    spectrum: ``prepare_filter(k, L, ...)`` of this same, unchanged k, or None.
+    Returns y (B, H, L) in u's dtype, contiguous; accumulation in float32 (float64 for float64).
+    Every argument may be non-contiguous or expanded. Autograd for u, k, the gates and D
+    (double backward too); ``torch.compile(fullgraph=True)`` works.
+    backend: 'auto' | 'torch' | 'triton' | 'cuda' (env FASTSPEC_BACKEND replaces 'auto').
+    Raises TypeError for a wrong type or dtype, ValueError for a wrong shape, mode or
+    device (saying what is allowed), RuntimeError for a backend that cannot run here.
+    """
+    _validate("fft_conv", u, k, pregate, postgate, D, mode)
+    shape, kshape = (int(u.shape[2]),), (int(k.shape[1]),)
+    if spectrum is None:
+        chosen = choose_backend(backend, u.device, u.dtype, mode, shape, kshape)
+    else:
+        chosen = spectrum.backend if backend == "auto" else backend
+        made_for = (spectrum.backend, spectrum.mode, spectrum.length, spectrum.dtype, spectrum.tensor.device)
+        call = (chosen, mode, shape[0], u.dtype, u.device)
+        if made_for != call:
+            raise ValueError(f"fft_conv: spectrum was prepared for (backend, mode, L, dtype, device) = {made_for}, "
+                             f"this call is {call}")
+    _check_backend("fft_conv", chosen, u.dtype, mode, shape, kshape)
+    return fft_conv_op(u, k, pregate, postgate, D, None if spectrum is None else spectrum.tensor, mode, chosen)
+
+
+def fft_conv2d(u: torch.Tensor, k: torch.Tensor, *, mode: str = "circular", backend: str = "auto") -> torch.Tensor:
+    """Depthwise 2D convolution by FFT: each channel of u with its own kernel.
+
+    u: (B, C, H, W), float16, bfloat16 or float32 (float64 on torch); k: (C, kh, kw),
+    float32 or u's dtype. mode:
+      'circular' y[i,j] = Σ_{a,b} k[a,b]·u[(i−a) mod H, (j−b) mod W], kh ≤ H, kw ≤ W
+      'same'     y[i,j] = Σ_{a,b} k[a,b]·u[i−a+ch, j−b+cw], zero outside u, ch = (kh−1)//2,
+                 cw = (kw−1)//2, kh ≤ 2H−1, kw ≤ 2W−1: the zero-padded linear convolution
+                 cropped to u's size; for odd kernels torch's conv2d(u, k.flip(-2, -1),
+                 padding="same", groups=C); for even kernels the extra tap falls before the
+                 centre, as in scipy.signal.convolve2d(mode="same") (torch pads the other side).
+    Returns (B, C, H, W) in u's dtype; float32 accumulation; autograd for u and k.
+    backend: as for fft_conv. Errors as for fft_conv.
+    """
+    _validate("fft_conv2d", u, k, None, None, None, mode)
+    shape, kshape = tuple(map(int, u.shape[2:])), tuple(map(int, k.shape[1:]))
+    chosen = choose_backend(backend, u.device, u.dtype, mode, shape, kshape)
+    _check_backend("fft_conv2d", chosen, u.dtype, mode, shape, kshape)
+    return fft_conv_op(u, k, None, None, None, None, mode, chosen)
