@@ -274,6 +274,35 @@ def test_reference_is_the_dense_product(n):
     torch.testing.assert_close(fwht_reference(x, 0.25), fwht_dense(x, 0.25), rtol=1e-12, atol=1e-12)
 
 
+def _columns(n: int, cols: torch.Tensor, transpose: bool) -> torch.Tensor:
+    """H_n[:, cols] (or H_nᵀ[:, cols]) from the definition H_n = H_m ⊗ H_p, built apart from
+    hadamard_matrix and the reference: column j is the Kronecker product of the block's
+    column j // p and the Sylvester column j % p, whose entries are (−1)^popcount(i & j)."""
+    m, p = decompose(n)
+    block = hadamard_block(m).T if transpose else hadamard_block(m)
+    low = torch.arange(p, dtype=torch.int32)[:, None] & (cols % p).to(torch.int32)[None, :]
+    for shift in (16, 8, 4, 2, 1):  # fold the bits: bit 0 ends up as the parity
+        low ^= low >> shift
+    sylvester = (1 - 2 * (low & 1)).to(torch.float64)
+    return (block[:, cols // p][:, None, :] * sylvester[None, :, :]).reshape(n, len(cols))
+
+
+_LARGE = [n for n in supported_sizes() if n > 1024]
+
+
+@pytest.mark.parametrize("n", [n for n in _LARGE if n <= 2**14] + _LARGE[_LARGE.index(2**14) + 1::31] + [MAX_N])
+def test_reference_is_the_product_on_sampled_columns(n):
+    """Every supported n from 1024 to 16384 (below: the dense test above), and a sample up
+    to 2^20: the reference's output columns J equal x @ H_n[:, J] for 48 random columns and
+    the first and last, both orientations."""
+    gen = torch.Generator().manual_seed(n)
+    cols = torch.cat([torch.tensor([0, n - 1]), torch.randint(0, n, (48,), generator=gen)])
+    x = random_input((2, n), torch.float64, device="cpu")
+    for transpose in (False, True):
+        torch.testing.assert_close(fwht_reference(x, 0.5, transpose=transpose)[:, cols],
+                                   0.5 * (x @ _columns(n, cols, transpose)), rtol=0, atol=1e-15 * n)
+
+
 def test_jacobsthal_is_a_conference_core():
     """Q Qᵀ = q I - J and Q 1 = 0 for the largest fields used (q = 1019 prime, 3^6, 31^2)."""
     from fastspec.hadamard import _jacobsthal
