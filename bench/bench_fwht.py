@@ -37,7 +37,7 @@ GPU_LARGE_BYTES = 2**30
 """Input bytes for n > 2^15 on GPU."""
 CPU_ROWS, CPU_THREADS, CPU_ROUNDS = (256, 4096), 2, 11
 """CPU defaults: row counts, torch threads, interleaved rounds (the CPU peers' comparison)."""
-MATMUL_MAX_N_GPU, MATMUL_MAX_N_CPU = 8192, 4096
+MATMUL_MAX_N_GPU, MATMUL_MAX_N_CPU = 8192, 16384
 """Largest n for the dense-matmul baseline (the matrix is n x n)."""
 MATMUL_MAX_FLOP_CPU = 2**33
 """... and on CPU at most this many flops a call (2·rows·n²)."""

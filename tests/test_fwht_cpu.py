@@ -8,11 +8,11 @@ import pytest
 import torch
 
 import fastspec
-from fastspec.hadamard import hadamard_block, sylvester
+from fastspec.hadamard import check_size, hadamard_block, sylvester
 from fastspec.ops import fwht as ops
 from fastspec.reference.fwht import fwht_reference
 
-from conftest import assert_close_to_reference, random_input
+from conftest import AVAILABLE, assert_close_to_reference, random_input
 
 CPU = fastspec.backends()["cpu"]
 pytestmark = pytest.mark.skipif(not CPU.available, reason=f"cpu: {CPU.reason}")
@@ -170,6 +170,15 @@ def test_block_order_limit(monkeypatch):
     with pytest.raises(ValueError, match="cpu backend takes base blocks of order up to 8, got order 12"):
         fastspec.fwht(torch.ones(2, 12 * 4), backend="cpu")
     assert ops._auto_choice(torch.device("cpu"), torch.float32, 12 * 4, 12) == "torch"
+
+
+@pytest.mark.skipif("cpu" not in AVAILABLE, reason="fastspec._C has no CPU kernels here")
+@pytest.mark.parametrize("n,expect", [(4096, "cpu"), (12 * 64, "cpu"), (76 * 64, "cpu"), (172 * 64, "torch"),
+                                      (108 * 256, "torch")])
+def test_auto_by_block_order(n, expect):
+    """auto on CPU tensors: the C++ kernel up to m = 76, torch's matmul for larger blocks (AUTO_CPU)."""
+    m, _ = check_size(n)
+    assert ops.choose_backend("auto", torch.device("cpu"), torch.float32, n, m) == expect
 
 
 # --------------------------------------------------------------------------- the op itself

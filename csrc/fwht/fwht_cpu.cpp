@@ -148,18 +148,18 @@ const char* transform(const T* x, T* out, int64_t rows, int k, int m, const doub
   const int64_t unit = split_rows ? 1 : std::max<int64_t>(1, (int64_t{1} << kb) / n);
   const Plan many = unit > 1 ? make_plan(k, m, lw, kb, kern.max_radix, unit) : one;
 
-  // Work space, each piece kAlign-aligned: Bᵀ; per thread a column chunk for the mix; for half
+  // Work space, each piece kAlign-aligned: Bᵀ and per thread a column chunk for the mix (float64); for half
   // types a float32 unit of rows per thread (one row, shared, when rows are split).
-  const auto bytes_of = [](int64_t elems) { return (elems * int64_t{sizeof(A)} + kAlign - 1) / kAlign * kAlign; };
-  const int64_t bt_bytes = m > 1 ? bytes_of(int64_t{m} * m) : 0;
-  const int64_t tmp_bytes = m > 1 ? bytes_of(int64_t{m} << lw) : 0;
-  const int64_t unit_bytes = std::is_same_v<T, A> ? 0 : bytes_of(many.elems());
+  const auto bytes_of = [](int64_t elems, int64_t size) { return (elems * size + kAlign - 1) / kAlign * kAlign; };
+  const int64_t bt_bytes = m > 1 ? bytes_of(int64_t{m} * m, sizeof(double)) : 0;
+  const int64_t tmp_bytes = m > 1 ? bytes_of(int64_t{m} << lw, sizeof(double)) : 0;
+  const int64_t unit_bytes = std::is_same_v<T, A> ? 0 : bytes_of(many.elems(), sizeof(A));
   const int64_t bytes = bt_bytes + nt * tmp_bytes + (split_rows ? 1 : nt) * unit_bytes;
   std::unique_ptr<char, Free> space(bytes ? static_cast<char*>(std::aligned_alloc(kAlign, bytes)) : nullptr);
   if (bytes && !space) return "fwht_cpu: out of memory for the work space";
-  A* const bt = reinterpret_cast<A*>(space.get());
+  double* const bt = reinterpret_cast<double*>(space.get());
   for (int a = 0; m > 1 && a < m; ++a) {
-    for (int c = 0; c < m; ++c) bt[int64_t{c} * m + a] = static_cast<A>(block[int64_t{a} * m + c]);
+    for (int c = 0; c < m; ++c) bt[int64_t{c} * m + a] = static_cast<double>(block[int64_t{a} * m + c]);
   }
   char* const tmps = space.get() + bt_bytes;
   char* const unit_space = tmps + nt * tmp_bytes;
@@ -174,7 +174,7 @@ const char* transform(const T* x, T* out, int64_t rows, int k, int m, const doub
     tid = omp_get_thread_num();
 #endif
     Io<T> io{};
-    io.tmp = reinterpret_cast<A*>(tmps + tid * tmp_bytes);
+    io.tmp = reinterpret_cast<double*>(tmps + tid * tmp_bytes);
     io.bt = bt;
     io.scale = static_cast<A>(scale);
     io.buf = reinterpret_cast<A*>(unit_space + (split_rows ? 0 : tid * unit_bytes));

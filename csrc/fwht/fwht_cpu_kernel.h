@@ -207,32 +207,53 @@ FS_INLINE void radix_pass_r(int r, const S* src, Dst dst, int lo, int64_t g0, in
 
 // buf[u·n + c·p + j + i] = Σ_a B[a, c] · x[u·n + a·p + j + i], i < W, for the tasks [t0, t1):
 // task t is row u = t / (p / W) of the unit, column j = W·(t mod p / W). The sums (up to m = 1024
-// terms) run in float64 and are rounded once, as the butterflies' are.
+// terms) run in float64, in the order a = 0, 1, ..., and are rounded once, as the butterflies'
+// are. The column chunk is widened to float64 once; kOut sums at a time share each load of it
+// (independent chains: the adds' latency overlaps).
 template <class T, int W>
 __attribute__((noinline)) void mix(const Plan& pl, int64_t t0, int64_t t1, const Io<T>& io) {
   using A = Acc<T>;
   using D = Vec<double, W>;
+  constexpr int kOut = 4;
   const int m = pl.m;
   const int64_t p = pl.p(), n = p * m;
-  const auto wide = [&](int a) {
+  const auto column = [&](int a) {
+    D v;
+    std::memcpy(&v, io.tmp + a * W, sizeof v);
+    return v;
+  };
+  const auto put = [&](int64_t at, D acc) {
     if constexpr (W == 1) {
-      return static_cast<double>(io.tmp[a]);
+      io.buf[at] = static_cast<A>(acc);
     } else {
-      return __builtin_convertvector(load<A, W>(io.tmp + a * W), D);
+      store<A, W>(io.buf + at, __builtin_convertvector(acc, Vec<A, W>));
     }
   };
   for (int64_t t = t0; t < t1; ++t) {
     const int64_t row = (t >> (pl.k - pl.lw)) * n, j = (t & ((p >> pl.lw) - 1)) * W;
-    for (int a = 0; a < m; ++a) store<A, W>(io.tmp + a * W, load<A, W>(io.x + row + a * p + j));
-    for (int c = 0; c < m; ++c) {
-      const A* b = io.bt + int64_t{c} * m;
-      D acc = wide(0) * static_cast<double>(b[0]);
-      for (int a = 1; a < m; ++a) acc += wide(a) * static_cast<double>(b[a]);
+    for (int a = 0; a < m; ++a) {
+      const Vec<A, W> v = load<A, W>(io.x + row + a * p + j);
+      D wide;
       if constexpr (W == 1) {
-        io.buf[row + c * p + j] = static_cast<A>(acc);
+        wide = static_cast<double>(v);
       } else {
-        store<A, W>(io.buf + row + c * p + j, __builtin_convertvector(acc, Vec<A, W>));
+        wide = __builtin_convertvector(v, D);
       }
+      std::memcpy(io.tmp + a * W, &wide, sizeof wide);
+    }
+    int c = 0;
+    for (; c + kOut <= m; c += kOut) {
+      D acc[kOut] = {};
+      for (int a = 0; a < m; ++a) {
+        const D x = column(a);
+        for (int i = 0; i < kOut; ++i) acc[i] += x * io.bt[int64_t{c + i} * m + a];
+      }
+      for (int i = 0; i < kOut; ++i) put(row + (c + i) * p + j, acc[i]);
+    }
+    for (; c < m; ++c) {
+      D acc = {};
+      for (int a = 0; a < m; ++a) acc += column(a) * io.bt[int64_t{c} * m + a];
+      put(row + c * p + j, acc);
     }
   }
 }

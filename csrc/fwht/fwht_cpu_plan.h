@@ -58,8 +58,8 @@ struct Io {
   const T* x;
   T* out;
   A* buf;       // unit·n elements: the work buffer
-  A* tmp;       // m vectors: a column chunk of x for the mix
-  const A* bt;  // Bᵀ, m·m: bt[c·m + a] = B[a, c]
+  double* tmp;       // m vectors: a column chunk of x for the mix, in float64
+  const double* bt;  // Bᵀ, m·m: bt[c·m + a] = B[a, c]
   A scale;
 };
 

@@ -17,7 +17,7 @@ import numbers
 import torch
 
 from fastspec import _backend
-from fastspec.hadamard import MAX_N, check_size, hadamard_block, sylvester
+from fastspec.hadamard import MAX_BASE_ORDER, MAX_N, check_size, hadamard_block, sylvester
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 CUDA_MAX_N = 2**15
@@ -31,9 +31,13 @@ CPU_MAX_BLOCK = 1024
 # in float16, bfloat16 and float32; Triton is 1.0-3.5x faster than torch above 2^15.
 AUTO_CUDA = ((CUDA_MAX_N, ("cuda", "triton", "torch")), (MAX_N, ("triton", "torch")))
 """(largest n, backends in order of preference) for CUDA tensors."""
-AUTO_CPU = ("cpu", "torch")
-"""Backends for CPU tensors, in order of preference: the C++ kernel is 4.6-10.5x faster than torch
-at every float32 size of bench/results/fwht-cpu.json (2 threads, 256 and 4096 rows, n = 2^10..2^14)."""
+AUTO_CPU = ((76, ("cpu", "torch")), (MAX_BASE_ORDER, ("torch",)))
+"""Backends for CPU tensors by the largest base order m they serve, in order of preference: the
+C++ kernel is 4.6-10.5x faster than torch at every float32 power of two of
+bench/results/fwht-cpu.json (2 threads, 256 and 4096 rows, n = 2^10..2^14), and 1.3-3x at
+m = 12, 36 and 76 (256 rows, 2026-11-28, a loaded machine); its base block is m float64
+multiply-adds an element, where torch's is a BLAS matmul: at m = 108 and 172 (27648, 11008)
+torch was 1.4-1.6x faster."""
 
 
 # ---------------------------------------------------------------------------- base blocks
@@ -198,7 +202,7 @@ def _validate(x, scale, transpose, block: str, backend: str) -> tuple[int, int]:
 
 def _auto_choice(device: torch.device, dtype: torch.dtype, n: int, m: int) -> str:
     if device.type == "cpu":
-        order = AUTO_CPU
+        order = next(order for max_m, order in AUTO_CPU if m <= max_m)
     elif device.type != "cuda" or dtype == torch.float64:
         return "torch"
     else:
