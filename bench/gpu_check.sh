@@ -2,8 +2,12 @@
 # The one prepared GPU check (DESIGN.md "GPU validation"), for a fresh lent H100/H200:
 # build the CUDA extension, run tests/, `python -m fastspec` and every bench/bench_*.py.
 #
-#   bench/gpu_check.sh OUTDIR
+#   bench/gpu_check.sh OUTDIR [FAMILY ...]
 #
+# FAMILY (fwht, fftconv, ...) restricts the tests to that family's (tests/test_FAMILY*.py
+# and its drop-in's, see COMPAT_TESTS) and the benchmarks to bench/bench_FAMILY.py, so a
+# second call can finish what a first could not; the FWHT tuning sweep, profiler and
+# sanitizer steps run only with fwht (or no FAMILY).
 # OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, the tuning sweep
 # of bench/tune_fwht.py, summary), pytest.log, main.log, <family>-<device>.json/.png per
 # benchmark, and, where the tools run, ncu.log (Nsight Compute: speed of light, occupancy,
@@ -11,14 +15,21 @@
 # (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
 # step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
 # last PROFILE_RESERVE_S = 160 of it are kept for the sweep, the profiler and the
-# sanitizer; PYTEST_CAP_S, default 220, caps the tests), so the script ends inside 9 minutes; a failing step does not stop the later
-# ones, and the exit status is 1 if any step failed. PYTHON overrides the interpreter.
+# sanitizer, and BENCH_MIN_S = 60 for each benchmark; the tests get at most PYTEST_CAP_S,
+# default 220, and never the time those reserves and 30 s for the main job need), so the script ends
+# inside 9 minutes. Each benchmark gets an equal share of what is left when it starts. A
+# failing step does not stop the later ones, and the exit status is 1 if any step failed.
+# PYTHON overrides the interpreter.
 set -euo pipefail
 
-[[ $# -eq 1 ]] || { echo "usage: $0 OUTDIR" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 OUTDIR [FAMILY ...]" >&2; exit 2; }
 mkdir -p "$1"
 OUTDIR=$(cd "$1" && pwd)
+shift
+FAMILIES=("$@")
 cd "$(dirname "$0")/.."
+declare -A COMPAT_TESTS=([fwht]="tests/test_compat_fast_hadamard_transform.py tests/test_hadamard.py"
+                         [fftconv]="tests/test_compat_flashfftconv.py")
 PY=${PYTHON:-python3}
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
 export PYTHONUNBUFFERED=1
@@ -69,38 +80,53 @@ main() {
   fi
   "$PY" -c 'import fastspec; [print(f"backend {k}: {v}") for k, v in fastspec.backends().items()]' || FAILED=1
 
+  local tests=(tests/) benches=(bench/bench_*.py) profile=1 f
+  if ((${#FAMILIES[@]})); then
+    tests=() benches=() profile=0
+    for f in "${FAMILIES[@]}"; do
+      # shellcheck disable=SC2206
+      tests+=(tests/test_"$f"*.py ${COMPAT_TESTS[$f]:-})
+      benches+=(bench/bench_"$f".py)
+      [[ $f == fwht ]] && profile=1
+    done
+  fi
+  local reserve=$((profile ? ${PROFILE_RESERVE_S:-160} : 0)) bench_min=${BENCH_MIN_S:-60}
   # Triton compiles each kernel variant once: spread the tests over processes when
-  # pytest-xdist is there (it is on the GPU image).
-  local xdist=()
+  # pytest-xdist is there (it is on the GPU image). The tests leave the main job (30 s),
+  # each benchmark's minimum and the profile reserve their time.
+  local xdist=() cap=${PYTEST_CAP_S:-220}
   "$PY" -c 'import xdist' 2>/dev/null && xdist=(-n 12)
-  TAIL=25 step "pytest tests/" "${PYTEST_CAP_S:-220}" "$OUTDIR/pytest.log" \
-    "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
+  local room=$((DEADLINE - SECONDS - 5 - 30 - ${#benches[@]} * bench_min - reserve))
+  TAIL=25 step "pytest ${tests[*]}" $((room < cap ? room : cap)) "$OUTDIR/pytest.log" \
+    "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" "${tests[@]}"
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
 
-  local benches=(bench/bench_*.py) i reserve=${PROFILE_RESERVE_S:-160}
+  local i
   for i in "${!benches[@]}"; do
     local left=$((DEADLINE - SECONDS - 5 - reserve)) n=$((${#benches[@]} - i))
     step "$(basename "${benches[$i]}")" $((left / n)) - "$PY" "${benches[$i]}" --out "$OUTDIR"
   done
 
-  # Variants of the base-block kernel (tile sizes, stages, warps) at two model widths.
-  TAIL=20 step "tune_fwht.py" 60 - "$PY" bench/tune_fwht.py
+  if ((profile)); then
+    # Variants of the base-block kernel (tile sizes, stages, warps) at two model widths.
+    TAIL=20 step "tune_fwht.py" 60 - "$PY" bench/tune_fwht.py
 
-  # One launch per kernel and size (bench/profile_fwht.py), watched by the tools.
-  if command -v ncu >/dev/null; then
-    TAIL=60 step "ncu fwht kernels" 55 "$OUTDIR/ncu.log" ncu --clock-control none -k regex:fwht \
-      --section SpeedOfLight --section Occupancy --section LaunchStats \
-      "$PY" bench/profile_fwht.py --sizes 4096 32768 11008 --dtypes float16
-  else
-    echo "ncu not found: no profile"
-  fi
-  if command -v compute-sanitizer >/dev/null; then
-    # More rows than resident blocks: the CUDA kernel's persistent loop prefetches.
-    TAIL=15 step "compute-sanitizer" 45 "$OUTDIR/sanitizer.log" bash -c "
-      compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --sizes 2048 32768 11008 &&
-      compute-sanitizer --tool racecheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --backends cuda"
-  else
-    echo "compute-sanitizer not found: no memcheck/racecheck"
+    # One launch per kernel and size (bench/profile_fwht.py), watched by the tools.
+    if command -v ncu >/dev/null; then
+      TAIL=60 step "ncu fwht kernels" 55 "$OUTDIR/ncu.log" ncu --clock-control none -k regex:fwht \
+        --section SpeedOfLight --section Occupancy --section LaunchStats \
+        "$PY" bench/profile_fwht.py --sizes 4096 32768 11008 --dtypes float16
+    else
+      echo "ncu not found: no profile"
+    fi
+    if command -v compute-sanitizer >/dev/null; then
+      # More rows than resident blocks: the CUDA kernel's persistent loop prefetches.
+      TAIL=15 step "compute-sanitizer" 45 "$OUTDIR/sanitizer.log" bash -c "
+        compute-sanitizer --tool memcheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --sizes 2048 32768 11008 &&
+        compute-sanitizer --tool racecheck --error-exitcode 1 $PY bench/profile_fwht.py --rows 1200 --backends cuda"
+    else
+      echo "compute-sanitizer not found: no memcheck/racecheck"
+    fi
   fi
 
   echo

@@ -8,6 +8,10 @@ inputs; it checks each result once on fresh inputs and never times one that fail
 ``rounds`` > 1 the timings are interleaved: each round times every function in turn (the
 order rotating from round to round), and a time is the median over the rounds, so that a
 burst of load on a shared machine hits every function alike.
+On CUDA it also measures the memory one call of each function allocates (peak_mb, and
+baseline_peak_mb for the baseline a record compares with). A case that states the bytes
+it must move at least (``floor_bytes``) gets its time over that floor at the copy
+bandwidth of the same run (x_floor).
 On exit, also after SIGTERM or an error, it prints a table and writes
 ``<out>/<family>-<device>.json`` (records as in DESIGN.md) and a PNG plot.
 """
@@ -37,8 +41,11 @@ class Case:
     fastspec backend, and baselines a baseline name, to fn(*inputs) -> output;
     check(inputs, output) returns the relative error against a float64 reference
     (checks[name] replaces it for a baseline or backend of other semantics, e.g. another
-    scale); target(backend, times_ms) may return a note on a speed target (times_ms holds
-    'clone', each baseline and each backend that ran).
+    scale); a result passes within _timing.TOLERANCE of the dtype, or tolerances[name] (a
+    baseline that computes in lower precision); target(backend, times_ms) may return a note
+    on a speed target (times_ms holds 'clone', each baseline and each backend that ran).
+    floor_bytes: the bytes any implementation must read and write (None: no floor);
+    note: a remark every record of the case carries (e.g. why the shape is scaled down).
     """
 
     op: str
@@ -50,6 +57,9 @@ class Case:
     check: Callable[[tuple, torch.Tensor], float]
     target: Callable[[str, dict[str, float]], str | None] | None = None
     checks: dict[str, Callable[[tuple, torch.Tensor], float]] = dataclasses.field(default_factory=dict)
+    tolerances: dict[str, float] = dataclasses.field(default_factory=dict)
+    floor_bytes: int | None = None
+    note: str | None = None
 
 
 def _nbytes(tensors) -> int:
@@ -91,7 +101,7 @@ class Harness:
             res["rel_err"] = err = case.checks.get(name, case.check)(fresh, out)
             res["moved"] = _nbytes(fresh) + out.numel() * out.element_size()
             del fresh, out
-            tol = _timing.TOLERANCE[case.dtype]
+            tol = case.tolerances.get(name, _timing.TOLERANCE[case.dtype])
             return {**res, "status": "ok" if err <= tol else f"FAIL: rel_err {err:.3g} > {tol:g}"}
         except NOT_SUPPORTED as exc:
             return {**res, "status": f"skip: {exc}"}
@@ -146,8 +156,11 @@ class Harness:
             moved = res.pop("moved")
             res["gbps"] = moved / res["ms"] / 1e6 if res["ms"] else None
             res["peak_mb"] = self._peak_mb(fns[name], sets[0]) if res["ms"] else None
-        del sets
         clone_ms = measured["clone"]
+        floor_ms = None
+        if case.floor_bytes and clone_ms:  # clone reads and writes the first input once
+            floor_ms = clone_ms * case.floor_bytes / (2 * _nbytes(sets[0][:1]))
+        del sets
         times = {"clone": clone_ms} if clone_ms else {}
         times.update({k: r["ms"] for k, r in {**base, **cand}.items() if r["ms"]})
         fields = _timing.case_fields(case.op, case.shape, case.dtype)
@@ -155,30 +168,38 @@ class Harness:
             self.failures += res["status"].startswith("FAIL")
             ms = res.pop("ms")
             extra = {**res, "clone_ms": clone_ms, "copy_fraction": clone_ms / ms if ms and clone_ms else None,
-                     "target": case.target(backend, times) if case.target and ms else None}
+                     "floor_ms": floor_ms, "x_floor": ms / floor_ms if ms and floor_ms else None,
+                     "target": case.target(backend, times) if case.target and ms else None, "note": case.note}
             baselines = [b for b in times if b not in cand] if ms else []
             for b in baselines or [None]:
                 bms = times.get(b)
                 self.records.append({"op": fields["op"], "backend": backend, "baseline": b,
                                      "shape": fields["shape"], "dtype": fields["dtype"], "ms": ms,
                                      "baseline_ms": bms, "speedup": bms / ms if bms and ms else None,
+                                     "baseline_peak_mb": base[b]["peak_mb"] if b in base else None,
                                      **self.info, **extra})
 
     def rows(self) -> tuple[list[dict], list[str]]:
         """One table row per (case, backend), with a 'vs <baseline>' column per baseline."""
         rows, columns = {}, ["op", "shape", "dtype", "backend", "ms", "GB/s", "x clone"]
+        if any(r.get("x_floor") for r in self.records):
+            columns.append("x floor")
         for r in self.records:
             key = (r["op"], r["shape"], r["dtype"], r["backend"])
             row = rows.setdefault(key, {
                 "op": r["op"], "shape": r["shape"], "dtype": r["dtype"], "backend": r["backend"],
                 "ms": r["ms"], "GB/s": r["gbps"], "rel_err": r["rel_err"], "peak MB": r["peak_mb"],
-                "x clone": 1 / r["copy_fraction"] if r["copy_fraction"] else None,
+                "x clone": 1 / r["copy_fraction"] if r["copy_fraction"] else None, "x floor": r.get("x_floor"),
                 "target": r["target"], "status": r["status"]})
             if r["baseline"] not in (None, "clone"):
                 col = f"vs {r['baseline']}"
                 row[col] = r["speedup"]
                 columns += [col] if col not in columns else []
-        columns += ["rel_err", "peak MB", "target", "status"]
+                if r.get("baseline_peak_mb"):
+                    row[f"{r['baseline']} MB"] = r["baseline_peak_mb"]
+        columns += ["rel_err", "peak MB"]
+        columns += sorted({c for row in rows.values() for c in row if c.endswith(" MB") and c != "peak MB"})
+        columns += ["target", "status"]
         return list(rows.values()), columns
 
     def report(self) -> None:

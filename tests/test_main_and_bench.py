@@ -58,10 +58,14 @@ def test_bench_fftconv_writes_records(tmp_path, monkeypatch):
     (result,) = tmp_path.glob("fftconv-*.json")
     records = json.loads(result.read_text())
     assert {r["op"] for r in records} == {"fft_conv", "fft_conv gated fwd+bwd"}
-    assert all(r["status"] == "ok" and "x floor" in r["target"] for r in records)
+    assert all(r["status"] == "ok" and r["x_floor"] > 0 and "vs pytorch >= 1" in r["target"] for r in records)
     assert {r["baseline"] for r in records} >= {"pytorch", "clone"}
-    cuda = torch.device("cuda")  # the GPU shapes: B·H·L at most 2^28
+    assert all("baseline_peak_mb" in r and r["note"] is None for r in records)
+    cuda = torch.device("cuda")  # the GPU shapes: B·H·L at most 2^28, and a note where scaled
     assert bench_fftconv.shape_for(4096, cuda, None, None) == (64, 768, 4096)
     assert bench_fftconv.shape_for(8192, cuda, None, None) == (42, 768, 8192)
     assert bench_fftconv.shape_for(2**20, cuda, None, None) == (1, 256, 2**20)
+    assert bench_fftconv.scale_note((64, 768, 4096), cuda) is None
+    assert "from 64 x 768 to 1 x 256" in bench_fftconv.scale_note((1, 256, 2**20), cuda)
+    assert bench_fftconv.floor_bytes((2, 3, 4), torch.float16, True, True) == (4 + 7) * 24 * 2
     sys.modules.pop("bench_fftconv", None)

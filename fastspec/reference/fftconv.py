@@ -4,9 +4,11 @@
 the three modes of :func:`fastspec.fft_conv`; ``fft_conv2d_reference`` is the depthwise 2D
 convolution of :func:`fastspec.fft_conv2d`. Both add up the filter's taps one at a time
 (O(L·Lk) work, O(L) memory) and are differentiable, so the tests take their gradients by
-autograd. ``fft_conv_pytorch`` is the benchmarks' baseline.
+autograd. ``flashfftconv_reference`` is FlashFFTConv's definition
+(:mod:`fastspec.compat.flashfftconv`). ``fft_conv_pytorch`` is the benchmarks' baseline.
 """
 import torch
+import torch.nn.functional as F
 
 
 def _add_shifted(y: torch.Tensor, tap: torch.Tensor, v: torch.Tensor, lags: tuple[int, ...], circular: bool) -> None:
@@ -48,6 +50,19 @@ def fft_conv_reference(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal"
     if D is not None:
         y = y + D.to(torch.float64)[:, None] * u64
     return y
+
+
+def flashfftconv_reference(u: torch.Tensor, k: torch.Tensor, seqlen: int, *, pregate: torch.Tensor | None = None,
+                           postgate: torch.Tensor | None = None) -> torch.Tensor:
+    """float64 ``FlashFFTConv(seqlen)(u, k, pregate, postgate)`` by its definition: u·pregate
+    (B, H, L) and k (H, Lk) zero-padded to seqlen (L, Lk ≤ seqlen), their circular convolution
+    of size seqlen, y[t] = Σ_{0≤s<Lk} k[s]·v[(t−s) mod seqlen], the first L entries, times
+    postgate. Returns float64 (B, H, L).
+    """
+    L = u.shape[-1]
+    v = u.to(torch.float64) * (pregate.to(torch.float64) if pregate is not None else 1.0)
+    y = fft_conv_reference(F.pad(v, (0, seqlen - L)), k, mode="circular")[..., :L]
+    return y * postgate.to(torch.float64) if postgate is not None else y
 
 
 def fft_conv2d_reference(u: torch.Tensor, k: torch.Tensor, *, mode: str = "circular") -> torch.Tensor:
