@@ -421,6 +421,7 @@ def test_conv2d_is_scipy_convolve2d(kshape):
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
 @pytest.mark.parametrize("mode", ops.MODES_2D)
 def test_conv2d_grads(backend, mode):
+    _skip_unsupported(backend, torch.float32, mode, (7, 6), (3, 4))
     u, k = random_input((2, 3, 7, 6), torch.float32), random_input((3, 3, 4), torch.float32)
     weight = random_input(u.shape, torch.float32)
     ours = [t.clone().requires_grad_() for t in (u, k)]
@@ -660,15 +661,16 @@ def test_auto_choice_and_env_override(monkeypatch):
 
 
 def test_auto_table_on_cuda(monkeypatch):
-    """AUTO_CUDA: its first backend that is implemented, usable and takes the call; torch
-    otherwise (checked as if a GPU and every backend were here)."""
+    """AUTO_CUDA: its first backend that is implemented, usable, listed for the dtype and takes
+    the call; torch otherwise (checked as if a GPU and every backend were here)."""
     monkeypatch.setattr(ops._backend, "device_ok", lambda name, device: None)
     dev = torch.device("cuda")
-    assert ops._auto_choice(dev, torch.float16, "causal", (4096,), (4096,)) == ops.AUTO_CUDA[0]
-    no_float64 = ops.Implementation(ops.torch_forward, ops.torch_backward, ops.torch_spectrum,
-                                    unsupported=lambda dtype, *_: "no float64" if dtype == torch.float64 else None)
-    monkeypatch.setitem(ops._IMPLS, "triton", no_float64)
-    monkeypatch.setattr(ops, "AUTO_CUDA", ("triton", "torch"))
-    assert ops._auto_choice(dev, torch.float16, "causal", (4096,), (4096,)) == "triton"
+    assert ops._auto_choice(dev, torch.float16, "causal", (1024,), (1024,)) == ops.AUTO_CUDA[0][0] == "triton"
     assert ops._auto_choice(dev, torch.float64, "causal", (4096,), (4096,)) == "torch"
+    assert ops._auto_choice(dev, torch.float32, "causal", (2**24,), (2,)) == "torch"  # FFT above 2^24
+    no_float32 = ops.Implementation(ops.torch_forward, ops.torch_backward, ops.torch_spectrum,
+                                    unsupported=lambda dtype, *_: "no float32" if dtype == torch.float32 else None)
+    monkeypatch.setitem(ops._IMPLS, "triton", no_float32)
+    assert ops._auto_choice(dev, torch.float16, "causal", (4096,), (4096,)) == "triton"
+    assert ops._auto_choice(dev, torch.float32, "causal", (4096,), (4096,)) == "torch"
     assert ops._auto_choice(torch.device("cpu"), torch.float16, "causal", (4096,), (4096,)) == "torch"

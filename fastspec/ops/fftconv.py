@@ -30,7 +30,8 @@ gets tensors that passed ``_validate`` (any strides, stride 0 included: it makes
 what it needs) and returns new tensors:
 
 - ``forward(u, k, k_spectrum, pregate, postgate, D, mode) -> y``: y contiguous, u's shape
-  and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for k.
+  and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for k
+  (from ``prepare_filter`` or the op's cache: read it, never modify it).
 - ``backward(grad_y, u, k, pregate, postgate, D, mode, needs) -> (du, dk, dpregate,
   dpostgate, dD)``: ``needs`` five bools; None where False; each gradient contiguous, in
   its input's shape and dtype.
@@ -41,12 +42,18 @@ what it needs) and returns new tensors:
 
 u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
 ``fft_conv2d`` (gates and D None); float16/bfloat16 are accumulated in float32.
+
+The op computes a filter's spectrum once while the filter is unchanged (``cached_spectrum``:
+the same tensor object, alive, with the same version counter, for the same backend, mode,
+shapes and dtype) and hands it to ``forward``; backends may use it in ``backward`` too.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
+import weakref
 from collections.abc import Callable, Sequence
 
 import torch
@@ -58,9 +65,12 @@ MODES = ("causal", "circular", "bidirectional")
 MODES_2D = ("circular", "same")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-# backend="auto" on a CUDA tensor: the first of these that takes the call. Torch until the
-# Triton kernel has passed its tests (then measured crossovers go here); CPU tensors use torch.
-AUTO_CUDA = ("torch",)
+# backend="auto" on a CUDA tensor: the first backend of the list that takes the call and
+# lists u's dtype. Triton passed its tests on the interpreter (no GPU timing yet: the measured
+# crossovers go here); float64 stays on torch (cuFFT), where Triton's float64 dots are untimed.
+# CPU tensors use torch.
+AUTO_CUDA = (("triton", (torch.float16, torch.bfloat16, torch.float32)), ("torch", FLOAT_DTYPES))
+"""(backend, dtypes it is chosen for), in order of preference, for CUDA tensors."""
 
 CPU_BLOCK_BYTES = 16 << 20
 """The torch backend works through the rows in blocks of about this many bytes of FFT input
@@ -203,7 +213,7 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = torch_spectrum(k, mode, shape)
+    spectrum = cached_spectrum("torch", k, mode, shape)
     # conj_physical, not the lazy conj(): a conjugate bit is lost when the op runs under
     # AOTAutograd's dispatch (opcheck's test_aot_dispatch_dynamic shows it)
     spectrum_conj = torch.conj_physical(spectrum)
@@ -268,9 +278,87 @@ class Implementation:
     unsupported: Callable[..., str | None] = lambda dtype, mode, shape, kshape: None
 
 
+# ---------------------------------------------------------------------------- triton backend
+
+
+def _triton_kernels():
+    from fastspec.triton_kernels import fftconv
+
+    return fftconv
+
+
+def triton_unsupported(dtype, mode, shape, kshape) -> str | None:
+    """Why the Triton kernels cannot take a call (1D only, FFT size ≤ 2^24), or None."""
+    if len(shape) != 1:
+        return "the triton backend has no fft_conv2d (backend='torch' has)"
+    kernels = _triton_kernels()
+    p = kernels.plan(mode, shape[0], kshape[0])
+    if p.n > kernels.MAX_N:
+        return (f"the triton backend takes FFT sizes up to 2^{kernels.MAX_N.bit_length() - 1}; mode={mode!r} with "
+                f"L = {shape[0]} and Lk = {kshape[0]} needs {p.n}")
+    return None
+
+
+def triton_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+    """k's spectrum by the Triton spectrum kernel: (H, n, 2) real, n the plan's power of two,
+    in the kernels' digit-reversed order; float64 for float64 k, else float32."""
+    kernels = _triton_kernels()
+    return kernels.spectrum(k, kernels.plan(mode, shape[0], k.shape[1]), k.dtype)
+
+
+def triton_forward(u, k, k_spectrum, pregate, postgate, D, mode):
+    """The Triton backend's forward (contract in the module docstring)."""
+    kernels = _triton_kernels()
+    p = kernels.plan(mode, u.shape[2], k.shape[1])
+    spectrum = cached_spectrum("triton", k, mode, u.shape[2:]) if k_spectrum is None else k_spectrum
+    return kernels.forward(u, spectrum, pregate, postgate, D, p)
+
+
+def triton_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
+    """The Triton backend's backward (contract in the module docstring): one fused kernel."""
+    kernels = _triton_kernels()
+    p = kernels.plan(mode, u.shape[2], k.shape[1])
+    spectrum = cached_spectrum("triton", k, mode, u.shape[2:])
+    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, k.shape[1], needs, k.dtype)
+    return du, None if dk is None else dk.to(k.dtype), dpre, dpost, None if dd is None else dd.to(D.dtype)
+
+
 _IMPLS: dict[str, Implementation] = {
     "torch": Implementation(forward=torch_forward, backward=torch_backward, spectrum=torch_spectrum),
+    "triton": Implementation(forward=triton_forward, backward=triton_backward, spectrum=triton_spectrum,
+                             unsupported=triton_unsupported),
 }
+
+
+# ---------------------------------------------------------------------------- spectrum cache
+
+SPECTRUM_CACHE_BYTES = 256 << 20
+"""The spectra ``cached_spectrum`` keeps, in bytes at most (least recently used dropped first)."""
+_spectra: collections.OrderedDict = collections.OrderedDict()
+
+
+def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+    """``_IMPLS[backend].spectrum(k, mode, shape)``, reused while k is the same tensor object
+    (held by a weak reference: an entry goes when k does) with the same version counter
+    (an in-place edit, an optimizer step or load_state_dict changes it; an edit through
+    ``k.data`` does not, as for autograd), for the same backend, mode, shapes, dtype and
+    device. Not cached: while torch.compile traces, inference tensors (no version counter),
+    and spectra larger than SPECTRUM_CACHE_BYTES."""
+    shape = tuple(shape)
+    if torch.compiler.is_compiling() or k.is_inference() or k.device.type == "meta":
+        return _IMPLS[backend].spectrum(k, mode, shape)
+    key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device)
+    entry = _spectra.get(key)
+    if entry is not None and entry[0]() is k and entry[1] == k._version:
+        _spectra.move_to_end(key)
+        return entry[2]
+    spectrum = _IMPLS[backend].spectrum(k, mode, shape)
+    size = spectrum.numel() * spectrum.element_size()
+    if size <= SPECTRUM_CACHE_BYTES:
+        _spectra[key] = (weakref.ref(k, lambda _, key=key: _spectra.pop(key, None)), k._version, spectrum)
+        while sum(e[2].numel() * e[2].element_size() for e in _spectra.values()) > SPECTRUM_CACHE_BYTES:
+            _spectra.popitem(last=False)
+    return spectrum
 
 
 # ---------------------------------------------------------------------------- validation
@@ -370,8 +458,8 @@ def _check_backend(op: str, backend: str, dtype: torch.dtype, mode: str, shape, 
 def _auto_choice(device: torch.device, dtype: torch.dtype, mode: str, shape, kshape) -> str:
     if device.type != "cuda":
         return "torch"
-    for name in AUTO_CUDA:
-        if (name in _IMPLS and _backend.device_ok(name, device) is None
+    for name, dtypes in AUTO_CUDA:
+        if (dtype in dtypes and name in _IMPLS and _backend.device_ok(name, device) is None
                 and _IMPLS[name].unsupported(dtype, mode, shape, kshape) is None):
             return name
     return "torch"
@@ -395,6 +483,8 @@ def fft_conv_op(u: torch.Tensor, k: torch.Tensor, pregate: torch.Tensor | None, 
     on a concrete backend; ``k_spectrum`` None or that backend's ``spectrum`` of k."""
     _validate(_op_name(u), u, k, pregate, postgate, D, mode)
     _check_backend(_op_name(u), backend, u.dtype, mode, u.shape[2:], k.shape[1:])
+    if k_spectrum is None:
+        k_spectrum = cached_spectrum(backend, k, mode, u.shape[2:])
     return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode)
 
 
