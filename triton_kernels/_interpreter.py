@@ -10,7 +10,10 @@ Triton 3.6's interpreter stores bfloat16 as raw uint16 bits, and
 - it converts float32 to bfloat16 by truncation (its "round to nearest" adds the cut-off
   bit without carrying into the exponent), where the GPU rounds to nearest even;
 - it passes a Python float argument on as a float64, where a GPU launch passes a float32:
-  round it to float32, so a kernel that needs more than a float32 scale is caught here.
+  round it to float32, so a kernel that needs more than a float32 scale is caught here;
+- it holds a scalar argument as a one-element 1-d array and turns it into a Python int
+  with ``int(array)``, which numpy >= 2.4 refuses: a loop whose bound is an argument
+  (``for start in range(0, T, BLOCK)``) fails. Take the element instead.
 The fixes are harmless where the interpreter is already right (the TF32 one serves any
 kernel with a float32 dot in the default precision).
 """
@@ -62,7 +65,14 @@ def patch() -> None:
             return tl.tensor(interpreter.TensorHandle(np.array([arg], dtype=np.float32), tl.float32), tl.float32)
         return original_cvt(arg)
 
+    original_patch_tensor = interpreter._patch_lang_tensor
+
+    def patch_lang_tensor(tensor, scope):
+        original_patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
     create_dot._fastspec_patched = True
     builder.create_dot = create_dot
     interpreter._convert_float = convert_float
     interpreter._implicit_cvt = implicit_cvt
+    interpreter._patch_lang_tensor = patch_lang_tensor
