@@ -16,6 +16,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "fftconv/fftconv.h"
 #include "fwht/fwht.h"
 #endif
 #ifdef FASTSPEC_WITH_CPU
@@ -123,6 +124,63 @@ at::Tensor fwht_cuda(const at::Tensor& x, double scale) {
 }
 #endif
 
+#ifdef FASTSPEC_WITH_CUDA
+// fastspec::fft_conv_cuda(Tensor u, Tensor? pregate, Tensor? postgate, Tensor? D, Tensor records, int log2n)
+// -> Tensor: y = postgate · conv(u · pregate, k) + D · u over an FFT of 2^log2n points, k given as
+// its records (fastspec/ops/fftconv.py: cuda_spectrum). u and the gates (B, H, L) contiguous
+// float16/bfloat16, D float32 (H,), records float32 (H, 2^(log2n-1), 4) contiguous.
+at::Tensor fft_conv_cuda(const at::Tensor& u, const std::optional<at::Tensor>& pregate,
+                         const std::optional<at::Tensor>& postgate, const std::optional<at::Tensor>& D,
+                         const at::Tensor& records, int64_t log2n) {
+  TORCH_CHECK(u.is_cuda() && u.dim() == 3 && u.is_contiguous(),
+              "fft_conv_cuda: u must be a contiguous (B, H, L) CUDA tensor, got ", u.device(), " of sizes ", u.sizes(),
+              " and strides ", u.strides());
+  const auto st = u.scalar_type();
+  TORCH_CHECK(st == at::kHalf || st == at::kBFloat16, "fft_conv_cuda: u must be float16 or bfloat16, got ", st);
+  TORCH_CHECK(log2n >= kFftConvMinLog2N && log2n <= kFftConvMaxLog2N && u.size(2) >= 1 &&
+                  u.size(2) <= (int64_t{1} << log2n),
+              "fft_conv_cuda: needs ", kFftConvMinLog2N, " <= log2n <= ", kFftConvMaxLog2N,
+              " and 1 <= L <= 2^log2n, got log2n = ", log2n, " and L = ", u.size(2));
+  const void* gates[2] = {nullptr, nullptr};
+  const std::optional<at::Tensor>* given[2] = {&pregate, &postgate};
+  for (int i = 0; i < 2; ++i) {
+    if (!given[i]->has_value()) continue;
+    const at::Tensor& g = **given[i];
+    TORCH_CHECK(g.device() == u.device() && g.scalar_type() == st && g.sizes() == u.sizes() && g.is_contiguous(),
+                "fft_conv_cuda: ", i == 0 ? "pregate" : "postgate", " must be contiguous with u's device, dtype and sizes ",
+                u.sizes(), ", got ", g.device(), " ", g.scalar_type(), " ", g.sizes());
+    gates[i] = g.data_ptr();
+  }
+  const float* d = nullptr;
+  if (D.has_value()) {
+    TORCH_CHECK(D->device() == u.device() && D->scalar_type() == at::kFloat && D->dim() == 1 &&
+                    D->size(0) == u.size(1) && D->is_contiguous(),
+                "fft_conv_cuda: D must be a contiguous float32 (H,) = (", u.size(1), ",) tensor on u's device, got ",
+                D->device(), " ", D->scalar_type(), " ", D->sizes());
+    d = D->data_ptr<float>();
+  }
+  TORCH_CHECK(records.device() == u.device() && records.scalar_type() == at::kFloat && records.is_contiguous() &&
+                  records.dim() == 3 && records.size(0) == u.size(1) &&
+                  records.size(1) == (int64_t{1} << (log2n - 1)) && records.size(2) == 4,
+              "fft_conv_cuda: records must be contiguous float32 (H, 2^(log2n-1), 4) = (", u.size(1), ", ",
+              int64_t{1} << (log2n - 1), ", 4) on u's device, got ", records.device(), " ", records.scalar_type(), " ",
+              records.sizes());
+  const c10::cuda::CUDAGuard device_guard(u.device());
+  int major = 0;
+  TORCH_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, u.device().index()) == cudaSuccess &&
+                  major >= 8,
+              "fft_conv_cuda: needs a GPU of compute capability 8.0 or newer (bfloat16 tensor-core mma), got ", major, ".x");
+  at::Tensor y = at::empty_like(u);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(u.device().index()).stream();
+  const cudaError_t err = fftconv_forward_launch(
+      u.data_ptr(), gates[0], gates[1], d, records.data_ptr<float>(), y.data_ptr(), u.size(0), u.size(1), u.size(2),
+      static_cast<int>(log2n), st == at::kHalf ? FftConvDType::kFloat16 : FftConvDType::kBFloat16, stream);
+  TORCH_CHECK(err == cudaSuccess, "fft_conv_cuda: kernel launch failed for u of sizes ", u.sizes(), ", dtype ", st,
+              ", log2n ", log2n, ": ", cudaGetErrorString(err));
+  return y;
+}
+#endif
+
 #ifdef FASTSPEC_WITH_CPU
 // fastspec._C.cpu_isa([name]) -> str: the instruction set of the CPU kernels; with a name
 // ("generic", "avx2", "avx512f", or "" for the best this CPU has) it switches to that one first.
@@ -144,7 +202,10 @@ PyObject* cpu_isa(PyObject* /*module*/, PyObject* args) {
 }  // namespace fastspec
 
 #ifdef FASTSPEC_WITH_CUDA
-TORCH_LIBRARY_IMPL(fastspec, CUDA, m) { m.impl("fwht_cuda", &fastspec::fwht_cuda); }
+TORCH_LIBRARY_IMPL(fastspec, CUDA, m) {
+  m.impl("fwht_cuda", &fastspec::fwht_cuda);
+  m.impl("fft_conv_cuda", &fastspec::fft_conv_cuda);
+}
 #endif
 #ifdef FASTSPEC_WITH_CPU
 TORCH_LIBRARY_IMPL(fastspec, CPU, m) { m.impl("fwht_cpu", &fastspec::fwht_cpu); }

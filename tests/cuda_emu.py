@@ -70,9 +70,11 @@ def build(cu_files: list[str], entry: str, cache_dir: str) -> ctypes.CDLL:
     sources["entry.cpp"] = entry + _SCHEDULE_ENTRY
     includes = sorted({os.path.dirname(os.path.abspath(f)) for f in cu_files} | {INCLUDE, os.path.join(ROOT, "csrc")})
     key = hashlib.sha256(repr(sorted(sources.items())).encode())
-    for d in includes:  # the headers too: rebuild when they change
-        for name in sorted(n for n in os.listdir(d) if n.endswith(".h")):
-            key.update(_read(os.path.join(d, name)).encode())
+    for d in includes:  # the headers too, in subfolders (csrc/common/...): rebuild when they change
+        for folder, subfolders, names in sorted(os.walk(d)):
+            subfolders.sort()
+            for name in sorted(n for n in names if n.endswith(".h")):
+                key.update(_read(os.path.join(folder, name)).encode())
     lib = os.path.join(cache_dir, f"emu-{key.hexdigest()[:16]}.so")
     if not os.path.exists(lib):
         with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,11 @@
 // makes shared-memory races visible as results that depend on the order. The device types the kernels use (dim3, uint4/float4/float2, __half,
 // __nv_bfloat16 with round-to-nearest-even conversions) are plain host types. Float
 // arithmetic is IEEE single precision as on the GPU (compile with -ffp-contract=off).
+// Warp matrix multiply-accumulate (mma.sync m16n8k16, f16/bf16 into float32) is
+// cuda_emu::mma_m16n8k16: the warp meets as for a shuffle (all 32 lanes must arrive), each
+// lane's fragment registers are decoded with the PTX ISA's per-lane layout, and the sum is
+// modelled as the tensor cores do it (mma_sum). Kernels reach it through a wrapper whose
+// inline PTX is behind `#ifdef FASTSPEC_CUDA_EMU` (csrc/common/warp_mma.h).
 // Limits: in parallel a missing __syncthreads shows only by chance (compare the two fixed
 // orders instead); a barrier not all threads reach aborts ("deadlock"); no implicit
 // warp-synchronous execution; 1-D launches only.
@@ -190,11 +195,19 @@ class Barrier {
   std::vector<unsigned> waiters_;
 };
 
+// One lane's registers of a warp matrix operation (A, B and C fragments of m16n8k16).
+struct MmaLane {
+  uint32_t a[4];
+  uint32_t b[2];
+  float c[4];
+};
+
 struct Block {
   explicit Block(unsigned threads)
       : turns(schedule == Schedule::kParallel ? nullptr : std::make_unique<Turns>(threads, schedule)),
         sync(threads, turns.get()),
-        lanes((threads + 31) / 32) {
+        lanes((threads + 31) / 32),
+        mma_lanes((threads + 31) / 32) {
     for (unsigned w = 0; w * 32 < threads; ++w) {
       warps.emplace_back(std::make_unique<Barrier>(std::min(32u, threads - 32 * w), turns.get()));
     }
@@ -203,6 +216,7 @@ struct Block {
   Barrier sync;
   std::vector<std::unique_ptr<Barrier>> warps;
   std::vector<std::array<uint64_t, 32>> lanes;
+  std::vector<std::array<MmaLane, 32>> mma_lanes;
 };
 
 constexpr int kSMs = 2;                              // the emulated device
@@ -339,3 +353,117 @@ T __shfl_xor_sync(unsigned mask, T value, int lane_mask, int width = 32) {
   b.warps[warp]->wait();
   return other;
 }
+
+// ------------------------------------------------------------------ math and bit intrinsics
+
+inline unsigned short __half_as_ushort(__half h) { return h.bits; }
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 b) { return b.bits; }
+// The GPU's fast sine/cosine (MUFU) is accurate to about 2^-21 in [-pi, pi]; these are better.
+inline void __sincosf(float x, float* s, float* c) {
+  *s = std::sin(x);
+  *c = std::cos(x);
+}
+inline void sincospif(float x, float* s, float* c) {
+  constexpr double kPi = 3.14159265358979323846;
+  *s = static_cast<float>(std::sin(kPi * x));
+  *c = static_cast<float>(std::cos(kPi * x));
+}
+
+// ------------------------------------------------------------------ warp matrix multiply-accumulate
+
+#define FASTSPEC_CUDA_EMU 1
+
+namespace cuda_emu {
+
+// Fragment layouts of mma.m16n8k16 with .f16/.bf16 multiplicands and .f32 accumulators
+// (PTX ISA 9.7.14.5.8): lane = 4 * groupID + threadID_in_group; element i of a lane's
+// fragment (registers hold two 16-bit elements each, the lower index in the low half).
+struct RowCol {
+  int row, col;
+};
+// A (16 x 16, row-major), elements a0..a7 in registers 0..3.
+inline RowCol mma_a_element(int lane, int i) {
+  const int g = lane >> 2, t = lane & 3;
+  return {g + ((i & 2) ? 8 : 0), 2 * t + (i & 1) + (i >= 4 ? 8 : 0)};
+}
+// B (16 x 8, column-major), elements b0..b3 in registers 0..1.
+inline RowCol mma_b_element(int lane, int i) {
+  const int g = lane >> 2, t = lane & 3;
+  return {2 * t + (i & 1) + (i >= 2 ? 8 : 0), g};
+}
+// C and D (16 x 8, float32), elements c0..c3.
+inline RowCol mma_c_element(int lane, int i) {
+  const int g = lane >> 2, t = lane & 3;
+  return {g + (i >= 2 ? 8 : 0), 2 * t + (i & 1)};
+}
+
+inline float element_to_float(uint16_t bits, __half) { return __half2float(__half{bits}); }
+inline float element_to_float(uint16_t bits, __nv_bfloat16) { return __bfloat162float(__nv_bfloat16{bits}); }
+
+// c + sum_k a[k] * b[k] as the tensor cores compute it: the PTX ISA leaves the order and
+// rounding of the sum open; measurements (Fasi, Higham, Mikaitis, Pranesh, "Numerical
+// behavior of NVIDIA tensor cores", PeerJ CS 2021) show exact products, every addend aligned
+// to the largest one and truncated to its 24 significant bits, and the sum truncated to
+// float32. Modelled so: never more accurate than the hardware. NaN and Inf propagate.
+inline float mma_sum(float c, const float* a, const float* b, int n) {
+  double terms[17];
+  terms[0] = c;
+  double plain = c;
+  for (int k = 0; k < n; ++k) {
+    terms[k + 1] = static_cast<double>(a[k]) * static_cast<double>(b[k]);  // exact
+    plain += terms[k + 1];
+  }
+  if (!std::isfinite(plain)) return static_cast<float>(plain);
+  int emax = INT32_MIN;
+  for (int k = 0; k <= n; ++k) {
+    if (terms[k] != 0.0) emax = std::max(emax, std::ilogb(terms[k]));
+  }
+  if (emax == INT32_MIN) return c + 0.0f;
+  const double quantum = std::ldexp(1.0, emax - 23);
+  double sum = 0.0;  // a multiple of quantum below 2^(emax + 6): exact in double
+  for (int k = 0; k <= n; ++k) sum += std::trunc(terms[k] / quantum) * quantum;
+  float f = static_cast<float>(sum);
+  if (std::fabs(static_cast<double>(f)) > std::fabs(sum)) f = std::nextafter(f, 0.0f);  // toward zero
+  return f;
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32 d, a, b, c of this lane:
+// the whole warp must call it (it waits for all 32 lanes, as the .aligned instruction
+// requires them), with T = __half or __nv_bfloat16 for the multiplicands.
+template <class T>
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
+  const unsigned t = threadIdx.x, warp = t / 32, lane = t % 32;
+  Block& blk = *current;
+  if ((warp + 1) * 32 > blockDim.x) {
+    std::fprintf(stderr, "cuda_emu: mma.sync needs a full warp (block of %u threads)\n", blockDim.x);
+    std::abort();
+  }
+  MmaLane& mine = blk.mma_lanes[warp][lane];
+  std::copy(a, a + 4, mine.a);
+  std::copy(b, b + 2, mine.b);
+  std::copy(c, c + 4, mine.c);
+  blk.warps[warp]->wait();
+  float am[16][16], bm[16][8], cm[16][8];
+  for (int l = 0; l < 32; ++l) {
+    const MmaLane& s = blk.mma_lanes[warp][l];
+    for (int i = 0; i < 8; ++i) {
+      const RowCol e = mma_a_element(l, i);
+      am[e.row][e.col] = element_to_float(static_cast<uint16_t>(s.a[i / 2] >> (16 * (i & 1))), T{});
+    }
+    for (int i = 0; i < 4; ++i) {
+      const RowCol e = mma_b_element(l, i);
+      bm[e.row][e.col] = element_to_float(static_cast<uint16_t>(s.b[i / 2] >> (16 * (i & 1))), T{});
+      const RowCol f = mma_c_element(l, i);
+      cm[f.row][f.col] = s.c[i];
+    }
+  }
+  blk.warps[warp]->wait();  // every lane has read the slots before any lane writes them again
+  for (int i = 0; i < 4; ++i) {
+    const RowCol e = mma_c_element(static_cast<int>(lane), i);
+    float col[16];
+    for (int k = 0; k < 16; ++k) col[k] = bm[k][e.col];
+    d[i] = mma_sum(cm[e.row][e.col], am[e.row], col, 16);
+  }
+}
+
+}  // namespace cuda_emu
