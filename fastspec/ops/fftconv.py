@@ -43,9 +43,10 @@ what it needs) and returns new tensors:
 u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
 ``fft_conv2d`` (gates and D None); float16/bfloat16 are accumulated in float32.
 
-The op computes a filter's spectrum once while the filter is unchanged (``cached_spectrum``:
-the same tensor object, alive, with the same version counter, for the same backend, mode,
-shapes and dtype) and hands it to ``forward``; backends may use it in ``backward`` too.
+The op computes the spectrum of a filter that does not require grad once while it is
+unchanged (``cached_spectrum``: the same tensor object, alive, with the same version
+counter, for the same backend, mode, shapes and dtype) and hands it to ``forward``;
+backends may use it in ``backward`` too.
 """
 from __future__ import annotations
 
@@ -340,12 +341,14 @@ _spectra: collections.OrderedDict = collections.OrderedDict()
 def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
     """``_IMPLS[backend].spectrum(k, mode, shape)``, reused while k is the same tensor object
     (held by a weak reference: an entry goes when k does) with the same version counter
-    (an in-place edit, an optimizer step or load_state_dict changes it; an edit through
-    ``k.data`` does not, as for autograd), for the same backend, mode, shapes, dtype and
-    device. Not cached: while torch.compile traces, inference tensors (no version counter),
-    and spectra larger than SPECTRUM_CACHE_BYTES."""
+    (an in-place edit or load_state_dict changes it), for the same backend, mode, shapes,
+    dtype and device. Not cached: a k that requires grad (an edit through ``k.data``, as
+    optimizers and gradcheck make, leaves the version counter as it was; and a trained
+    filter changes every step anyway), while torch.compile traces, inference tensors (no
+    version counter), and spectra larger than SPECTRUM_CACHE_BYTES."""
     shape = tuple(shape)
-    if torch.compiler.is_compiling() or k.is_inference() or k.device.type == "meta":
+    if (torch.compiler.is_compiling() or k.requires_grad or k.is_inference()
+            or k.device.type == "meta"):
         return _IMPLS[backend].spectrum(k, mode, shape)
     key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device)
     entry = _spectra.get(key)
