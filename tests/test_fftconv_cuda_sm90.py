@@ -58,7 +58,7 @@ def test_no_spills_and_shared_memory_fits(cubin):
         fields = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage.split("\n", 1)[1])}
         assert fields["STACK"] == 0 and fields["LOCAL"] == 0, f"{dtype} N=2^{log2n}: registers spill ({fields})"
         dynamic = 8 << (log2n - 1)  # M complex float32 values
-        assert fields["SHARED"] + dynamic <= BLOCK_SHARED_LIMIT, f"{dtype} N=2^{log2n}: {fields['SHARED']} + {dynamic} bytes"
+        assert fields["SHARED"] + dynamic <= BLOCK_SHARED_LIMIT, f"{dtype} N=2^{log2n}: {fields['SHARED']} + {dynamic} B"
 
 
 def test_dft_stages_run_on_tensor_cores(cubin):
