@@ -147,8 +147,9 @@ at::Tensor fft_conv_cuda(const at::Tensor& u, const std::optional<at::Tensor>& p
     if (!given[i]->has_value()) continue;
     const at::Tensor& g = **given[i];
     TORCH_CHECK(g.device() == u.device() && g.scalar_type() == st && g.sizes() == u.sizes() && g.is_contiguous(),
-                "fft_conv_cuda: ", i == 0 ? "pregate" : "postgate", " must be contiguous with u's device, dtype and sizes ",
-                u.sizes(), ", got ", g.device(), " ", g.scalar_type(), " ", g.sizes());
+                "fft_conv_cuda: ", i == 0 ? "pregate" : "postgate",
+                " must be contiguous with u's device, dtype and sizes ", u.sizes(), ", got ", g.device(), " ",
+                g.scalar_type(), " ", g.sizes());
     gates[i] = g.data_ptr();
   }
   const float* d = nullptr;
@@ -169,7 +170,8 @@ at::Tensor fft_conv_cuda(const at::Tensor& u, const std::optional<at::Tensor>& p
   int major = 0;
   TORCH_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, u.device().index()) == cudaSuccess &&
                   major >= 8,
-              "fft_conv_cuda: needs a GPU of compute capability 8.0 or newer (bfloat16 tensor-core mma), got ", major, ".x");
+              "fft_conv_cuda: needs a GPU of compute capability 8.0 or newer (bfloat16 tensor-core mma), got ", major,
+              ".x");
   at::Tensor y = at::empty_like(u);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(u.device().index()).stream();
   const cudaError_t err = fftconv_forward_launch(

@@ -36,7 +36,8 @@ __global__ void mma_chain(const uint16_t* a, const uint16_t* b, const float* c, 
     const uint16_t* br = b + (w * reps + r) * 128;
     auto a_at = [&](int row, int col) { return uint32_t{ar[row * 16 + col]}; };
     auto b_at = [&](int row, int col) { return uint32_t{br[row * 8 + col]}; };
-    const uint32_t af[4] = {a_at(g, 2 * t) | a_at(g, 2 * t + 1) << 16, a_at(g + 8, 2 * t) | a_at(g + 8, 2 * t + 1) << 16,
+    const uint32_t af[4] = {a_at(g, 2 * t) | a_at(g, 2 * t + 1) << 16,
+                            a_at(g + 8, 2 * t) | a_at(g + 8, 2 * t + 1) << 16,
                             a_at(g, 2 * t + 8) | a_at(g, 2 * t + 9) << 16,
                             a_at(g + 8, 2 * t + 8) | a_at(g + 8, 2 * t + 9) << 16};
     const uint32_t bf[2] = {b_at(2 * t, g) | b_at(2 * t + 1, g) << 16, b_at(2 * t + 8, g) | b_at(2 * t + 9, g) << 16};

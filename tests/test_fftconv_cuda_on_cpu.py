@@ -8,7 +8,8 @@ and D, odd L and unaligned rows (element-wise path) and 16-byte vectors, float16
 bfloat16, against the float64 reference with the tolerance rule of tests/conftest.py; no
 writes outside the output, no misaligned access (UBSan), the same bits in two thread
 orders, and the launcher's argument checks. The records come from the cuda backend's own
-``cuda_spectrum``. On a GPU, tests/test_fftconv.py runs the kernel for real.
+``cuda_spectrum``; the backend's forward and backward (fastspec/ops/fftconv.py) run on the
+emulated kernel too. On a GPU, tests/test_fftconv.py runs the kernel for real.
 """
 import ctypes
 import os
@@ -154,3 +155,44 @@ def test_launcher_rejects_what_it_cannot_handle(launch):
     assert call(y=u.data_ptr() + 2) == INVALID_VALUE  # y overlaps u
     assert call(B=0) == SUCCESS  # nothing to do
     assert (y == 7.0).all(), "a rejected call wrote"
+
+
+def _emulated_kernel(launch, capfd):
+    """fastspec::fft_conv_cuda's signature on the emulated launcher (for the backend's glue)."""
+    def kernel(u, pregate, postgate, D, records, log2n):
+        for t in (u, pregate, postgate, D, records):
+            assert t is None or t.is_contiguous()
+        y = torch.full_like(u, 7.0)
+        B, H, L = u.shape
+        rc = launch(_ptr(u), _ptr(pregate), _ptr(postgate), _ptr(D), records.data_ptr(), y.data_ptr(), B, H, L, log2n,
+                    DTYPE_CODE[u.dtype])
+        assert "runtime error" not in capfd.readouterr().err, "UBSan: misaligned access"
+        assert rc == SUCCESS
+        return y
+    return kernel
+
+
+@pytest.mark.parametrize("mode,L,Lk,dtype", [("causal", 100, 100, torch.float16),
+                                             ("bidirectional", 64, 127, torch.bfloat16)], ids=str)
+def test_backend_forward_and_backward(launch, capfd, mode, L, Lk, dtype):
+    """The cuda backend's forward and backward (fastspec/ops/fftconv.py) on the emulated kernel:
+    non-contiguous inputs, grad_y expanded with stride 0 (as from .sum()), every gradient
+    against autograd of the float64 reference (du, dpregate, dpostgate from the kernel with
+    swapped arguments and the conjugate spectrum; dk and dD from the torch backend)."""
+    B, H = 2, 2
+    kernel = _emulated_kernel(launch, capfd)
+    u = random_input((B, L, H), dtype, device="cpu").transpose(1, 2)  # non-contiguous
+    k = random_input((H, Lk), torch.float32, device="cpu") / Lk**0.5
+    pre, post = (random_input((B, H, L), dtype, device="cpu") for _ in range(2))
+    D = random_input((H,), dtype, device="cpu")
+    y = ops.cuda_forward(u, k, None, pre, post, D, mode, kernel=kernel)
+    inputs = [t.double().requires_grad_() for t in (u, k, pre, post, D)]
+    ref = fft_conv_reference(inputs[0], inputs[1], mode=mode, pregate=inputs[2], postgate=inputs[3], D=inputs[4])
+    assert_close_to_reference(y, ref.detach())
+    grad_y = random_input((1, H, L), dtype, device="cpu").expand(B, H, L)
+    grads = ops.cuda_backward(grad_y, u, k, pre, post, D, mode, [True] * 5, kernel=kernel)
+    expected = torch.autograd.grad(ref, inputs, grad_y.double())
+    for name, got, want, given in zip(("du", "dk", "dpregate", "dpostgate", "dD"), grads, expected,
+                                      (u, k, pre, post, D)):
+        assert got.dtype == given.dtype and got.shape == given.shape, name
+        assert_close_to_reference(got, want, floor=1e-6 if got.dtype == torch.float32 else None)

@@ -1,9 +1,9 @@
 """Compile the CUDA fft_conv kernel (csrc/fftconv/fftconv.cu) for sm_90a without a GPU and
-check what only the machine code shows, for every instance (N = 2^7..2^15 x float16/bfloat16
-x 16-byte or element-wise access): no registers spilled (no stack, no local memory), static
+check what only the machine code shows, for every instance (N = 2^7..2^15 x float16/bfloat16):
+no registers spilled (no stack, no local memory), static
 plus dynamic shared memory (8·M bytes, M = N/2) within the 227 KiB of a block, the DFT
 stages on tensor cores (HMMA.16816.F32.BF16, three per 16 x 16 tile: hi·hi, hi·lo, lo·hi),
-and 16-byte global loads and stores in the vectorized instances.
+and 16-byte global loads and stores (the path for aligned rows with L % 8 == 0).
 What the kernel computes is checked by tests/test_fftconv_cuda_on_cpu.py.
 """
 import os
@@ -18,7 +18,7 @@ from conftest import cuobjdump
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK_SHARED_LIMIT = 227 * 1024
-_INSTANCE = re.compile(r"fftconv_forward_kernelI(\w+?)Li(\d+)ELb([01])E")
+_INSTANCE = re.compile(r"fftconv_forward_kernelI(\w+?)Li(\d+)EE")
 _DTYPE = {"6__half": "float16", "13__nv_bfloat16": "bfloat16"}
 # The defines torch.utils.cpp_extension adds to every nvcc call of the real build.
 TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
@@ -39,35 +39,34 @@ def cubin(tmp_path_factory):
 
 
 def _per_instance(text: str, header: str) -> dict:
-    """Split cuobjdump output into {(dtype, log2n, vectorized): section text}."""
+    """Split cuobjdump output into {(dtype, log2n): section text}."""
     sections = re.split(rf"^\s*{header}\s*:?\s*", text, flags=re.MULTILINE)[1:]
     out = {}
     for section in sections:
         m = _INSTANCE.search(section.split("\n", 1)[0])
-        out[(_DTYPE[m.group(1)], int(m.group(2)), m.group(3) == "1")] = section
+        out[(_DTYPE[m.group(1)], int(m.group(2)))] = section
     return out
 
 
 def test_every_instance_is_compiled(cubin):
     instances = _per_instance(cuobjdump("-res-usage", cubin), "Function")
-    assert set(instances) == {(d, n, v) for d in _DTYPE.values() for n in range(7, 16) for v in (True, False)}
+    assert set(instances) == {(d, n) for d in _DTYPE.values() for n in range(7, 16)}
 
 
 def test_no_spills_and_shared_memory_fits(cubin):
-    for (dtype, log2n, vectorized), usage in _per_instance(cuobjdump("-res-usage", cubin), "Function").items():
+    for (dtype, log2n), usage in _per_instance(cuobjdump("-res-usage", cubin), "Function").items():
         fields = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage.split("\n", 1)[1])}
         assert fields["STACK"] == 0 and fields["LOCAL"] == 0, f"{dtype} N=2^{log2n}: registers spill ({fields})"
         dynamic = 8 << (log2n - 1)  # M complex float32 values
-        assert fields["SHARED"] + dynamic <= BLOCK_SHARED_LIMIT, f"{dtype} N=2^{log2n}: {fields['SHARED']} + {dynamic} bytes"
+        assert fields["SHARED"] + dynamic <= BLOCK_SHARED_LIMIT, f"{dtype} N=2^{log2n}: {fields['SHARED']} + {dynamic} B"
 
 
 def test_dft_stages_run_on_tensor_cores(cubin):
     """Every instance multiplies with bfloat16 tensor-core mma into float32 (HMMA.16816.F32.BF16)."""
-    for (dtype, log2n, _), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
+    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
         assert "HMMA.16816.F32.BF16" in sass, f"{dtype} N=2^{log2n}: no bfloat16 tensor-core mma"
 
 
-def test_vectorized_instances_move_16_bytes_per_access(cubin):
-    for (dtype, log2n, vectorized), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
-        if vectorized:
-            assert "LDG.E.128" in sass and "STG.E.128" in sass, f"{dtype} N=2^{log2n}: no 16-byte LDG/STG"
+def test_aligned_rows_move_16_bytes_per_access(cubin):
+    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
+        assert "LDG.E.128" in sass and "STG.E.128" in sass, f"{dtype} N=2^{log2n}: no 16-byte LDG/STG"

@@ -47,7 +47,8 @@
 // Memory: u, the gates and y are read/written once (u twice with D, the second time from
 // L2), with 16-byte vectors when u, the gates and y are 16-byte aligned and L % 8 == 0
 // (every row then starts aligned), else one element at a time (odd L: no misaligned access).
-// Shared memory: 8·M bytes (128 KiB at N = 32768), dynamic.
+// Shared memory: 8·M bytes (128 KiB at N = 32768), dynamic, value p in slot(p) (an XOR
+// swizzle that keeps every stage's accesses free of bank conflicts).
 // ---------------------------------------------------------------------------------
 
 #include "fftconv.h"  // same directory: compiles with or without -Icsrc
@@ -101,6 +102,25 @@ __device__ __forceinline__ void split(float x, __nv_bfloat16& hi, __nv_bfloat16&
   lo = __float2bfloat16_rn(x - __bfloat162float(hi));
 }
 
+// ------------------------------------------------------------------ shared-memory layout
+
+// Complex value p of the row lives in slot(p) = p ^ h(p >> 4), h(H) = Σ_j H_j·v_{j mod 3}
+// (XOR sum over the bits of H, v = 5, 8, 13): a permutation inside every 16 values, linear
+// over XOR. Without it a stage's 8-byte accesses hit each bank pair 4 times (the rows of a
+// column are A apart, A a power of two ≥ 16); with it the 16 accesses of each half-warp in
+// every stage's loads and stores meet 16 distinct bank pairs (worked out for every stage of
+// log2(M) = 6..14 with a model of these addresses: the loads need h to give the 2nd and 3rd
+// bits of b·A/16 independent effects on bits 2-3 of the slot, the stores the 1st and 2nd bits
+// of c·A/16 on bits 0 and 3; v = 5, 8, 13 does both for any A). Consecutive p stay within a
+// permuted group of 16: the spectrum step and the element-wise load and epilogue are free of
+// conflicts too; the 16-byte-vector load and epilogue (four values a thread) are 2-way.
+// h of the bits of H < 2^12: fold them into their parities by j mod 3, then a table of 8.
+__device__ __forceinline__ int slot(int p) {
+  int y = (p >> 4) ^ (p >> 10);
+  y ^= y >> 3;
+  return p ^ ((0x058DD850 >> (4 * (y & 7))) & 15);
+}
+
 // ------------------------------------------------------------------ one DFT stage
 
 // The real 2R x 2R matrix of y_c = Σ_b e^{sign·2πi·bc/R} x_b, rows (Re y_0..y_{R-1},
@@ -138,8 +158,18 @@ struct DftMatrix {
   }
 };
 
+// The storage offset of column `col` of a stage: block col / A at col / A · S, a = col mod A
+// inside it (a bit permutation: linear over XOR, like slot()).
+template <int kLogA, int kLogS>
+__device__ __forceinline__ int column_base(int col) {
+  return ((col >> kLogA) << kLogS) | (col & ((1 << kLogA) - 1));
+}
+
 // Stage `kStage` of the forward (kInverse false: DFT, then twiddle ω_S^{ac}) or its transpose
-// for the inverse (conjugate twiddle, then conjugate DFT) on x[0..M) in place.
+// for the inverse (conjugate twiddle, then conjugate DFT) on x[0..M) in place. Every address
+// is column_base(col) | b·A with disjoint bits, and slot() is linear over XOR, so its slot is
+// slot(column_base(8·group)) ^ slot(column_base(col mod 8)) ^ slot(b·A): the lane's parts
+// are worked out once per stage, the group's once per group.
 template <int kLogM, int kStage, bool kInverse>
 __device__ __forceinline__ void dft_stage(float2* x) {
   constexpr int kLogR = log2_radix(kLogM, kStage), kLogS = log2_block(kLogM, kStage);
@@ -151,18 +181,31 @@ __device__ __forceinline__ void dft_stage(float2* x) {
   const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
   const int g = lane >> 2, t = lane & 3;
   const DftMatrix<kLogR> f(kSign, g, t);
+  // This lane's B rows: values b = 2t + (i & 1) + 8·(i >> 1) of column g of a group; its D
+  // outputs: c = g + 8·ci of columns 2t + e.
+  int load_slot[2 * kT], store_slot[2][kT];
+#pragma unroll
+  for (int i = 0; i < 2 * kT; ++i) {
+    load_slot[i] = slot(column_base<kLogA, kLogS>(g)) ^ slot((2 * t + (i & 1) + 8 * (i >> 1)) << kLogA);
+  }
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+#pragma unroll
+    for (int ci = 0; ci < kT; ++ci) {
+      store_slot[e][ci] = slot(column_base<kLogA, kLogS>(2 * t + e)) ^ slot((g + 8 * ci) << kLogA);
+    }
+  }
 
   for (int group = warp; group < kGroups; group += kWarps) {
-    // This lane's B rows: values b = 2t + (i & 1) + 8·(i >> 1) of column g of the group.
-    const int col = group * 8 + g;
-    const int a = col & (A - 1);
-    const int base = ((col >> kLogA) << kLogS) + a;
+    const int group_slot = slot(column_base<kLogA, kLogS>(group * 8));
+    const int a = (group * 8 + g) & (A - 1);
     float2 v[2 * kT];
 #pragma unroll
     for (int i = 0; i < 2 * kT; ++i) {
-      const int b = 2 * t + (i & 1) + 8 * (i >> 1);
-      v[i] = x[base + (b << kLogA)];
-      if constexpr (kInverse && A > 1) v[i] = cmul(v[i], root_of_unity(a * b, kLogS, kSign));
+      v[i] = x[group_slot ^ load_slot[i]];
+      if constexpr (kInverse && A > 1) {
+        v[i] = cmul(v[i], root_of_unity(a * (2 * t + (i & 1) + 8 * (i >> 1)), kLogS, kSign));
+      }
     }
     // B fragments: real row q = 16·kt + 2t + (i & 1) + 8·(i >> 1) is (Re or Im of) x_b, b = q mod R.
     uint32_t bhi[kT][2], blo[kT][2];
@@ -199,15 +242,12 @@ __device__ __forceinline__ void dft_stage(float2* x) {
     // columns 2t and 2t + 1, as complex numbers.
 #pragma unroll
     for (int e = 0; e < 2; ++e) {
-      const int out_col = group * 8 + 2 * t + e;
-      const int out_a = out_col & (A - 1);
-      const int out_base = ((out_col >> kLogA) << kLogS) + out_a;
+      const int out_a = (group * 8 + 2 * t + e) & (A - 1);
 #pragma unroll
       for (int ci = 0; ci < kT; ++ci) {
-        const int c = g + 8 * ci;
         float2 y = kT == 2 ? make_float2(d[0][2 * ci + e], d[1][2 * ci + e]) : make_float2(d[0][e], d[0][2 + e]);
-        if constexpr (!kInverse && A > 1) y = cmul(y, root_of_unity(out_a * c, kLogS, kSign));
-        x[out_base + (c << kLogA)] = y;
+        if constexpr (!kInverse && A > 1) y = cmul(y, root_of_unity(out_a * (g + 8 * ci), kLogS, kSign));
+        x[group_slot ^ store_slot[e][ci]] = y;
       }
     }
   }
@@ -237,20 +277,22 @@ template <int kLogN>
 struct Traits {
   static constexpr int kLogM = kLogN - 1;
   static constexpr int kThreads = 32 * fftconv_detail::warps(kLogM);
+  // Blocks an SM should hold (16 warps; registers capped at 128 a thread accordingly).
+  static constexpr int kMinBlocks = 16 / fftconv_detail::warps(kLogM);
   static constexpr int kSmemBytes = 8 << kLogM;
   static_assert(kLogN >= kFftConvMinLog2N && kLogN <= kFftConvMaxLog2N, "log2n out of range");
   static_assert(kSmemBytes <= 227 * 1024, "shared memory of a block on sm_90");
   static_assert(4 * stages(kLogM) - kLogM <= stages(kLogM), "log2(M) = 4a + 3b");
 };
 
-template <typename T, int kLogN, bool kVecIO>
-__global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
+// vec_io: u, the gates and y are 16-byte aligned and L % 8 == 0 (every row starts aligned).
+template <typename T, int kLogN>
+__global__ void __launch_bounds__(Traits<kLogN>::kThreads, Traits<kLogN>::kMinBlocks)
     fftconv_forward_kernel(const T* u, const T* pregate, const T* postgate, const float* D, const float4* records,
-                           T* y, int batch, int channels, int length) {
+                           T* y, int batch, int channels, int length, bool vec_io) {
   using Tr = Traits<kLogN>;
   constexpr int kLogM = Tr::kLogM, M = 1 << kLogM, kThreads = Tr::kThreads;
-  extern __shared__ __align__(16) float4 smem[];
-  float2* x = reinterpret_cast<float2*>(smem);
+  extern __shared__ __align__(16) float2 x[];
   const int tid = static_cast<int>(threadIdx.x);
   const int b = static_cast<int>(blockIdx.x % static_cast<unsigned>(batch));
   const int h = static_cast<int>(blockIdx.x / static_cast<unsigned>(batch));
@@ -262,7 +304,7 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
   const float4* rec = records + (static_cast<int64_t>(h) << kLogM);
 
   // ---- 1. z[m] = v[2m] + i·v[2m+1], v = u·pregate, zero from L on
-  if constexpr (kVecIO) {  // 8 elements = 4 complex values per 16-byte vector; L % 8 == 0
+  if (vec_io) {  // 8 elements = complex values 4q..4q+3 per 16-byte vector
     for (int q = tid; q < M / 4; q += kThreads) {
       float v[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
       if (8 * q < length) {
@@ -276,8 +318,9 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
           for (int i = 0; i < 8; ++i) v[i] *= to_float(e[i]);
         }
       }
-      smem[2 * q] = make_float4(v[0], v[1], v[2], v[3]);
-      smem[2 * q + 1] = make_float4(v[4], v[5], v[6], v[7]);
+      const int s = slot(4 * q);  // slot(4q + i) = slot(4q) ^ i
+#pragma unroll
+      for (int i = 0; i < 4; ++i) x[s ^ i] = make_float2(v[2 * i], v[2 * i + 1]);
     }
   } else {
     for (int m = tid; m < M; m += kThreads) {
@@ -287,7 +330,7 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
         const int n = 2 * m + i;
         v[i] = n < length ? to_float(ur[n]) * (pre != nullptr ? to_float(pre[n]) : 1.0f) : 0.0f;
       }
-      x[m] = make_float2(v[0], v[1]);
+      x[slot(m)] = make_float2(v[0], v[1]);
     }
   }
   __syncthreads();
@@ -302,14 +345,15 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
     for (int p = tid; p < (R0 / 2 + 1) * (M / R0); p += kThreads) {
       const int q = fftconv_detail::storage_of(kLogM, (M - fftconv_detail::frequency_of(kLogM, p)) & (M - 1));
       if (q < p) continue;
-      const float2 zp = x[p], zq = x[q];
+      const int sp = slot(p), sq = slot(q);
+      const float2 zp = x[sp], zq = x[sq];
       const float4 cp = rec[p];
-      x[p] = make_float2(cp.x * zp.x - cp.y * zp.y + cp.z * zq.x + cp.w * zq.y,
-                         cp.x * zp.y + cp.y * zp.x - cp.z * zq.y + cp.w * zq.x);
+      x[sp] = make_float2(cp.x * zp.x - cp.y * zp.y + cp.z * zq.x + cp.w * zq.y,
+                          cp.x * zp.y + cp.y * zp.x - cp.z * zq.y + cp.w * zq.x);
       if (q != p) {
         const float4 cq = rec[q];
-        x[q] = make_float2(cq.x * zq.x - cq.y * zq.y + cq.z * zp.x + cq.w * zp.y,
-                           cq.x * zq.y + cq.y * zq.x - cq.z * zp.y + cq.w * zp.x);
+        x[sq] = make_float2(cq.x * zq.x - cq.y * zq.y + cq.z * zp.x + cq.w * zp.y,
+                            cq.x * zq.y + cq.y * zq.x - cq.z * zp.y + cq.w * zp.x);
       }
     }
   }
@@ -320,10 +364,16 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
 
   // ---- 5. y = postgate · w + D · u
   const float dh = D == nullptr ? 0.0f : D[h];
-  if constexpr (kVecIO) {
+  if (vec_io) {
     for (int q = tid; q < length / 8; q += kThreads) {
-      const float4 w0 = smem[2 * q], w1 = smem[2 * q + 1];
-      float v[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+      const int s = slot(4 * q);
+      float v[8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float2 w = x[s ^ i];
+        v[2 * i] = w.x;
+        v[2 * i + 1] = w.y;
+      }
       alignas(16) T e[8];
       if (post != nullptr) {
         *reinterpret_cast<uint4*>(e) = *reinterpret_cast<const uint4*>(post + 8 * q);
@@ -341,7 +391,7 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
     }
   } else {
     for (int n = tid; n < length; n += kThreads) {
-      const float2 w = x[n / 2];
+      const float2 w = x[slot(n / 2)];
       float v = (n & 1) ? w.y : w.x;
       if (post != nullptr) v *= to_float(post[n]);
       if (D != nullptr) v += dh * to_float(ur[n]);
@@ -354,9 +404,9 @@ __global__ void __launch_bounds__(Traits<kLogN>::kThreads, 1)
 
 constexpr int kMaxDevices = 64;  // devices whose shared-memory opt-in is remembered
 
-template <typename T, int kLogN, bool kVecIO>
+template <typename T, int kLogN>
 cudaError_t launch_impl(const void* u, const void* pregate, const void* postgate, const float* D, const float* records,
-                        void* y, int64_t batch, int64_t channels, int64_t length, cudaStream_t stream) {
+                        void* y, int64_t batch, int64_t channels, int64_t length, bool vec_io, cudaStream_t stream) {
   using Tr = Traits<kLogN>;
   if constexpr (Tr::kSmemBytes > 48 * 1024) {  // opt in once per device
     static std::atomic<bool> opted_in[kMaxDevices];
@@ -364,17 +414,17 @@ cudaError_t launch_impl(const void* u, const void* pregate, const void* postgate
     cudaError_t err = cudaGetDevice(&device);
     if (err != cudaSuccess) return err;
     if (device >= kMaxDevices || !opted_in[device].load(std::memory_order_relaxed)) {
-      err = cudaFuncSetAttribute(fftconv_forward_kernel<T, kLogN, kVecIO>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+      err = cudaFuncSetAttribute(fftconv_forward_kernel<T, kLogN>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                  Tr::kSmemBytes);
       if (err != cudaSuccess) return err;
       if (device < kMaxDevices) opted_in[device].store(true, std::memory_order_relaxed);
     }
   }
   const unsigned grid = static_cast<unsigned>(batch * channels);
-  fftconv_forward_kernel<T, kLogN, kVecIO><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
+  fftconv_forward_kernel<T, kLogN><<<grid, Tr::kThreads, Tr::kSmemBytes, stream>>>(
       static_cast<const T*>(u), static_cast<const T*>(pregate), static_cast<const T*>(postgate), D,
       reinterpret_cast<const float4*>(records), static_cast<T*>(y), static_cast<int>(batch),
-      static_cast<int>(channels), static_cast<int>(length));
+      static_cast<int>(channels), static_cast<int>(length), vec_io);
   return cudaGetLastError();
 }
 
@@ -383,12 +433,9 @@ cudaError_t launch_dtype(const void* u, const void* pregate, const void* postgat
                          const float* records, void* y, int64_t batch, int64_t channels, int64_t length, int log2n,
                          bool vec_io, cudaStream_t stream) {
   switch (log2n) {
-#define FASTSPEC_FFTCONV_CASE(LOG2N)                                                                         \
-  case LOG2N:                                                                                                \
-    return vec_io ? launch_impl<T, LOG2N, true>(u, pregate, postgate, D, records, y, batch, channels, length, \
-                                                 stream)                                                     \
-                  : launch_impl<T, LOG2N, false>(u, pregate, postgate, D, records, y, batch, channels, length, \
-                                                  stream);
+#define FASTSPEC_FFTCONV_CASE(LOG2N) \
+  case LOG2N:                        \
+    return launch_impl<T, LOG2N>(u, pregate, postgate, D, records, y, batch, channels, length, vec_io, stream);
     FASTSPEC_FFTCONV_CASE(7)
     FASTSPEC_FFTCONV_CASE(8)
     FASTSPEC_FFTCONV_CASE(9)

@@ -17,13 +17,19 @@
 //                  (4096 flops each): 384·M flops for R = 16, 192·M for R = 8; forward and
 //                  inverse: at N = 32768 (radices 16, 16, 8, 8) 37.7 MFLOP, at N = 2048 1.6 MFLOP;
 //   shared memory  8·M bytes read and written per stage, plus the load, the spectrum product
-//                  and the epilogue: (4s + 4)·8·M bytes (2.6 MB at N = 32768).
-// Floor on an H100 SXM (3.35 TB/s HBM, ~31 TB/s shared memory, ~990 TFLOPS dense bf16;
-// predicted, not measured), gated float16, L = N/2: N = 32768: HBM 128 KiB → 39 ns a row,
-// tensor 38 ns, shared memory 84 ns; N = 2048: HBM 8 KiB → 2.4 ns, tensor 1.6 ns, shared
-// memory 4.2 ns. This design is bound by shared-memory bandwidth at about twice the HBM
-// floor (the next step: keep pairs of stages in registers, the D fragment of one mma
-// reused as the next one's operand, halving the passes).
+//                  and the epilogue: (4s + 4)·8·M bytes (2.6 MB at N = 32768), free of bank
+//                  conflicts in the stages (fftconv.cu: slot);
+//   instructions   per column group and lane, sm_90a SASS: 145 for radix 16 (12 HMMA),
+//                  53 for radix 8 (3 HMMA); with the other passes about 170 K warp
+//                  instructions a row at N = 32768 and 8 K at N = 2048.
+// Floor on an H100 SXM (3.35 TB/s HBM, ~31 TB/s shared memory, ~990 TFLOPS dense bf16,
+// 132 SMs x 4 warp instructions a clock at 1.755 GHz; predicted, not measured), gated
+// float16, L = N/2: N = 32768: HBM 128 KiB → 39 ns a row, tensor 38 ns, shared memory 84 ns,
+// instruction issue 183 ns; N = 2048: HBM 8 KiB → 2.4 ns, tensor 1.6 ns, shared memory
+// 4.2 ns, issue 8.6 ns. So this design is bound by instruction issue at about 4x the HBM
+// floor: the next steps are fewer instructions a point (paired bfloat16 conversions in the
+// splits, twiddles from a table instead of __sincosf, pairs of stages kept in registers with
+// one mma's D fragment reused as the next one's operand).
 #pragma once
 
 #include <cstdint>

@@ -398,18 +398,21 @@ def _cuda_frequency_order(log2m: int, device) -> torch.Tensor:
     return k
 
 
-def cuda_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+def cuda_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], *, correlate: bool = False) -> torch.Tensor:
     """The CUDA kernel's records of k: float32 (H, M, 4), M = N/2, per storage position the
     (α, β) of its spectrum step W[k] = α Z[k] + β conj Z[-k] (csrc/fftconv/fftconv.cu, step 3):
     Z is the half-size FFT of v[2m] + i·v[2m+1]; W that of y[2m] + i·y[2m+1], 1/M included.
-    Computed in float64 from the FFT of the wrapped filter K: E = (Z + conj Z[-k])/2,
-    O = (Z - conj Z[-k])/2i, Y[k] = K[k](E + ω O), Y[k+M] = K[k+M](E - ω O), ω = e^{-2πik/N},
+    Computed in float64 from the FFT of the wrapped filter K (its conjugate with ``correlate``:
+    y[t] = Σ_s k[s]·v[t+s], for the backward): E = (Z + conj Z[-k])/2, O = (Z - conj Z[-k])/2i,
+    Y[k] = K[k](E + ω O), Y[k+M] = K[k+M](E - ω O), ω = e^{-2πik/N},
     W = (Y[k] + Y[k+M])/2 + i·conj(ω)(Y[k] - Y[k+M])/2."""
     taps = k.shape[1]
     n = cuda_fft_size(mode, shape[0], taps)
     m = n // 2
     p = Plan((n,), ((taps - 1) // 2 if mode == "bidirectional" else 0,))
     spectrum = torch.fft.fft(_wrap(k.to(torch.float64), p), dim=-1)
+    if correlate:
+        spectrum = spectrum.conj_physical()
     w = torch.polar(torch.ones(m, dtype=torch.float64, device=k.device),
                     torch.arange(m, dtype=torch.float64, device=k.device) * (-2 * math.pi / n))
     low, high = spectrum[:, :m], spectrum[:, m:]
@@ -441,20 +444,56 @@ def cuda_unsupported(dtype, mode, shape, kshape) -> str | None:
     return None
 
 
-def cuda_forward(u, k, k_spectrum, pregate, postgate, D, mode):
-    """The cuda backend's forward (contract in the module docstring): one kernel for FFT,
-    spectrum product, inverse, gates and D (csrc/fftconv/fftconv.cu). Its backward is the
-    torch backend's (``torch_backward``): the CUDA kernel has no backward yet."""
+def _cuda_kernel():
     import fastspec._C  # noqa: F401  (registers the CUDA kernel of fastspec::fft_conv_cuda)
 
+    return torch.ops.fastspec.fft_conv_cuda
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
+def cuda_forward(u, k, k_spectrum, pregate, postgate, D, mode, *, kernel=None):
+    """The cuda backend's forward (contract in the module docstring): one kernel for FFT,
+    spectrum product, inverse, gates and D (csrc/fftconv/fftconv.cu). ``kernel`` replaces
+    fastspec::fft_conv_cuda (the tests pass the CPU-emulated one)."""
+    kernel = kernel or _cuda_kernel()
     n = cuda_fft_size(mode, u.shape[2], k.shape[1])
     records = cuda_spectrum(k, mode, u.shape[2:]) if k_spectrum is None else k_spectrum
-    gates = [None if g is None else g.contiguous() for g in (pregate, postgate)]
-    return torch.ops.fastspec.fft_conv_cuda(u.contiguous(), *gates, None if D is None else D.float().contiguous(),
-                                            records, n.bit_length() - 1)
+    d = None if D is None else D.float().contiguous()
+    return kernel(u.contiguous(), _contiguous(pregate), _contiguous(postgate), d, records, n.bit_length() - 1)
 
 
-_IMPLS["cuda"] = Implementation(forward=cuda_forward, backward=torch_backward, spectrum=cuda_spectrum,
+def cuda_backward(grad_y, u, k, pregate, postgate, D, mode, needs, *, kernel=None):
+    """The cuda backend's backward (contract in the module docstring). With gz = grad_y·postgate
+    and dv = corr(gz, k) (y[t] = Σ_s k[s]·gz[t+s]), three gradients are the forward kernel with
+    other arguments: du = pregate·dv + D·grad_y (u := grad_y, pregate := postgate,
+    postgate := pregate, the conjugate spectrum), dpregate = u·dv (postgate := u, no D),
+    dpostgate = grad_y·conv(u·pregate, k) (postgate := grad_y, no D). dk and dD come from the
+    torch backend's backward (the kernel has no batch reduction)."""
+    kernel = kernel or _cuda_kernel()
+    need_du, need_dk, need_dpre, need_dpost, need_dd = needs
+    log2n = cuda_fft_size(mode, u.shape[2], k.shape[1]).bit_length() - 1
+    grad_y, u, pregate, postgate = map(_contiguous, (grad_y, u, pregate, postgate))
+    du = dpre = dpost = None
+    if need_du or need_dpre:
+        correlation = cuda_spectrum(k, mode, u.shape[2:], correlate=True)
+        if need_du:
+            d = None if D is None else D.float().contiguous()
+            du = kernel(grad_y, postgate, pregate, d, correlation, log2n)
+        if need_dpre:
+            dpre = kernel(grad_y, postgate, u, None, correlation, log2n)
+    if need_dpost:
+        dpost = kernel(u, pregate, grad_y, None, cuda_spectrum(k, mode, u.shape[2:]), log2n)
+    dk = dd = None
+    if need_dk or need_dd:
+        only = [False, need_dk, False, False, need_dd]
+        _, dk, _, _, dd = torch_backward(grad_y, u, k, pregate, postgate, D, mode, only)
+    return du, dk, dpre, dpost, dd
+
+
+_IMPLS["cuda"] = Implementation(forward=cuda_forward, backward=cuda_backward, spectrum=cuda_spectrum,
                                 unsupported=cuda_unsupported)
 
 # u, pregate, postgate (B, H, L) float16/bfloat16 contiguous; D float32 (H,); records from cuda_spectrum.
