@@ -6,4 +6,6 @@ import change. Differences, where the peer has a bug, are listed in the module d
 
 - :mod:`fastspec.compat.fast_hadamard_transform`: fast-hadamard-transform 1.1.0
   (Dao-AILab), ``hadamard_transform`` and ``hadamard_transform_12N/20N/28N/40N``.
+- :mod:`fastspec.compat.mamba_ssm`: mamba_ssm's ``selective_scan_fn`` and
+  ``selective_state_update`` (state-spaces/mamba).
 """
