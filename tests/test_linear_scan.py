@@ -45,12 +45,12 @@ steps) carries a few roundings more than one (measured: up to 2.8e-7 over 30 see
 T = 300 with gates uniform in (0, 1))."""
 
 
-def assert_close(out, ref):
-    """The tolerance rule (FLOAT32_FLOOR for float32), on the real and imaginary parts of
+def assert_close(out, ref, float32_floor=FLOAT32_FLOOR):
+    """The tolerance rule (``float32_floor`` for float32), on the real and imaginary parts of
     complex results."""
     if out.is_complex():
         out, ref = torch.view_as_real(out), torch.view_as_real(ref)
-    assert_close_to_reference(out, ref, FLOAT32_FLOOR if out.dtype == torch.float32 else None)
+    assert_close_to_reference(out, ref, float32_floor if out.dtype == torch.float32 else None)
 
 
 @pytest.mark.parametrize("backend,T", _by_backend_and_length())

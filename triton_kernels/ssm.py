@@ -107,3 +107,329 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial: torch.Tensor
         kernel, grid, args, meta = linear_scan_call(gates, tokens, initial, out, reverse)
         kernel[grid](*args, **meta)
     return out
+
+
+# ----------------------------------------------------------------------------- selective scan
+
+SELECTIVE_MAX_N = 256
+"""Largest state size N: a program keeps its channels' whole state (N_PAD each) in registers."""
+SELECTIVE_TILE = 4096
+"""Elements of a (channels × N_PAD × steps) tile at the most."""
+SELECTIVE_MAX_D = 4
+"""Channels per program at the most."""
+
+
+def _n_pad(N: int) -> int:
+    return max(2, triton.next_power_of_2(N))
+
+
+def selective_chunk(N: int, L: int) -> int:
+    """Time steps per chunk for state size N and length L (also the spacing of the saved
+    chunk states): a power of two, at most L rounded up."""
+    return min(256, max(16, SELECTIVE_TILE // (SELECTIVE_MAX_D * _n_pad(N))), triton.next_power_of_2(L))
+
+
+@triton.jit
+def _log1p(y):
+    """log(1 + y) for y ≥ 0 to a few ulp (Kahan: log(w)·y/(w − 1) with w = 1 + y rounded)."""
+    w = 1.0 + y
+    return tl.where(w == 1.0, y, tl.log(w) * (y / (w - 1.0)))
+
+
+@triton.jit
+def _softplus(x):
+    """F.softplus: log(1 + exp(x)), the identity above 20."""
+    return tl.where(x > 20.0, x, tl.maximum(x, 0.0) + _log1p(tl.exp(-tl.abs(x))))
+
+
+@triton.jit
+def _load_dt(delta_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, acc: tl.constexpr):
+    """(Δ, Δ before softplus) of a (channels, steps) tile."""
+    raw = tl.load(delta_ptr + off, mask=mask, other=0.0).to(acc)
+    if HAS_BIAS:
+        raw += bias[:, None]
+    dt = _softplus(raw) if SOFTPLUS else raw
+    return dt, raw
+
+
+@triton.jit
+def _load_bc(ptr, fixed, base, n, l, mask, L, VAR: tl.constexpr, acc: tl.constexpr):
+    """B or C for a chunk as a (channels or 1, N_PAD, steps or 1) tile."""
+    if VAR:
+        return tl.load(ptr + base + n[:, None] * L + l[None, :], mask=mask, other=0.0).to(acc)[None, :, :]
+    return fixed[:, :, None]
+
+
+@triton.jit
+def _selective_chunk(u_ptr, delta_ptr, B_ptr, C_ptr, A, Bfix, Cfix, bias, x0, row, l, dmask, n, nmask, L,
+                     b_base, c_base, VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr, acc: tl.constexpr):
+    """One chunk of steps l for channels ``row``: the scan from x0 (channels, N_PAD).
+    Returns u, Δ, Δ before softplus (channels, steps), B and C tiles, the decays, the
+    tokens Δ·B·u and the states x (channels, N_PAD, steps); padded steps are identities."""
+    lmask = l < L
+    mask = dmask[:, None] & lmask[None, :]
+    off = row[:, None] * L + l[None, :]
+    u = tl.load(u_ptr + off, mask=mask, other=0.0).to(acc)
+    dt, raw = _load_dt(delta_ptr, off, mask, bias, HAS_BIAS, SOFTPLUS, acc)
+    nl_mask = nmask[:, None] & lmask[None, :]
+    Bt = _load_bc(B_ptr, Bfix, b_base, n, l, nl_mask, L, VAR_B, acc)
+    Ct = _load_bc(C_ptr, Cfix, c_base, n, l, nl_mask, L, VAR_C, acc)
+    decay = tl.where(lmask[None, None, :], tl.exp(dt[:, None, :] * A[:, :, None]), 1.0)
+    tokens = (dt * u)[:, None, :] * Bt
+    cum_a, cum_b = tl.associative_scan((decay, tokens), 2, _first_order)
+    x = cum_a * x0[:, :, None] + cum_b
+    return u, dt, raw, Bt, Ct, decay, tokens, x
+
+
+@triton.jit
+def _selective_setup(A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, D, L, N, b_groups, c_groups,
+                     VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     acc: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr):
+    """A program's channels and their parameters: (d, row, dmask, n, nmask, A, fixed B,
+    fixed C, D, bias, offsets of this batch's (group's) input-dependent B and C)."""
+    first = tl.program_id(0) * BLOCK_D
+    b = tl.program_id(1).to(tl.int64)
+    d = first + tl.arange(0, BLOCK_D)
+    dmask = d < D
+    row = b * D + d
+    n = tl.arange(0, N_PAD)
+    nmask = n < N
+    dn_mask = dmask[:, None] & nmask[None, :]
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=dn_mask, other=0.0).to(acc)
+    Dv = tl.load(D_ptr + d, mask=dmask, other=0.0).to(acc) if HAS_D else tl.zeros((BLOCK_D,), acc)
+    bias = tl.load(bias_ptr + d, mask=dmask, other=0.0).to(acc) if HAS_BIAS else tl.zeros((BLOCK_D,), acc)
+    # input-dependent B/C: the program's channels all read one group (BLOCK_D divides D / G)
+    b_base = (b * b_groups + first // (D // b_groups)) * N * L if VAR_B else 0
+    c_base = (b * c_groups + first // (D // c_groups)) * N * L if VAR_C else 0
+    Bfix = tl.zeros((BLOCK_D, N_PAD), acc) if VAR_B else tl.load(B_ptr + d[:, None] * N + n[None, :], mask=dn_mask,
+                                                                 other=0.0).to(acc)
+    Cfix = tl.zeros((BLOCK_D, N_PAD), acc) if VAR_C else tl.load(C_ptr + d[:, None] * N + n[None, :], mask=dn_mask,
+                                                                 other=0.0).to(acc)
+    return d, row, dmask, n, nmask, A, Bfix, Cfix, Dv, bias, b_base, c_base
+
+
+@triton.jit
+def _selective_fwd_kernel(u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, x0_ptr,
+                          out_ptr, last_ptr, starts_ptr, D, L, N, b_groups, c_groups, n_chunks,
+                          VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, HAS_X0: tl.constexpr, SOFTPLUS: tl.constexpr, WIDE: tl.constexpr,
+                          BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Forward over the chunks of one batch element and BLOCK_D channels: writes out, the
+    state before each chunk (starts) and the last state; the state stays in registers."""
+    acc = tl.float64 if WIDE else tl.float32
+    d, row, dmask, n, nmask, A, Bfix, Cfix, Dv, bias, b_base, c_base = _selective_setup(
+        A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, D, L, N, b_groups, c_groups, VAR_B, VAR_C, HAS_D, HAS_BIAS, acc,
+        BLOCK_D, N_PAD)
+    dn_mask = dmask[:, None] & nmask[None, :]
+    state_off = row[:, None] * N + n[None, :]
+    x = tl.load(x0_ptr + state_off, mask=dn_mask, other=0.0).to(acc) if HAS_X0 else tl.zeros((BLOCK_D, N_PAD), acc)
+    for c in range(0, n_chunks):
+        l = c * BLOCK_L + tl.arange(0, BLOCK_L)
+        tl.store(starts_ptr + state_off * n_chunks + c, x, mask=dn_mask)
+        u, dt, raw, Bt, Ct, decay, tokens, xs = _selective_chunk(
+            u_ptr, delta_ptr, B_ptr, C_ptr, A, Bfix, Cfix, bias, x, row, l, dmask, n, nmask, L, b_base, c_base,
+            VAR_B, VAR_C, HAS_BIAS, SOFTPLUS, acc)
+        x = tl.sum(tl.where(l[None, None, :] == c * BLOCK_L + BLOCK_L - 1, xs, 0.0), 2)
+        y = tl.sum(xs * Ct, 1) + Dv[:, None] * u
+        mask = dmask[:, None] & (l < L)[None, :]
+        off = row[:, None] * L + l[None, :]
+        if HAS_Z:
+            zz = tl.load(z_ptr + off, mask=mask, other=0.0).to(acc)
+            y = y * zz * tl.sigmoid(zz)
+        tl.store(out_ptr + off, y.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(last_ptr + state_off, x, mask=dn_mask)
+
+
+@triton.jit
+def _selective_bwd_kernel(gout_ptr, glast_ptr, u_ptr, delta_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr,
+                          starts_ptr, du_ptr, ddelta_ptr, dz_ptr, dA_ptr, dB_ptr, dC_ptr, dD_ptr, dbias_ptr, dx0_ptr,
+                          D, L, N, b_groups, c_groups, n_chunks,
+                          VAR_B: tl.constexpr, VAR_C: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, HAS_GLAST: tl.constexpr, SOFTPLUS: tl.constexpr,
+                          WIDE: tl.constexpr, ATOMIC: tl.constexpr,
+                          BLOCK_D: tl.constexpr, N_PAD: tl.constexpr, BLOCK_L: tl.constexpr):
+    """Backward over the chunks of one batch element and BLOCK_D channels, last chunk first:
+    each chunk's states are recomputed from its saved start, then λ = ∂loss/∂x by a reverse
+    scan, λ_l = g_l·C_l + exp(Δ_{l+1}A)·λ_{l+1}, its value entering from the next chunk
+    carried as μ = exp(Δ_first·A)·λ_first. Per-channel gradients are stored per batch
+    element (dA, dD, dbias, fixed dB/dC: (batch, D, ...), summed by the launcher);
+    input-dependent dB/dC sum over the program's channels, then over programs by atomics
+    (ATOMIC) or into one slice per program of a partial buffer (deterministic)."""
+    acc = tl.float64 if WIDE else tl.float32
+    d, row, dmask, n, nmask, A, Bfix, Cfix, Dv, bias, b_base, c_base = _selective_setup(
+        A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, D, L, N, b_groups, c_groups, VAR_B, VAR_C, HAS_D, HAS_BIAS, acc,
+        BLOCK_D, N_PAD)
+    dn_mask = dmask[:, None] & nmask[None, :]
+    state_off = row[:, None] * N + n[None, :]
+    mu = tl.load(glast_ptr + state_off, mask=dn_mask, other=0.0).to(acc) if HAS_GLAST else tl.zeros(
+        (BLOCK_D, N_PAD), acc)
+    # sums over time of the parameters' gradients: each chunk's sum added up in float64
+    dA = tl.zeros((BLOCK_D, N_PAD), tl.float64)
+    dBfix = tl.zeros((BLOCK_D, N_PAD), tl.float64)
+    dCfix = tl.zeros((BLOCK_D, N_PAD), tl.float64)
+    dD = tl.zeros((BLOCK_D,), tl.float64)
+    dbias = tl.zeros((BLOCK_D,), tl.float64)
+    # input-dependent dB/dC: a whole (batch, group) slice per program (atomics) or per program's slot
+    b_slot = (tl.program_id(0) * BLOCK_D % (D // b_groups)) // BLOCK_D if VAR_B else 0
+    c_slot = (tl.program_id(0) * BLOCK_D % (D // c_groups)) // BLOCK_D if VAR_C else 0
+    b_out = b_base if ATOMIC else b_base + b_slot * tl.num_programs(1) * b_groups * N * L
+    c_out = c_base if ATOMIC else c_base + c_slot * tl.num_programs(1) * c_groups * N * L
+    for k in range(0, n_chunks):
+        c = n_chunks - 1 - k
+        l = c * BLOCK_L + tl.arange(0, BLOCK_L)
+        lmask = l < L
+        mask = dmask[:, None] & lmask[None, :]
+        off = row[:, None] * L + l[None, :]
+        x0 = tl.load(starts_ptr + state_off * n_chunks + c, mask=dn_mask, other=0.0)
+        u, dt, raw, Bt, Ct, decay, tokens, xs = _selective_chunk(
+            u_ptr, delta_ptr, B_ptr, C_ptr, A, Bfix, Cfix, bias, x0, row, l, dmask, n, nmask, L, b_base, c_base,
+            VAR_B, VAR_C, HAS_BIAS, SOFTPLUS, acc)
+        g = tl.load(gout_ptr + off, mask=mask, other=0.0).to(acc)
+        if HAS_Z:
+            zz = tl.load(z_ptr + off, mask=mask, other=0.0).to(acc)
+            sz = tl.sigmoid(zz)
+            pre = tl.sum(xs * Ct, 1) + Dv[:, None] * u
+            tl.store(dz_ptr + off, (g * pre * sz * (1.0 + zz * (1.0 - sz))).to(dz_ptr.dtype.element_ty), mask=mask)
+            g = g * zz * sz
+        dD += tl.sum(g * u, 1).to(tl.float64)
+        # the gate of step l in the reverse scan is step l+1's decay; 1 at the chunk's last
+        # step, where the carry μ enters
+        nxt = l + 1
+        nxt_mask = dmask[:, None] & ((nxt < L) & (tl.arange(0, BLOCK_L) < BLOCK_L - 1))[None, :]
+        dt_next, _ = _load_dt(delta_ptr, off + 1, nxt_mask, bias, HAS_BIAS, SOFTPLUS, acc)
+        gate = tl.where(nxt_mask[:, None, :], tl.exp(dt_next[:, None, :] * A[:, :, None]), 1.0)
+        cum_a, cum_b = tl.associative_scan((gate, g[:, None, :] * Ct), 2, _first_order, reverse=True)
+        lam = cum_a * mu[:, :, None] + cum_b
+        mu = tl.sum(tl.where(l[None, None, :] == c * BLOCK_L, decay * lam, 0.0), 2)
+        lam = tl.where(lmask[None, None, :], lam, 0.0)
+        before = xs - tokens  # exp(Δ_l A)·x_{l−1}
+        dA += tl.sum(lam * before * dt[:, None, :], 2).to(tl.float64)
+        ddt = tl.sum(lam * (Bt * u[:, None, :] + before * A[:, :, None]), 1)
+        if SOFTPLUS:
+            ddt = tl.where(raw > 20.0, ddt, ddt * tl.sigmoid(raw))
+        ddt = tl.where(mask, ddt, 0.0)
+        dbias += tl.sum(ddt, 1).to(tl.float64)
+        du = g * Dv[:, None] + tl.sum(lam * Bt, 1) * dt
+        tl.store(du_ptr + off, du.to(du_ptr.dtype.element_ty), mask=mask)
+        tl.store(ddelta_ptr + off, ddt.to(ddelta_ptr.dtype.element_ty), mask=mask)
+        grad_b = lam * (dt * u)[:, None, :]
+        grad_c = g[:, None, :] * xs
+        nl = n[:, None] * L + l[None, :]
+        nl_mask = nmask[:, None] & lmask[None, :]
+        if VAR_B:
+            if ATOMIC:
+                tl.atomic_add(dB_ptr + b_out + nl, tl.sum(grad_b, 0), mask=nl_mask)
+            else:
+                tl.store(dB_ptr + b_out + nl, tl.sum(grad_b, 0), mask=nl_mask)
+        else:
+            dBfix += tl.sum(grad_b, 2).to(tl.float64)
+        if VAR_C:
+            if ATOMIC:
+                tl.atomic_add(dC_ptr + c_out + nl, tl.sum(grad_c, 0), mask=nl_mask)
+            else:
+                tl.store(dC_ptr + c_out + nl, tl.sum(grad_c, 0), mask=nl_mask)
+        else:
+            dCfix += tl.sum(grad_c, 2).to(tl.float64)
+    tl.store(dx0_ptr + state_off, mu, mask=dn_mask)
+    tl.store(dA_ptr + state_off, dA, mask=dn_mask)
+    tl.store(dD_ptr + row, dD, mask=dmask)
+    tl.store(dbias_ptr + row, dbias, mask=dmask)
+    if not VAR_B:
+        tl.store(dB_ptr + state_off, dBfix, mask=dn_mask)
+    if not VAR_C:
+        tl.store(dC_ptr + state_off, dCfix, mask=dn_mask)
+
+
+def _groups(M: torch.Tensor) -> int:
+    """Groups of an input-dependent B or C ((B, N, L): 1); 1 for a fixed one (unused)."""
+    return M.shape[1] if M.dim() == 4 else 1
+
+
+def _selective_plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> dict:
+    """Block sizes: BLOCK_D channels per program (a power of two dividing each grouped
+    B/C's channels per group), N_PAD, BLOCK_L = selective_chunk(N, L)."""
+    D, N = A.shape
+    block_d = SELECTIVE_MAX_D
+    while block_d > 1 and any(D // M.shape[1] % block_d for M in (B, C) if M.dim() == 4):
+        block_d //= 2
+    return dict(VAR_B=B.dim() > 2, VAR_C=C.dim() > 2, WIDE=u.dtype == torch.float64, BLOCK_D=block_d,
+                N_PAD=_n_pad(N), BLOCK_L=selective_chunk(N, u.shape[-1]), num_warps=4)
+
+
+def _contiguous(*tensors):
+    return [None if t is None else t.contiguous() for t in tensors]
+
+
+def selective_forward_call(u, delta, A, B, C, D, z, delta_bias, x0, softplus, out, last, starts):
+    """The launch (kernel, grid, args, meta) of the forward; also used to compile it ahead of time."""
+    batch, channels, length = u.shape
+    meta = _selective_plan(u, A, B, C)
+    meta.update(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, HAS_X0=x0 is not None,
+                SOFTPLUS=softplus)
+    dummy = A
+    args = (u, delta, dummy if z is None else z, A, B, C, dummy if D is None else D,
+            dummy if delta_bias is None else delta_bias, dummy if x0 is None else x0, out, last, starts,
+            channels, length, A.shape[1], _groups(B), _groups(C), starts.shape[-1])
+    return _selective_fwd_kernel, (triton.cdiv(channels, meta["BLOCK_D"]), batch), args, meta
+
+
+def selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
+    """(out, last, starts) of the selective scan; see fastspec.ops.ssm.Selective."""
+    u, delta, A, B, C, D, z, delta_bias, x0 = _contiguous(u, delta, A, B, C, D, z, delta_bias, x0)
+    batch, channels, length = u.shape
+    N = A.shape[1]
+    out = torch.empty_like(u)
+    last = torch.empty(batch, channels, N, dtype=A.dtype, device=u.device)
+    starts = torch.empty(batch, channels, N, triton.cdiv(length, selective_chunk(N, length)), dtype=A.dtype,
+                         device=u.device)
+    if batch * channels:
+        kernel, grid, args, meta = selective_forward_call(u, delta, A, B, C, D, z, delta_bias, x0, softplus, out,
+                                                          last, starts)
+        kernel[grid](*args, **meta)
+    return out, last, starts
+
+
+def selective_scan_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, starts, softplus, needs,
+                            deterministic):
+    """The nine gradients of the selective scan (None where ``needs`` is False); see
+    fastspec.ops.ssm.Selective. ``deterministic``: no float atomics."""
+    grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias = _contiguous(grad_out, grad_last, u, delta, A, B, C, D,
+                                                                           z, delta_bias)
+    batch, channels, length = u.shape
+    N = A.shape[1]
+    meta = _selective_plan(u, A, B, C)
+    meta.update(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+                HAS_GLAST=grad_last is not None, SOFTPLUS=softplus, ATOMIC=not deterministic)
+    acc, f64 = A.dtype, torch.float64
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    dz = torch.empty_like(u) if z is not None else None
+    dx0 = torch.empty(batch, channels, N, dtype=acc, device=u.device)
+    dA = torch.empty(batch, channels, N, dtype=f64, device=u.device)
+    dD, dbias = (torch.empty(batch, channels, dtype=f64, device=u.device) for _ in range(2))
+
+    def var_buffer(M):
+        if M.dim() == 2:
+            return torch.empty(batch, channels, N, dtype=f64, device=u.device)
+        slots = 1 if not deterministic else triton.cdiv(channels // _groups(M), meta["BLOCK_D"])
+        return torch.zeros(slots, batch, _groups(M), N, length, dtype=acc, device=u.device)
+
+    dB, dC = var_buffer(B), var_buffer(C)
+    if batch * channels:
+        dummy = A
+        args = (grad_out, dummy if grad_last is None else grad_last, u, delta, dummy if z is None else z, A, B, C,
+                dummy if D is None else D, dummy if delta_bias is None else delta_bias, starts.contiguous(),
+                du, ddelta, dummy if dz is None else dz, dA, dB, dC, dD, dbias, dx0,
+                channels, length, N, _groups(B), _groups(C), starts.shape[-1])
+        _selective_bwd_kernel[(triton.cdiv(channels, meta["BLOCK_D"]), batch)](*args, **meta)
+    else:
+        for t in (dA, dD, dbias, dx0) + ((dB,) if B.dim() == 2 else ()) + ((dC,) if C.dim() == 2 else ()):
+            t.zero_()
+
+    def reduce(grad, M):  # the per-batch (fixed) or per-program (slots) parts, added in float64
+        return grad.sum(0, dtype=f64).reshape(M.shape).to(M.dtype)
+
+    grads = (du, ddelta, dA.sum(0).to(acc), reduce(dB, B), reduce(dC, C),
+             dD.sum(0).to(acc) if D is not None else None, dz,
+             dbias.sum(0).to(acc) if delta_bias is not None else None, dx0)
+    return tuple(g if need else None for g, need in zip(grads, needs))

@@ -8,4 +8,6 @@ import change. Differences, where the peer has a bug, are listed in the module d
   (Dao-AILab), ``hadamard_transform`` and ``hadamard_transform_12N/20N/28N/40N``.
 - :mod:`fastspec.compat.flashfftconv`: FlashFFTConv (HazyResearch/flash-fft-conv),
   ``FlashFFTConv(seqlen, dtype, use_32_butterfly)``.
+- :mod:`fastspec.compat.mamba_ssm`: mamba_ssm's ``selective_scan_fn`` and
+  ``selective_state_update`` (state-spaces/mamba).
 """

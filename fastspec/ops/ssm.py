@@ -7,11 +7,21 @@ gradient is a scan the other way: with g = ∂loss/∂x and the gates shifted by
 d initial = conj(gates_0)·λ_0 (PyTorch's convention for complex gradients). The backward
 calls the op again, so double backward and torch.compile come with it.
 
-Backend contract (linear_scan): ``_LINEAR_SCAN[backend](gates, tokens, initial, reverse)``
-gets validated tensors (any strides) and returns x, contiguous, in tokens' dtype; half
-precision is scanned in float32.
+``selective_scan(u, delta, A, B, C, ...)``: mamba_ssm's ``selective_scan_fn`` (per batch b,
+channel d, state n: x_t = exp(Δ_t·A)·x_{t−1} + Δ_t·B_t·u_t, y_t = C_t·x_t + D·u_t, out =
+y·silu(z)) with an initial state and gradients through it and through the last state.
+The forward returns the states at the start of each chunk of time steps (the backend's
+``chunk(N, L)``); the backward recomputes each chunk from its saved start, last chunk first,
+carrying λ = ∂loss/∂x backwards: memory O(B·D·N·L/chunk), never a state per time step.
+
+Backend contracts: ``_LINEAR_SCAN[backend](gates, tokens, initial, reverse)`` gets
+validated tensors (any strides) and returns x, contiguous, in tokens' dtype; half
+precision is scanned in float32. ``_SELECTIVE[backend]`` is a :class:`Selective`: see there.
 """
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -142,8 +152,7 @@ def _auto_choice(device: torch.device, table: dict) -> str:
 @torch.compiler.assume_constant_result
 def choose_backend(op: str, backend: str, device: torch.device) -> str:
     """The concrete backend for a call of ``op`` (``auto`` resolved through AUTO_CUDA)."""
-    table = {"linear_scan": _LINEAR_SCAN}[op]
-    return _backend.resolve(op, backend, device, lambda: _auto_choice(device, table))
+    return _backend.resolve(op, backend, device, lambda: _auto_choice(device, _TABLES[op]))
 
 
 # ---------------------------------------------------------------------------- linear_scan op
@@ -219,3 +228,479 @@ def linear_scan(gates: torch.Tensor, tokens: torch.Tensor, initial: torch.Tensor
     chosen = choose_backend("linear_scan", backend, tokens.device)
     _check_backend("linear_scan", chosen, _LINEAR_SCAN)
     return linear_scan_op(gates, tokens, initial, reverse, chosen)
+
+
+# ---------------------------------------------------------------------------- selective scan
+
+
+def _acc_of(u: torch.Tensor) -> torch.dtype:
+    """The dtype of a selective scan's state and parameters: float64 for float64 u, else float32."""
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def softplus_grad(raw: torch.Tensor) -> torch.Tensor:
+    """d softplus / d raw as F.softplus computes softplus (threshold 20: the identity above)."""
+    return torch.where(raw > 20, 1.0, torch.sigmoid(raw))
+
+
+def per_channel(M: torch.Tensor, channels: int) -> torch.Tensor:
+    """B or C as a tensor that broadcasts against (batch, D, N, L): (D, N) → (1, D, N, 1),
+    (batch, N, L) → (batch, 1, N, L), (batch, G, N, L) → (batch, D, N, L), channel d of group
+    d // (D / G) (an expanded copy: only for the chunk the torch backend works on)."""
+    if M.dim() == 2:
+        return M[None, :, :, None]
+    if M.dim() == 3:
+        return M[:, None]
+    batch, groups, n, length = M.shape
+    return M[:, :, None].expand(batch, groups, channels // groups, n, length).reshape(batch, channels, n, length)
+
+
+def _selective_chunk(u, delta, z, A, B, C, D, delta_bias, x0, softplus):
+    """One chunk of the selective scan in plain differentiable torch: u, delta, z (b, D, l)
+    and B, C (their form, sliced to the chunk) → (out (b, D, l), x at the chunk's end
+    (b, D, N)), in the state's dtype."""
+    acc = x0.dtype
+    dt = delta.to(acc) if delta_bias is None else delta.to(acc) + delta_bias[:, None]
+    if softplus:
+        dt = F.softplus(dt)
+    uf = u.to(acc)
+    channels = u.shape[1]
+    decay = torch.exp(dt[:, :, None, :] * A[None, :, :, None])
+    xs = scan_torch(decay, (dt * uf)[:, :, None, :] * per_channel(B.to(acc), channels), x0)
+    out = (xs * per_channel(C.to(acc), channels)).sum(2)
+    if D is not None:
+        out = out + D[:, None] * uf
+    if z is not None:
+        out = out * F.silu(z.to(acc))
+    return out, xs[..., -1]
+
+
+def _time_slice(M: torch.Tensor | None, steps: slice) -> torch.Tensor | None:
+    """The chunk ``steps`` of a tensor with time last; a fixed (D, N) B or C, or None, as it is."""
+    return M if M is None or M.dim() == 2 else M[..., steps]
+
+
+def _chunks(length: int, chunk: int) -> list[slice]:
+    return [slice(start, min(start + chunk, length)) for start in range(0, length, chunk)]
+
+
+def _selective_torch_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
+    """The torch backend's forward (contract: :class:`Selective`): the chunks in order, each
+    scanned by doubling (``scan_torch``) from the state the one before left."""
+    batch, channels, length = u.shape
+    x = x0 if x0 is not None else u.new_zeros(batch, channels, A.shape[1], dtype=A.dtype)
+    outs, starts = [], []
+    for steps in _chunks(length, TORCH_SELECTIVE_CHUNK):
+        starts.append(x)
+        out, x = _selective_chunk(u[..., steps], delta[..., steps], _time_slice(z, steps), A, _time_slice(B, steps),
+                                  _time_slice(C, steps), D, delta_bias, x, softplus)
+        outs.append(out)
+    return torch.cat(outs, -1).to(u.dtype), x.contiguous(), torch.stack(starts, -1)
+
+
+def _reduce_to_form(full: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """A gradient (batch, D, N, l) summed to the shape of B or C's form (a chunk of it)."""
+    if M.dim() == 2:
+        return full.sum((0, 3))
+    if M.dim() == 3:
+        return full.sum(1)
+    batch, channels, n, length = full.shape
+    return full.reshape(batch, M.shape[1], channels // M.shape[1], n, length).sum(2)
+
+
+def _selective_torch_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, chunk_states, softplus,
+                              needs):
+    """The torch backend's backward (contract: :class:`Selective`): the chunks last first,
+    each recomputed from its saved start state; λ = ∂loss/∂x by a reverse scan whose gate
+    at step l is step l+1's decay, its value at the chunk's end carried in from the chunk
+    after (as exp(Δ·A)·λ of that chunk's first step). exp(Δ_l A)·x_{l−1} is x_l − Δ_l B_l u_l."""
+    acc = _acc_of(u)
+    raw = delta.to(acc) if delta_bias is None else delta.to(acc) + delta_bias[:, None]
+    dt = F.softplus(raw) if softplus else raw
+    uf, g_all = u.to(acc), grad_out.to(acc)
+    channels = u.shape[1]
+    du, ddt = torch.empty_like(uf), torch.empty_like(uf)
+    dz = torch.empty_like(uf) if z is not None else None
+    # the parameters' gradients sum over batch and time: chunk sums in the state's dtype,
+    # added up in float64 (one float32 sum over 16K steps loses about 2^-24·√16K·log2(16K))
+    dA = torch.zeros(A.shape, dtype=torch.float64, device=u.device)
+    dD = torch.zeros(channels, dtype=torch.float64, device=u.device)
+    dB, dC = (torch.zeros(M.shape, dtype=torch.float64 if M.dim() == 2 else acc, device=u.device) for M in (B, C))
+    carry = grad_last
+    steps_list = _chunks(u.shape[-1], TORCH_SELECTIVE_CHUNK)
+    for k in range(len(steps_list) - 1, -1, -1):
+        steps = steps_list[k]
+        dt_c, u_c, g = dt[..., steps], uf[..., steps], g_all[..., steps]
+        Bc, Cc = (per_channel(_time_slice(M, steps).to(acc), channels) for M in (B, C))
+        decay = torch.exp(dt_c[:, :, None, :] * A[None, :, :, None])
+        tokens = (dt_c * u_c)[:, :, None, :] * Bc
+        xs = scan_torch(decay, tokens, chunk_states[..., k])
+        if z is not None:
+            z_c = z[..., steps].to(acc)
+            sz = torch.sigmoid(z_c)
+            pre = (xs * Cc).sum(2) if D is None else (xs * Cc).sum(2) + D[:, None] * u_c
+            dz[..., steps] = g * pre * sz * (1 + z_c * (1 - sz))
+            g = g * z_c * sz
+        gate = torch.cat([decay[..., 1:], torch.ones_like(decay[..., :1])], -1)
+        lam = scan_torch(gate.flip(-1), (g[:, :, None, :] * Cc).flip(-1), carry).flip(-1)
+        carry = decay[..., 0] * lam[..., 0]
+        before = xs - tokens
+        dA += (lam * before * dt_c[:, :, None, :]).sum((0, 3))
+        ddt[..., steps] = (lam * (Bc * u_c[:, :, None, :] + before * A[None, :, :, None])).sum(2)
+        du[..., steps] = (lam * Bc).sum(2) * dt_c if D is None else (lam * Bc).sum(2) * dt_c + g * D[:, None]
+        if D is not None:
+            dD += (g * u_c).sum((0, 2))
+        for grad, M, full in ((dB, B, lam * (dt_c * u_c)[:, :, None, :]), (dC, C, g[:, :, None, :] * xs)):
+            if M.dim() == 2:
+                grad += _reduce_to_form(full, M)
+            else:
+                grad[..., steps] = _reduce_to_form(full, M)
+    ddelta = ddt * softplus_grad(raw) if softplus else ddt
+    dbias = ddelta.sum(0).double().sum(-1) if delta_bias is not None else None
+    grads = (du, ddelta, dA, dB, dC, dD, dz, dbias, carry)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, x0)
+    return tuple(g.to(t.dtype) if need else None for g, t, need in zip(grads, inputs, needs))
+
+
+def _selective_triton_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus)
+
+
+def _selective_triton_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, chunk_states, softplus,
+                               needs):
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.selective_scan_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, chunk_states,
+                                           softplus, needs, torch.are_deterministic_algorithms_enabled())
+
+
+def _triton_selective_chunk(N: int, L: int) -> int:
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.selective_chunk(N, L)
+
+
+def _triton_selective_unsupported(N: int, dtype: torch.dtype) -> str | None:
+    from fastspec.triton_kernels import ssm as kernels
+
+    if N > kernels.SELECTIVE_MAX_N:
+        return (f"the triton backend takes N <= {kernels.SELECTIVE_MAX_N} (a block of channels keeps its whole "
+                f"state in registers), got N={N}")
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Selective:
+    """One backend of the selective scan. Tensors have passed ``_validate_selective`` (any
+    strides; B, C in one of their three forms); state and parameters are float32 (float64
+    for float64 u).
+
+    - ``forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus) -> (out, last, starts)``:
+      out (B, D, L) in u's dtype; last (B, D, N) and starts (B, D, N, ceil(L / chunk(N, L))),
+      the state before each chunk's first step, in the state's dtype.
+    - ``backward(grad_out, grad_last, u, ..., x0, starts, softplus, needs) -> 9 gradients``
+      (u, delta, A, B, C, D, z, delta_bias, x0), None where ``needs`` says so; grad_last may be None.
+    - ``chunk(N, L)``: time steps per chunk. ``unsupported(N, dtype)``: why not, or None.
+    """
+
+    forward: Callable
+    backward: Callable
+    chunk: Callable[[int, int], int]
+    unsupported: Callable[[int, torch.dtype], str | None] = lambda N, dtype: None
+
+
+TORCH_SELECTIVE_CHUNK = 128
+"""Time steps per chunk of the torch backend: it holds (B, D, N, chunk) tensors at a time."""
+
+_SELECTIVE = {
+    "torch": Selective(_selective_torch_forward, _selective_torch_backward, lambda N, L: TORCH_SELECTIVE_CHUNK),
+    "triton": Selective(_selective_triton_forward, _selective_triton_backward, _triton_selective_chunk,
+                        _triton_selective_unsupported),
+}
+
+
+def _check_form(op, name, M, batch, channels, N, L, u_dtype) -> None:
+    """B or C: (D, N) in the state's dtype, or (B, N, L) / (B, G, N, L) in u's or the state's dtype."""
+    _check_tensor(op, name, M)
+    acc = torch.float64 if u_dtype == torch.float64 else torch.float32
+    forms = f"(D, N) = ({channels}, {N}), (B, N, L) = ({batch}, {N}, {L}) or (B, G, N, L) with G dividing D = {channels}"
+    if M.dim() == 2:
+        if M.shape != (channels, N):
+            raise ValueError(f"{op}: {name} must be {forms}, got {tuple(M.shape)}")
+        if M.dtype != acc:
+            raise TypeError(f"{op}: a fixed (D, N) {name} must be {_dtype_names([acc])}, got {M.dtype}")
+        return
+    ok = (M.dim() == 3 and M.shape == (batch, N, L)) or (
+        M.dim() == 4 and M.shape[0] == batch and M.shape[2:] == (N, L) and M.shape[1] >= 1
+        and channels % M.shape[1] == 0)
+    if not ok:
+        raise ValueError(f"{op}: {name} must be {forms}, got {tuple(M.shape)}")
+    allowed = tuple(dict.fromkeys((u_dtype, acc)))
+    if M.dtype not in allowed:
+        raise TypeError(f"{op}: an input-dependent {name} must be {_dtype_names(allowed)} for u of {u_dtype}, "
+                        f"got {M.dtype}")
+
+
+def _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state, softplus) -> tuple[int, int, int, int]:
+    """Every argument of selective_scan; returns (batch, D, L, N)."""
+    op = "selective_scan"
+    _check_tensor(op, "u", u)
+    if u.dtype not in REAL_DTYPES:
+        raise TypeError(f"{op}: u must be {_dtype_names(REAL_DTYPES)}, got {u.dtype}")
+    if u.dim() != 3 or u.shape[-1] < 1:
+        raise ValueError(f"{op}: u must be (B, D, L) with L >= 1, got shape {tuple(u.shape)}")
+    batch, channels, length = u.shape
+    for name, t in (("delta", delta), ("z", z)):
+        if t is None and name == "z":
+            continue
+        _check_tensor(op, name, t)
+        if t.dtype != u.dtype:
+            raise TypeError(f"{op}: {name} must have u's dtype {u.dtype}, got {t.dtype}")
+        if t.shape != u.shape:
+            raise ValueError(f"{op}: {name} must have u's shape {tuple(u.shape)}, got {tuple(t.shape)}")
+    acc = _acc_of(u)
+    _check_tensor(op, "A", A)
+    if A.dtype != acc:
+        raise TypeError(f"{op}: A must be real {_dtype_names([acc])} for u of {u.dtype}, got {A.dtype}")
+    if A.dim() != 2 or A.shape[0] != channels or A.shape[1] < 1:
+        raise ValueError(f"{op}: A must be (D, N) with D = {channels} as in u and N >= 1, got {tuple(A.shape)}")
+    N = A.shape[1]
+    _check_form(op, "B", B, batch, channels, N, length, u.dtype)
+    _check_form(op, "C", C, batch, channels, N, length, u.dtype)
+    for name, t, shape in (("D", D, (channels,)), ("delta_bias", delta_bias, (channels,)),
+                           ("initial_state", initial_state, (batch, channels, N))):
+        if t is None:
+            continue
+        _check_tensor(op, name, t)
+        if t.dtype != acc:
+            raise TypeError(f"{op}: {name} must be {_dtype_names([acc])} for u of {u.dtype}, got {t.dtype}")
+        if t.shape != shape:
+            raise ValueError(f"{op}: {name} must be {shape}, got {tuple(t.shape)}")
+    if not isinstance(softplus, bool):
+        raise TypeError(f"{op}: delta_softplus must be a bool, got {type(softplus).__name__}")
+    _check_same_device(op, "u", u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                       initial_state=initial_state)
+    return batch, channels, length, N
+
+
+def _check_selective_backend(backend: str, N: int, dtype: torch.dtype) -> None:
+    _check_backend("selective_scan", backend, _SELECTIVE)
+    reason = _SELECTIVE[backend].unsupported(N, dtype)
+    if reason:
+        raise ValueError(f"selective_scan: {reason}")
+
+
+@torch.library.custom_op("fastspec::selective_scan", mutates_args=())
+def selective_scan_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                      D: torch.Tensor | None, z: torch.Tensor | None, delta_bias: torch.Tensor | None,
+                      initial_state: torch.Tensor | None, delta_softplus: bool,
+                      backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Registered op: (out, last_state, chunk start states) of the selective scan on a
+    concrete backend."""
+    *_, N = _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    _check_selective_backend(backend, N, u.dtype)
+    return _SELECTIVE[backend].forward(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+
+
+@selective_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, backend):
+    batch, channels, length, N = _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                                     delta_softplus)
+    _check_selective_backend(backend, N, u.dtype)
+    chunk = _SELECTIVE[backend].chunk(int(N), int(length))  # symbolic sizes are specialised: the plan depends on them
+    chunks = -(-length // chunk)
+    return (u.new_empty(u.shape), A.new_empty(batch, channels, N), A.new_empty(batch, channels, N, chunks))
+
+
+@torch.library.custom_op(
+    "fastspec::selective_scan_backward", mutates_args=(),
+    schema="(Tensor grad_out, Tensor? grad_last, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+           "Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor chunk_states, bool delta_softplus, "
+           "bool[] needs, str backend) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, Tensor?, "
+           "Tensor?)")
+def selective_scan_backward_op(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states,
+                               delta_softplus, needs, backend):
+    """Registered op: the gradients (u, delta, A, B, C, D, z, delta_bias, initial_state) of
+    fastspec::selective_scan for the nine ``needs``, None where not needed."""
+    *_, N = _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    _check_selective_backend(backend, N, u.dtype)
+    return _SELECTIVE[backend].backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state,
+                                        chunk_states, delta_softplus, list(needs))
+
+
+@selective_scan_backward_op.register_fake
+def _(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state, chunk_states, delta_softplus, needs,
+      backend):
+    inputs = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    return tuple(t.new_empty(t.shape) if need else None for t, need in zip(inputs, needs, strict=True))
+
+
+def _selective_setup(ctx, inputs, output):
+    *tensors, ctx.softplus, ctx.backend = inputs
+    ctx.save_for_backward(*tensors, output[2])
+    ctx.mark_non_differentiable(output[2])
+
+
+def _selective_backward(ctx, grad_out, grad_last, _):
+    *inputs, starts = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:9])
+    if grad_out is None:
+        grad_out = torch.zeros_like(inputs[0])
+    if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch forward
+        wanted = [t for t, need in zip(inputs, needs) if need]
+        with torch.enable_grad():
+            out, last, _ = _selective_torch_forward(*inputs, ctx.softplus)
+            outputs, grads = [out], [grad_out]
+            if grad_last is not None:
+                outputs.append(last)
+                grads.append(grad_last)
+            found = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True))
+        result = [next(found) if need else None for need in needs]
+    else:
+        result = selective_scan_backward_op(grad_out.contiguous(), grad_last, *inputs, starts, ctx.softplus, needs,
+                                            ctx.backend)
+    return (*result, None, None)
+
+
+selective_scan_op.register_autograd(_selective_backward, setup_context=_selective_setup)
+
+
+def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                   D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                   delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                   initial_state: torch.Tensor | None = None, return_last_state: bool = False, *,
+                   backend: str = "auto"):
+    """The selective scan of Mamba (mamba_ssm's ``selective_scan_fn``), with an initial state.
+
+    Per batch b, channel d and state n, with Δ = softplus(delta + delta_bias) if
+    ``delta_softplus`` (else delta + delta_bias), x_{−1} = initial_state (or 0):
+
+        x_t[n] = exp(Δ_t·A[d, n])·x_{t−1}[n] + Δ_t·B_t[n]·u_t
+        out_t  = (Σ_n C_t[n]·x_t[n] + D[d]·u_t)·silu(z_t)
+
+    u, delta, z: (B, D, L), any L ≥ 1, float16, bfloat16, float32 or float64 (z optional).
+    A: (D, N) real. B, C (each independently): (D, N) fixed, (B, N, L) input-dependent, or
+    (B, G, N, L) grouped (channel d reads group d // (D / G)). D, delta_bias: (D,), optional.
+    initial_state: (B, D, N), optional. A, fixed B/C, D, delta_bias and initial_state are
+    float32 (float64 for float64 u); input-dependent B/C u's dtype or float32. The state is
+    float32 (float64). Returns out (B, D, L) in u's dtype, and with ``return_last_state`` also
+    x_{L−1} (B, D, N) in the state's dtype. Any strides. Autograd for every tensor input,
+    through the last state too (double backward through the torch path);
+    ``torch.compile(fullgraph=True)`` works. The Triton backward is deterministic (no float
+    atomics) under ``torch.use_deterministic_algorithms(True)``.
+    backend: 'auto' | 'torch' | 'triton' (N ≤ 256) (env FASTSPEC_BACKEND replaces 'auto').
+    Raises TypeError for a wrong type or dtype, ValueError for a wrong shape or device or a
+    size the backend does not take, RuntimeError for a backend that cannot run here.
+    """
+    *_, N = _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+    if not isinstance(return_last_state, bool):
+        raise TypeError(f"selective_scan: return_last_state must be a bool, got {type(return_last_state).__name__}")
+    chosen = choose_backend("selective_scan", backend, u.device)
+    _check_selective_backend(chosen, N, u.dtype)
+    out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chosen)
+    return (out, last) if return_last_state else out
+
+
+
+# ---------------------------------------------------------------------------- decoding step
+
+
+def _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, softplus):
+    """One step in place on ``state``; returns y in x's dtype (as :func:`selective_state_update`)."""
+    acc = torch.float64 if torch.float64 in (state.dtype, x.dtype) else torch.float32
+    dt = dt.to(acc) if dt_bias is None else dt.to(acc) + dt_bias.to(acc)
+    if softplus:
+        dt = F.softplus(dt)
+    if state.dim() == 4:  # head h reads group h // (H / G)
+        B, C = (M.to(acc).repeat_interleave(state.shape[1] // M.shape[1], dim=1)[:, :, None] for M in (B, C))
+    else:
+        B, C = B.to(acc)[:, None], C.to(acc)[:, None]
+    xf = x.to(acc)
+    new = torch.addcmul((dt * xf)[..., None] * B, torch.exp(dt[..., None] * A.to(acc)), state.to(acc))
+    state.copy_(new)
+    y = (new * C).sum(-1)
+    if D is not None:
+        y = y + D.to(acc) * xf
+    if z is not None:
+        y = y * F.silu(z.to(acc))
+    return y.to(x.dtype)
+
+
+_STATE_UPDATE = {"torch": _state_update_torch}
+
+
+def _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus) -> None:
+    op = "selective_state_update"
+    for name, t in (("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                    ("dt_bias", dt_bias)):
+        if t is None and name in ("D", "z", "dt_bias"):
+            continue
+        _check_tensor(op, name, t)
+        if t.dtype not in REAL_DTYPES:
+            raise TypeError(f"{op}: {name} must be {_dtype_names(REAL_DTYPES)}, got {t.dtype}")
+    if state.dim() not in (3, 4):
+        raise ValueError(f"{op}: state must be (B, D, N) or, with heads, (B, H, D, N), got {tuple(state.shape)}")
+    heads = state.dim() == 4
+    batch, N = state.shape[0], state.shape[-1]
+    lead = tuple(state.shape[:-1])  # (B, D) or (B, H, D)
+    groups = B.shape[1] if heads and B.dim() == 3 else 1
+    if heads and (B.dim() != 3 or state.shape[1] % max(groups, 1) or groups < 1):
+        raise ValueError(f"{op}: with heads, B must be (B, G, N) with G dividing H = {state.shape[1]}, got "
+                         f"{tuple(B.shape)}")
+    expect = {"x": lead, "dt": lead, "z": lead, "A": lead[1:] + (N,), "D": lead[1:], "dt_bias": lead[1:],
+              "B": (batch, groups, N) if heads else (batch, N)}
+    expect["C"] = expect["B"]
+    for name, t in (("x", x), ("dt", dt), ("z", z), ("A", A), ("D", D), ("dt_bias", dt_bias), ("B", B), ("C", C)):
+        if t is not None and tuple(t.shape) != expect[name]:
+            raise ValueError(f"{op}: {name} must be {expect[name]} for state of shape {tuple(state.shape)}, got "
+                             f"{tuple(t.shape)}")
+    if dt.dtype != x.dtype or (z is not None and z.dtype != x.dtype):
+        raise TypeError(f"{op}: dt and z must have x's dtype {x.dtype}, got {dt.dtype}"
+                        f"{'' if z is None else f' and {z.dtype}'}")
+    if not isinstance(softplus, bool):
+        raise TypeError(f"{op}: dt_softplus must be a bool, got {type(softplus).__name__}")
+    _check_same_device(op, "state", state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+
+
+@torch.library.custom_op("fastspec::selective_state_update", mutates_args=("state",))
+def selective_state_update_op(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor,
+                              B: torch.Tensor, C: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None,
+                              dt_bias: torch.Tensor | None, dt_softplus: bool, backend: str) -> torch.Tensor:
+    """Registered op: one selective-scan step, in place on ``state``; returns y."""
+    _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    _check_backend("selective_state_update", backend, _STATE_UPDATE)
+    return _STATE_UPDATE[backend](state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+
+
+@selective_state_update_op.register_fake
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, backend):
+    _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return x.new_empty(x.shape)
+
+
+def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                           C: torch.Tensor, D: torch.Tensor | None = None, z: torch.Tensor | None = None,
+                           dt_bias: torch.Tensor | None = None, dt_softplus: bool = False, *,
+                           backend: str = "auto") -> torch.Tensor:
+    """One decoding step of the selective scan, in place on ``state`` (mamba_ssm's
+    ``selective_state_update``): with Δ = softplus(dt + dt_bias) if ``dt_softplus``,
+
+        state ← exp(Δ·A)·state + Δ·x·B,   y = Σ_n C[n]·state[n] + D·x,   y ← y·silu(z)
+
+    Single-head: state (B, D, N), x, dt, z (B, D), A (D, N), B, C (B, N), D, dt_bias (D,).
+    Multi-head (Mamba-2's decoding): state (B, H, D, N), x, dt, z (B, H, D), A (H, D, N),
+    B, C (B, G, N) (head h reads group h // (H / G)), D, dt_bias (H, D). Any real dtypes
+    and strides (A is often expanded); computed in float32 (float64 if state or x is),
+    state written back in its dtype. Returns y in x's dtype. After ``selective_scan(...,
+    return_last_state=True)`` it continues that scan: a step with the next token gives
+    the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch'.
+    """
+    _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    chosen = choose_backend("selective_state_update", backend, state.device)
+    _check_backend("selective_state_update", chosen, _STATE_UPDATE)
+    return selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, chosen)
+
+
+_TABLES = {"linear_scan": _LINEAR_SCAN, "selective_scan": _SELECTIVE, "selective_state_update": _STATE_UPDATE}
