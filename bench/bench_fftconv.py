@@ -6,7 +6,7 @@ long as the sequence (k in float32, as FlashFFTConv wants it).
 
     python bench/bench_fftconv.py [--out DIR] [--quick] [--lengths L ...] [--dtypes ...]
                                   [--kinds KIND ...] [--batch B] [--channels H] [--rounds R]
-                                  [--threads T]
+                                  [--rep-ms MS] [--threads T]
 
 Cases (issue 7's table): L = 256, 1K, 4K, 8K, 16K, 32K, 64K and 1M; plain (u, k) and gated
 (u·pregate, ·postgate); forward, and forward+backward (the gradients of u, k and the gates
@@ -202,6 +202,8 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, help="B for every length")
     parser.add_argument("--channels", type=int, help="H for every length")
     parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 3 on CPU, 1 on GPU)")
+    parser.add_argument("--rep-ms", type=float, help="timing per function and case, over all rounds "
+                        "(default: 50 on GPU, 100 on CPU)")
     parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: all)")
     args = parser.parse_args(argv)
     if args.threads:
@@ -215,6 +217,7 @@ def main(argv=None) -> int:
     lengths, kinds = args.lengths or lengths, args.kinds or kinds
     dtypes = [getattr(torch, d) for d in args.dtypes or dtypes]
     timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {"warmup_ms": 10, "rep_ms": 50 if gpu else 100}
+    timing["rep_ms"] = args.rep_ms or timing["rep_ms"]
     rounds = args.rounds or (1 if gpu or args.quick else 3)
 
     points = [(L, dtype, *KINDS[kind]) for kind in kinds for dtype in dtypes for L in lengths]

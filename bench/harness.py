@@ -219,8 +219,8 @@ class Harness:
         self.plot(stem.with_suffix(".png"))
 
     def plot(self, path: Path) -> None:
-        """Time relative to torch.clone per shape, one panel per dtype, one line per
-        backend and baseline."""
+        """Time relative to torch.clone per shape, one panel per op (row) and dtype (column),
+        one line per backend and baseline."""
         try:
             import matplotlib
 
@@ -229,18 +229,20 @@ class Harness:
         except ImportError:
             print("matplotlib is not installed: no plot")
             return
-        series: dict[str, dict[str, dict[str, float]]] = {}  # dtype -> line -> shape -> x clone
+        series: dict[tuple[str, str], dict[str, dict[str, float]]] = {}  # (op, dtype) -> line -> shape -> x clone
         for r in self.records:
-            lines = series.setdefault(r["dtype"], {})
+            lines = series.setdefault((r["op"], r["dtype"]), {})
             if r["copy_fraction"]:
                 lines.setdefault(r["backend"], {})[r["shape"]] = 1 / r["copy_fraction"]
             if r["baseline"] not in (None, "clone") and r["baseline_ms"] and r["clone_ms"]:
                 lines.setdefault(f"baseline {r['baseline']}", {})[r["shape"]] = r["baseline_ms"] / r["clone_ms"]
-        series = {d: lines for d, lines in series.items() if lines}
+        series = {key: lines for key, lines in series.items() if lines}
         if not series:
             return
-        fig, axes = plt.subplots(1, len(series), figsize=(6 * len(series), 4.5), squeeze=False)
-        for ax, (dtype, lines) in zip(axes[0], series.items(), strict=True):
+        ops, dtypes = list(dict.fromkeys(k[0] for k in series)), list(dict.fromkeys(k[1] for k in series))
+        fig, axes = plt.subplots(len(ops), len(dtypes), figsize=(6 * len(dtypes), 4.5 * len(ops)), squeeze=False)
+        for (op, dtype), lines in series.items():
+            ax = axes[ops.index(op)][dtypes.index(dtype)]
             shapes = list(dict.fromkeys(s for line in lines.values() for s in line))
             for name, pts in lines.items():
                 xs = [i for i, s in enumerate(shapes) if s in pts]
@@ -250,8 +252,11 @@ class Harness:
             ax.set_xticks(range(len(shapes)), shapes, rotation=45, ha="right", fontsize=7)
             ax.set_yscale("log")
             ax.set_ylabel("time / torch.clone time")
-            ax.set_title(f"{self.family} {dtype}")
+            ax.set_title(f"{op} {dtype}")
             ax.legend(fontsize=7)
+        for ax in axes.flat:
+            if not ax.has_data():
+                ax.set_visible(False)
         fig.suptitle(f"{self.info['device']}, {self.info['date']}", fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)

@@ -100,9 +100,10 @@ class FlashFFTConv(torch.nn.Module):
             raise ValueError(f"{name}: k must be (H, Lk) with H = {u.shape[1]} as in u and 1 <= Lk <= {n}, "
                              f"got shape {tuple(k.shape)}")
         for arg, gate in (("pregate", pregate), ("postgate", postgate)):
-            if gate is not None and (gate.shape != u.shape or gate.dtype != u.dtype):
-                raise ValueError(f"{name}: {arg} must have u's shape {tuple(u.shape)} and dtype {u.dtype}, "
-                                 f"got {tuple(gate.shape)} {gate.dtype}")
+            if gate is not None and gate.shape != u.shape:
+                raise ValueError(f"{name}: {arg} must have u's shape {tuple(u.shape)}, got {tuple(gate.shape)}")
+            if gate is not None and gate.dtype != u.dtype:
+                raise TypeError(f"{name}: {arg} must have u's dtype {u.dtype}, got {gate.dtype}")
         L, taps = u.shape[-1], k.shape[-1]
         k = _filter_dtype(k, u)
         if n >= L + taps - 1:  # no wrap-around: the causal convolution of the first L taps
