@@ -3,6 +3,7 @@ that implements them (a backend registered in fastspec.ops.fftconv._IMPLS is cov
 without further changes); the FFTConv and Conv1dFFT modules; the errors."""
 import dataclasses
 import functools
+import gc
 
 import pytest
 import scipy.signal
@@ -317,6 +318,116 @@ def test_prepared_filter_must_match_the_call():
         ops.prepare_filter(k, 100, mode="full")
     with pytest.raises(TypeError, match="prepare_filter: dtype must be"):
         ops.prepare_filter(k, 100, dtype=torch.int32)
+
+
+def _counting_spectrum(monkeypatch, backend):
+    """Make ``backend``'s spectrum count its calls; returns the list of calls."""
+    impl, calls = ops._IMPLS[backend], []
+
+    def spectrum(k, mode, shape):
+        calls.append((mode, tuple(shape)))
+        return impl.spectrum(k, mode, shape)
+
+    monkeypatch.setitem(ops._IMPLS, backend, dataclasses.replace(impl, spectrum=spectrum))
+    return calls
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_spectrum_is_cached_while_the_filter_is_unchanged(monkeypatch, backend):
+    u, k, kwargs = _case(2, 3, 100, "causal", torch.float32, ("D",), short=True)
+    calls = _counting_spectrum(monkeypatch, backend)
+    k.requires_grad_()
+    first = fastspec.fft_conv(u, k, backend=backend, **kwargs)
+    first.sum().backward()  # the backward reuses the forward's spectrum
+    assert torch.equal(fastspec.fft_conv(u, k, backend=backend, **kwargs), first) and len(calls) == 1
+    with torch.no_grad():
+        k.mul_(-2.0)  # in place: the version counter moves, the spectrum is computed again
+    _assert_close(fastspec.fft_conv(u, k, backend=backend, **kwargs), _reference(u, k.detach(), "causal", kwargs))
+    assert len(calls) == 2
+    twin = k.detach().clone()  # equal values, another tensor: not trusted
+    _assert_close(fastspec.fft_conv(u, twin, backend=backend, **kwargs), _reference(u, twin, "causal", kwargs))
+    assert len(calls) == 3
+    fastspec.fft_conv(u[..., :50], k[:, :20], backend=backend)  # another view, length and filter
+    fastspec.fft_conv(u, k, mode="circular", backend=backend)
+    assert calls[3:] == [("causal", (50,)), ("circular", (100,))]
+    before = len(ops._spectra)
+    del twin
+    gc.collect()
+    assert len(ops._spectra) == before - 1  # an entry goes with its filter
+
+
+def test_spectrum_cache_under_compile_sees_in_place_edits():
+    torch._dynamo.reset()
+    u, k, _ = _case(2, 3, 64, "causal", torch.float32, ())
+    compiled = torch.compile(lambda u, k: fastspec.fft_conv(u, k, backend="torch"), fullgraph=True)
+    _assert_close(compiled(u, k), _reference(u, k, "causal", {}))
+    k.mul_(3.0)
+    _assert_close(compiled(u, k), _reference(u, k, "causal", {}))
+
+
+def test_spectrum_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(ops, "SPECTRUM_CACHE_BYTES", 3 * 65 * 8 * 2)  # two spectra of (3, 65) complex64
+    monkeypatch.setattr(ops, "_spectra", ops.collections.OrderedDict())
+    u = random_input((1, 3, 100), torch.float32)
+    filters = [random_input((3, 28), torch.float32) for _ in range(3)]  # FFT size 128: 65 bins
+    for k in filters:
+        fastspec.fft_conv(u, k, backend="torch")
+    assert [entry[0]() for entry in ops._spectra.values()] == filters[1:]
+
+
+TWO_LEVEL = [("causal", 4096, 4096, torch.float32, None, 3), ("circular", 3000, 1500, torch.bfloat16, torch.float32, 2),
+             ("bidirectional", 2500, 4001, torch.float32, None, 1)]
+"""FFT sizes above one tile (8192 = 64·128): Triton's two-level path on the interpreter."""
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+@pytest.mark.parametrize("mode,L,taps,dtype,param_dtype,B", TWO_LEVEL, ids=str)
+def test_triton_two_levels(mode, L, taps, dtype, param_dtype, B):
+    from fastspec.triton_kernels import fftconv as kernels
+
+    assert kernels.plan(mode, L, taps).outer is not None
+    u = random_input((B, 1, L), dtype)
+    k = random_input((1, taps), param_dtype or dtype) / taps**0.5
+    kwargs = {"pregate": random_input(u.shape, dtype), "postgate": random_input(u.shape, dtype),
+              "D": random_input((1,), param_dtype or dtype)}
+    leaves = {"u": u, "k": k, **kwargs}
+    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
+    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
+    weight = random_input(u.shape, dtype)
+    out = fastspec.fft_conv(ours["u"], ours["k"], mode=mode, backend="triton", **{n: ours[n] for n in kwargs})
+    ref = fft_conv_reference(theirs["u"], theirs["k"], mode=mode, **{n: theirs[n] for n in kwargs})
+    _assert_close(out, ref.detach())
+    (out * weight).sum().backward()
+    (ref * weight.double()).sum().backward()
+    for name in leaves:
+        _assert_close(ours[name].grad, theirs[name].grad)
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+def test_triton_two_level_chunks(monkeypatch):
+    """Rows in chunks whose scratch fits SCRATCH_BYTES (here: the forward a channel at a time,
+    the backward a batch pair of a channel at a time) give the one-chunk result; dk sums the
+    chunks in order."""
+    from fastspec.triton_kernels import fftconv as kernels
+
+    u, k, kwargs = _case(3, 2, 4097, "causal", torch.float32, ("pregate", "D"), short=True)
+    k = k[:, :1].contiguous().requires_grad_()  # FFT size 8192 for L = 4097
+    u.requires_grad_()
+    grad = random_input(u.shape, torch.float32)
+    whole = [fastspec.fft_conv(u, k, backend="triton", **kwargs)]
+    whole += torch.autograd.grad(whole[0], (u, k), grad)
+    monkeypatch.setattr(kernels, "SCRATCH_BYTES", 140_000)
+    signal = 8192 * 2 * 4  # one complex float32 row; 2 pairs × 2 channels
+    assert len(kernels._chunks(2, 2, signal)) == 2  # forward: one row a signal
+    assert len(kernels._chunks(2, 2, 2 * signal, signal)) == 4  # backward: v and gz a signal, dk a channel
+    parts = [fastspec.fft_conv(u, k, backend="triton", **kwargs)]
+    parts += torch.autograd.grad(parts[0], (u, k), grad)
+    leaves = [t.detach().double().requires_grad_() for t in (u, k)]
+    ref = fft_conv_reference(*leaves, **kwargs)
+    refs = [ref.detach(), *torch.autograd.grad(ref, leaves, grad.double())]
+    for a, b, c in zip(whole, parts, refs):
+        _assert_close(a, c)
+        _assert_close(b, c)
 
 
 # --------------------------------------------------------------------------- registration

@@ -1,63 +1,76 @@
 """Triton FFT convolution: the FFT as small dense DFT matrices on the tensor cores.
 
-Every call is a circular convolution of a power-of-two size N = 2^e (``plan``), and two
-real rows of the same channel (batch elements 2i and 2i+1) travel as one complex signal
-z = v_{2i} + i·v_{2i+1}: the filter is real, so conv(z, k) = conv(v_{2i}, k) + i·conv(v_{2i+1}, k)
+Every call is a circular convolution of a power-of-two size N (``plan``), and two real rows
+of the same channel (batch elements 2i and 2i+1) travel as one complex signal
+z = v_2i + i·v_2i+1: the filter is real, so conv(z, k) = conv(v_2i, k) + i·conv(v_2i+1, k),
 and the real and imaginary parts of one N-point complex FFT convolution are the two rows'
-results (the "two real FFTs for one complex" form of the real-input trick: half the work of
-two complex FFTs, and no post-pass pairing bins f and N−f). An odd batch leaves one
-signal with a zero imaginary part.
+results. That is the real-input trick in its "two real FFTs for one complex" form: half
+the work of two complex FFTs, and no post-pass pairing the bins f and N−f (which would
+need a reversal of the tile). An odd batch leaves one signal with a zero imaginary part.
 
-The M = N-point DFT is a Bailey/Monarch factorisation (FlashFFTConv, Fu et al. 2023, eq. 2;
-Bailey 1990): with M = m1·m2·m3, n = n1·m2m3 + n2·m3 + n3 and k = k1 + m1·k2 + m1m2·k3,
+The N-point DFT is a Bailey/Monarch factorisation (FlashFFTConv, Fu et al. 2023, eq. 2;
+Bailey 1990): with N = m1·m2·m3, n = n1·m2m3 + n2·m3 + n3 and k = k1 + m1·k2 + m1m2·k3,
 
-    X[k] = Σ_n3 ω_m3^(n3·k3) ω_M^(n3·(k1 + m1·k2)) Σ_n2 ω_m2^(n2·k2) ω_(m1m2)^(n2·k1) Σ_n1 ω_m1^(n1·k1) x[n]
+    X[k] = Σ_n3 ω_m3^(n3·k3) ω_N^(n3·(k1 + m1·k2)) Σ_n2 ω_m2^(n2·k2) ω_(m1m2)^(n2·k1) Σ_n1 ω_m1^(n1·k1) x[n]
 
 so a tile (R, m2, m3, m1) of R signals in natural order is multiplied along its last axis
 by the DFT matrix of m1, twiddled, rotated (the next axis comes last), and so on: three
 dense products (two for m1 = 1) leave the spectrum in the tile in digit-reversed order.
-The filter's spectrum is computed by the same code, so it sits in the same order, and the
-inverse runs the stages backwards (conjugate matrices and twiddles), returning natural
-order: no permutation is ever applied to the data. A complex axis of m is one real
-product by the (2m, 2m) matrix [[Re F, Im F], [−Im F, Re F]] interleaved, on data that
-keeps real and imaginary parts interleaved (…, 2); m ∈ {8, 16, 32} (2m ≥ 16 for tl.dot).
+The filter's spectrum comes from the same code, so it is in the same order, and the
+inverse runs the stages backwards (conjugate matrices and twiddles) back to natural
+order: no permutation of the data is ever needed. A complex axis of m is one real product
+by the (2m, 2m) matrix [[Re F, Im F], [−Im F, Re F]] interleaved, on data that keeps real
+and imaginary parts interleaved (…, 2); m ∈ {8, 16} (2m ≥ 16 for tl.dot).
 
-Sizes: M ≤ MAX_TILE (4096) is one register tile: one kernel from load to store, several
-signals a program for small M (each axis matrix is loaded once for all of them). Above,
-M = P·Q (the four-step FFT, eq. 2 again with two factors): the P-point DFTs along the
-stride-Q axis with the twiddles ω_M^(n_q·k_p) into a float32 scratch (launch A), the
-Q-point FFTs of its rows with the product and the inverse (launch B), the inverse P-point
-DFTs into the output (launch C); the rows are done in chunks whose scratch stays under
-SCRATCH_BYTES, so at most a few hundred MiB are allocated and, for L ≤ 32K, a chunk's
-scratch is still in the L2 cache when the next launch reads it.
+Sizes. N ≤ MAX_TILE (4096) is one register tile: one kernel from load to store, several
+signals a program below 4096 (the matrices are loaded once for all). Above, N = P·Q
+(the four-step FFT: eq. 2 with two factors, n = n_p·Q + n_q, k = k_p + P·k_q), three
+launches through a float32 scratch of one row a signal: A, the P-point DFTs along the
+stride-Q axis (tiles of T = 4096/P columns) times the twiddles ω_N^(n_q·k_p) (from two
+tables of about √N entries); B, the Q-point FFTs of its rows, the product, the inverse;
+C, the inverse of A into the output, gates and D in its epilogue. The rows go in chunks
+whose scratch stays under SCRATCH_BYTES (256 MiB): bounded memory, and the chunk is still
+in the L2 cache for the next launch when it is small. Up to N = 2^24 (4096 · 4096).
 
 Modes (``plan``): causal N ≥ L + Lk − 1, the signal at positions 0..L−1, the filter at
-0..Lk−1; bidirectional N ≥ L + c (c = (Lk−1)/2), the filter's lag s at s mod N;
-circular N = L for a power of two L ≥ MIN_N, otherwise N ≥ L + Lk − 1 with the signal
-loaded wrapped (position n holds v[(n − W) mod L], W = Lk − 1) and the result read at
-positions W..W+L−1, which is the circular convolution exactly, for any L.
+0..Lk−1; bidirectional N ≥ L + c (c = (Lk−1)/2), the filter's lag s at s mod N; circular:
+N = L for a power of two L ≥ MIN_N, otherwise N ≥ L + Lk − 1 with the signal loaded
+wrapped (position n holds v[(n − W) mod L], W = Lk − 1) and the result read at positions
+W..W+L−1, which is the circular convolution for any L. Every load and store is masked
+(odd L, short filters) and strided (inputs need not be contiguous).
+
+Backward (``backward``), v = u·pregate, gz = grad_y·postgate: dv = corr(gz, k) (the
+product with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
+(Gz·conj V summed over a group of the batch in frequency, one inverse per group, the
+groups' partial filters summed after: no atomics), dD = Σ grad_y·u; dpostgate =
+grad_y·conv(v, k) is the forward kernel with grad_y as postgate. V is recomputed, not
+stored. One tile: one kernel for everything but dpostgate, or two (dk; the rest) where three
+spectra would not fit the registers (wrapped circular, where dk and dv need gz in
+different places, and 16·16·16 tiles).
 
 Precision (tests/test_fftconv.py holds every dtype to the repo's rule): the DFT matrices
 are not exact in any dot type, so data and matrix are both split in two and three
-products are summed (hi·hi + hi·lo + lo·hi, the lo·lo term dropped). float32 input: parts
-of TF32 (11 significant bits each, rounded to nearest in software so the hardware's
+products are summed (hi·lo + lo·hi + hi·hi, the lo·lo term dropped). float32 input: parts
+of TF32 (11 significant bits each, rounded to nearest in software, so the hardware's
 conversion is exact), about 2e-7 relative after the whole convolution, as good as
 torch.fft in float32; float16/bfloat16 input: bfloat16 parts (8 + 8 bits, twice the
-tensor-core rate of TF32), about 3e-5, below half precision's own rounding (5e-4 and 4e-3).
-A single TF32 product would cost 5e-4..3e-3 (tried). Data between the products, the
-twiddles, the spectrum product and the accumulators are float32; float64 input runs in
-float64 throughout (float64 dots).
+tensor-core rate of TF32), about 3e-5, below half precision's own rounding (5e-4 and 4e-3);
+the backward of half input with a float32 filter uses TF32 parts (dk is float32). A single
+TF32 product would cost 5e-4..3e-3 (tried). Data between the products, the twiddles, the
+spectrum product and the accumulators are float32; float64 input runs in float64
+throughout (float64 dots).
 
-Floor (per output element, causal, Lk = L, N = 2L rounded up to a power of two):
-memory: u, the gates and y once, 2 bytes each in half precision (2–4 tensors: 4–8 bytes;
-the filter's spectrum is per channel, 1/B of that); compute: for each signal of two rows,
-a forward and an inverse FFT of N points, each Σ_i 8·m_i real flops per point and
-product (3 products: the split), so 2·3·8·(16+16+16) = 2304 flops per complex point at
-N = 4096 (m = 16, 16, 16), i.e. about 2300·N/L·½ ≈ 2300 flops per output element at
-N = 2L. At B·H·L = 2^26 that is 1.5·10^11 flops (tensor cores: TF32 ~ 0.5 PFLOP/s dense on
-an H100, bfloat16 twice that) against 0.27–0.54 GB of memory (0.1–0.2 ms at 3 TB/s):
-with the split the half-precision kernel is compute-bound by about 2×, float32 by about
-4×. No GPU time has been measured for it yet.
+Floor (per output element; causal, Lk = L, N = 2L rounded up to a power of two):
+memory, u, the gates and y once: 2 bytes each in half precision, 4–8 bytes with 0–2 gates
+(the filter's spectrum is per channel: 1/B of that); compute, per signal of two rows, a
+forward and an inverse N-point FFT of Σ_i 8·m_i real flops per point and product, three
+products (the split): 2·3·8·(16 + 16 + 16) = 2304 flops per complex point at N = 4096
+(m = 16, 16, 16), so about 2300·N/(2L) ≈ 2300 flops per output element at N = 2L, or
+1.5·10^11 flops at B·H·L = 2^26. At an H100's dense peaks (about 1 PFLOP/s bfloat16, 0.5
+TF32; 3.35 TB/s) that is 0.15 ms (half input) or 0.3 ms (float32) of tensor-core time
+against 0.08–0.16 ms (half) or 0.16–0.32 ms (float32) of memory: at peak rates the two
+floors are about equal, and the dots of K = 16..32 run below peak, so the kernels are
+compute-bound. No GPU time has been measured for them yet.
 """
 from __future__ import annotations
 
@@ -75,8 +88,8 @@ MIN_N = 512
 MAX_TILE = 4096
 """Largest FFT held in registers by one program (16·16·16 complex: 8192 float32 values,
 the size of fwht's tile, which fits 16 warps without spills on sm_90)."""
-MAX_N = MAX_TILE
-"""Largest FFT size (one tile so far)."""
+MAX_N = 2**24
+"""Largest FFT size (4096 × 4096 in two levels): causal L + Lk − 1 ≤ 2^24."""
 SCRATCH_BYTES = 256 << 20
 """Largest float32 scratch of the two-level path; rows are processed in chunks under it."""
 _PREC = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2}
@@ -135,6 +148,30 @@ def _twiddle(x, w_ptr, offs, CONJ: tl.constexpr):
         wi = -wi
     xr, xi = tl.split(x)
     return tl.join(xr * wr - xi * wi, xr * wi + xi * wr)
+
+
+@triton.jit
+def _cmul(x, yr, yi, CONJ: tl.constexpr):
+    """x (..., 2) times y = yr + i·yi (conjugated if CONJ), broadcast."""
+    xr, xi = tl.split(x)
+    if CONJ:
+        yi = -yi
+    return tl.join(xr * yr - xi * yi, xr * yi + xi * yr)
+
+
+@triton.jit
+def _omega_mul(x, lo_ptr, hi_ptr, e, MASK, G_BITS: tl.constexpr, CONJ: tl.constexpr):
+    """x (..., 2) times ω_M^e (conjugated if CONJ) for integer exponents e, MASK = M − 1: the
+    product of ω_M^(e mod G) and ω_M^(G·(e div G)) from two tables of G and M/G entries,
+    G = 2^G_BITS (the twiddles of the two-level FFT, M of them, are never stored whole)."""
+    e = e & MASK
+    lo = 2 * (e & ((1 << G_BITS) - 1))
+    hi = 2 * (e >> G_BITS)
+    ar = tl.load(lo_ptr + lo)
+    ai = tl.load(lo_ptr + lo + 1)
+    br = tl.load(hi_ptr + hi)
+    bi = tl.load(hi_ptr + hi + 1)
+    return _cmul(x, ar * br - ai * bi, ar * bi + ai * br, CONJ)
 
 
 @triton.jit
@@ -217,6 +254,15 @@ def _spectral(M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr):
     b = tl.arange(0, M2)[None, :, None]
     c = tl.arange(0, M3)[None, None, :]
     return ((a * M2 + b) * M3 + c)[None]
+
+
+@triton.jit
+def _frequency(M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr):
+    """(1, M1, M2, M3): the frequency each position of ``_fft``'s output holds."""
+    a = tl.arange(0, M1)[:, None, None]
+    b = tl.arange(0, M2)[None, :, None]
+    c = tl.arange(0, M3)[None, None, :]
+    return (a + M1 * b + (M1 * M2) * c)[None]
 
 
 @triton.jit
@@ -316,51 +362,49 @@ def fftconv_spectrum_kernel(
 
 
 @triton.jit
-def _cmul(x, yr, yi, CONJ: tl.constexpr):
-    """x (..., 2) times y = yr + i·yi (conjugated if CONJ), broadcast."""
-    xr, xi = tl.split(x)
-    if CONJ:
-        yi = -yi
-    return tl.join(xr * yr - xi * yi, xr * yi + xi * yr)
+def _gz_spectrum(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t, ok, second, g1, g2, g3, tw,
+                 R: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr, PREC: tl.constexpr,
+                 HAS_POST: tl.constexpr):
+    """The spectrum of the signal gz = grad_y·postgate placed at entries t (where ok)."""
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    z0, z1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok, second, acc)
+    if HAS_POST:
+        q0, q1 = _load_pair(post_ptr, bq, sq_b, sq_t, t, ok, second, acc)
+        z0 *= q0
+        z1 *= q1
+    return _fft(tl.join(z0, z1), g1, g2, g3, tw, R, M1, M2, M3, PREC)
 
 
 @triton.jit
 def fftconv_bwd_kernel(
-    gy_ptr, u_ptr, pre_ptr, post_ptr, d_ptr, spec_ptr, du_ptr, dpre_ptr, dpost_ptr, dk_ptr, dd_ptr,
+    gy_ptr, u_ptr, pre_ptr, post_ptr, d_ptr, spec_ptr, du_ptr, dpre_ptr, dk_ptr, dd_ptr,
     g1, g2, g3, tw,
     B, H, L, Lk, N, C, W, iters,
     sg_b, sg_h, sg_t, su_b, su_h, su_t, sp_b, sp_h, sp_t, sq_b, sq_h, sq_t,
     R: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr, PREC: tl.constexpr,
     HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_D: tl.constexpr, WRAP: tl.constexpr,
-    NEED_DU: tl.constexpr, NEED_DK: tl.constexpr, NEED_DPRE: tl.constexpr, NEED_DPOST: tl.constexpr,
-    NEED_DD: tl.constexpr,
+    NEED_DU: tl.constexpr, NEED_DK: tl.constexpr, NEED_DPRE: tl.constexpr, NEED_DD: tl.constexpr,
 ):
     """The gradients for channel h = pid % H and the batch group pid // H (``iters`` tiles of
     R signals), with v = u·pregate, gz = grad_y·postgate (frames as in the forward):
-    dpostgate = grad_y·conv(v, k); dv = corr(gz, k) (the product with conj K), du = pregate·dv
-    + D·grad_y, dpregate = u·dv; this group's share of dk = Σ corr(gz, v) (the products
-    Gz·conj V summed over the group in frequency, one inverse at the end) into dk_ptr (groups,
-    H, Lk), and of dD = Σ grad_y·u into dd_ptr (groups, H)."""
+    dv = corr(gz, k) (the product with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv;
+    this group's share of dk = Σ corr(gz, v) (the products Gz·conj V summed over the group
+    in frequency, one inverse at the end) into dk_ptr (groups, H, Lk), and of dD = Σ grad_y·u
+    into dd_ptr (groups, H). At most two spectra and the sum are live at a time."""
     M: tl.constexpr = M1 * M2 * M3
     acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
     NEED_DV: tl.constexpr = NEED_DU or NEED_DPRE
-    NEED_X: tl.constexpr = NEED_DPOST or NEED_DK
-    NEED_G: tl.constexpr = NEED_DV or NEED_DK
     pid = tl.program_id(0)
     h = pid % H
     group = pid // H
     n = _natural(M1, M2, M3)
     t_in, ok_in = _frame(n, L, W, L + W, WRAP)  # where v enters (wrapped for circular)
-    t_out, ok_out = _frame(n, L, W, L + W, False)  # where y leaves
-    t_dv, ok_dv = _frame(n, L, 0, L + W, WRAP)  # where gz enters for dv
+    t_out, ok_out = _frame(n, L, W, L + W, False)  # where y leaves: gz for dk
+    t_dv, ok_dv = _frame(n, L, 0, L + W, WRAP)  # gz for dv (wrapped the other way)
     t, ok = _frame(n, L, 0, L, False)  # natural positions
-    s = spec_ptr + (h.to(tl.int64) * M + _spectral(M1, M2, M3)) * 2
-    kr = tl.load(s)
-    ki = tl.load(s + 1)
-    cross = tl.zeros((R, M1, M2, M3, 2), acc)
+    k = spec_ptr + (h.to(tl.int64) * M + _spectral(M1, M2, M3)) * 2
+    cross = tl.zeros((1, M1, M2, M3, 2), acc)
     dd = tl.zeros((R, 1, 1, 1), acc)
-    if HAS_D:
-        d = tl.load(d_ptr + h).to(acc)
     half = (B + 1) // 2
     for it in range(iters):
         pair = (group * iters + it) * R + tl.arange(0, R)[:, None, None, None]
@@ -371,40 +415,24 @@ def fftconv_bwd_kernel(
         bg = b0 * sg_b + h * sg_h
         bp = b0 * sp_b + h * sp_h
         bq = b0 * sq_b + h * sq_h
-        out = (b0 * H + h) * L + t
-        if NEED_X:
+        if NEED_DK:
             v0, v1 = _load_pair(u_ptr, bu, su_b, su_t, t_in, ok_in & row, second, acc)
             if HAS_PRE:
                 p0, p1 = _load_pair(pre_ptr, bp, sp_b, sp_t, t_in, ok_in & row, second, acc)
                 v0 *= p0
                 v1 *= p1
-            x = _fft(tl.join(v0, v1), g1, g2, g3, tw, R, M1, M2, M3, PREC)
-        if NEED_G:
-            z0, z1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t_dv, ok_dv & row, second, acc)
-            if HAS_POST:
-                q0, q1 = _load_pair(post_ptr, bq, sq_b, sq_t, t_dv, ok_dv & row, second, acc)
-                z0 *= q0
-                z1 *= q1
-            gd = _fft(tl.join(z0, z1), g1, g2, g3, tw, R, M1, M2, M3, PREC)
-            gk = gd
-            if WRAP and NEED_DK:  # dk needs gz where y leaves, dv where v enters
-                z0, z1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t_out, ok_out & row, second, acc)
-                if HAS_POST:
-                    q0, q1 = _load_pair(post_ptr, bq, sq_b, sq_t, t_out, ok_out & row, second, acc)
-                    z0 *= q0
-                    z1 *= q1
-                gk = _fft(tl.join(z0, z1), g1, g2, g3, tw, R, M1, M2, M3, PREC)
-        if NEED_DK:
-            xr, xi = tl.split(x)
-            cross += _cmul(gk, xr, xi, True)
-        if NEED_DPOST:
-            z0, z1 = tl.split(_ifft(_cmul(x, kr, ki, False), g1, g2, g3, tw, R, M1, M2, M3, PREC))
-            y0, y1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t_out, ok_out & row, second, acc)
-            dst = dpost_ptr + (b0 * H + h) * L + t_out
-            tl.store(dst, (z0 * y0).to(dpost_ptr.dtype.element_ty), mask=ok_out & row)
-            tl.store(dst + H * L, (z1 * y1).to(dpost_ptr.dtype.element_ty), mask=ok_out & second)
+            xr, xi = tl.split(_fft(tl.join(v0, v1), g1, g2, g3, tw, R, M1, M2, M3, PREC))
+            gk = _gz_spectrum(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t_out, ok_out & row, second,
+                              g1, g2, g3, tw, R, M1, M2, M3, PREC, HAS_POST)
+            cross += tl.sum(_cmul(gk, xr, xi, True), 0, keep_dims=True)
         if NEED_DV:
-            z0, z1 = tl.split(_ifft(_cmul(gd, kr, ki, True), g1, g2, g3, tw, R, M1, M2, M3, PREC))
+            if NEED_DK and not WRAP:
+                gd = gk  # the same frame
+            else:
+                gd = _gz_spectrum(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t_dv, ok_dv & row, second,
+                                  g1, g2, g3, tw, R, M1, M2, M3, PREC, HAS_POST)
+            z0, z1 = tl.split(_ifft(_cmul(gd, tl.load(k), tl.load(k + 1), True), g1, g2, g3, tw, R, M1, M2, M3, PREC))
+            out = (b0 * H + h) * L + t
             if NEED_DPRE:
                 u0, u1 = _load_pair(u_ptr, bu, su_b, su_t, t, ok & row, second, acc)
                 tl.store(dpre_ptr + out, (z0 * u0).to(dpre_ptr.dtype.element_ty), mask=ok & row)
@@ -415,6 +443,7 @@ def fftconv_bwd_kernel(
                     z0 *= p0
                     z1 *= p1
                 if HAS_D:
+                    d = tl.load(d_ptr + h).to(acc)
                     y0, y1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok & row, second, acc)
                     z0 += d * y0
                     z1 += d * y1
@@ -425,12 +454,173 @@ def fftconv_bwd_kernel(
             y0, y1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok & row, second, acc)
             dd += tl.sum(tl.sum(tl.sum(u0 * y0 + u1 * y1, 3, keep_dims=True), 2, keep_dims=True), 1, keep_dims=True)
     if NEED_DK:
-        c, _ = tl.split(_ifft(tl.sum(cross, 0, keep_dims=True), g1, g2, g3, tw, 1, M1, M2, M3, PREC))
+        c, _ = tl.split(_ifft(cross, g1, g2, g3, tw, 1, M1, M2, M3, PREC))
         j = n + C
         j = tl.where(j >= N, j - N, j)
         tl.store(dk_ptr + (group * H + h).to(tl.int64) * Lk + j, c / N, mask=j < Lk)
     if NEED_DD:
         tl.store(dd_ptr + group * H + h, tl.sum(dd))
+
+
+# Two levels, M = P·Q: point n = n_p·Q + n_q, frequency k = k_p + P·k_q (module docstring).
+# Scratch rows hold one signal each, complex interleaved: after phase A, position k_p·Q + n_q.
+
+
+@triton.jit
+def fftconv_outer_kernel(
+    src_ptr, gate_ptr, buf_ptr, g1, g2, g3, tw, tw_lo, tw_hi,
+    B, H, L, SHIFT, COUNT, Lk, N, C, bp0, h0, nh,
+    s_b, s_h, s_t, gs_b, gs_h, gs_t,
+    T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, Q: tl.constexpr,
+    G_BITS: tl.constexpr, PREC: tl.constexpr, WRAP: tl.constexpr, HAS_GATE: tl.constexpr, FILTER: tl.constexpr,
+):
+    """Phase A: signal c = pid // (Q/T) of the chunk (batch pairs from bp0 × channels h0..h0+nh,
+    or the filter rows h0 + c if FILTER, taps wrapped by C as in the spectrum kernel), its T
+    columns n_q from (pid % (Q/T))·T as a (T, P2, P3, P1) tile, P-point DFTs, times
+    ω_M^(n_q·k_p), into buf row c at k_p·Q + n_q."""
+    P: tl.constexpr = P1 * P2 * P3
+    M: tl.constexpr = P * Q
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    pid = tl.program_id(0)
+    c = pid // (Q // T)
+    nq = (pid % (Q // T)) * T + tl.arange(0, T)[:, None, None, None]
+    n = _natural(P1, P2, P3) * Q + nq
+    if FILTER:
+        j = n + C
+        j = tl.where(j >= N, j - N, j)
+        x0 = tl.load(src_ptr + (h0 + c).to(tl.int64) * s_h + j * s_t, mask=j < Lk, other=0.0).to(acc)
+        x1 = tl.zeros_like(x0)
+    else:
+        h = h0 + c % nh
+        b0 = 2 * (bp0 + c // nh).to(tl.int64)
+        t, ok = _frame(n, L, SHIFT, COUNT, WRAP)
+        x0, x1 = _load_pair(src_ptr, b0 * s_b + h * s_h, s_b, s_t, t, ok, b0 + 1 < B, acc)
+        if HAS_GATE:
+            y0, y1 = _load_pair(gate_ptr, b0 * gs_b + h * gs_h, gs_b, gs_t, t, ok, b0 + 1 < B, acc)
+            x0 *= y0
+            x1 *= y1
+    kp = _frequency(P1, P2, P3)
+    x = _fft(tl.join(x0, x1), g1, g2, g3, tw, T, P1, P2, P3, PREC)
+    xr, xi = tl.split(_omega_mul(x, tw_lo, tw_hi, nq * kp, M - 1, G_BITS, False))
+    dst = buf_ptr + (c.to(tl.int64) * M + kp * Q + nq) * 2
+    tl.store(dst, xr)
+    tl.store(dst + 1, xi)
+
+
+@triton.jit
+def fftconv_inner_kernel(
+    src_ptr, dst_ptr, spec_ptr, g1, g2, g3, tw, h0, nh, scale,
+    R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr, P: tl.constexpr,
+    PREC: tl.constexpr, MODE: tl.constexpr,
+):
+    """Phase B: rows k_p of scratch row c = pid // (P/R) of src, R at a time, Q-point DFTs,
+    then by MODE: 0, times the spectrum of channel h0 + c % nh and the inverse DFTs into dst;
+    1, scaled by ``scale`` into the spectrum of filter row h0 + c; 2, as 0 with the
+    conjugate spectrum (a correlation); 3, the spectrum itself into dst (k_p·Q + the tile's
+    spectral offset)."""
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    M: tl.constexpr = P * Q
+    pid = tl.program_id(0)
+    c = pid // (P // R)
+    kp = (pid % (P // R)) * R + tl.arange(0, R)[:, None, None, None]
+    row = (c.to(tl.int64) * M + kp * Q + _natural(Q1, Q2, Q3)) * 2
+    x = _fft(tl.join(tl.load(src_ptr + row), tl.load(src_ptr + row + 1)), g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
+    pos = kp * Q + _spectral(Q1, Q2, Q3)
+    if MODE == 1:
+        xr, xi = tl.split(x * scale)
+        dst = spec_ptr + ((h0 + c).to(tl.int64) * M + pos) * 2
+    elif MODE == 3:
+        xr, xi = tl.split(x)
+        dst = dst_ptr + (c.to(tl.int64) * M + pos) * 2
+    else:
+        k = spec_ptr + ((h0 + c % nh).to(tl.int64) * M + pos) * 2
+        x = _ifft(_cmul(x, tl.load(k), tl.load(k + 1), MODE == 2), g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
+        xr, xi = tl.split(x)
+        dst = dst_ptr + row
+    tl.store(dst, xr)
+    tl.store(dst + 1, xi)
+
+
+@triton.jit
+def fftconv_cross_kernel(
+    bx_ptr, bg_ptr, dst_ptr, g1, g2, g3, tw, nh, nbp, scale,
+    R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
+):
+    """dk's share of a chunk: for channel pid // (P/R), rows k_p from (pid % (P/R))·R, the sum
+    over its nbp batch pairs of G·conj X (spectra stored by mode 3 above), inverted (Q-point)
+    and scaled by ``scale`` (1/N) into row pid // (P/R) of dst."""
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    M: tl.constexpr = P * Q
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    pid = tl.program_id(0)
+    hl = pid // (P // R)
+    kp = (pid % (P // R)) * R + tl.arange(0, R)[:, None, None, None]
+    pos = kp * Q + _spectral(Q1, Q2, Q3)
+    cross = tl.zeros((R, Q1, Q2, Q3, 2), acc)
+    for b in range(nbp):
+        offs = ((b * nh + hl).to(tl.int64) * M + pos) * 2
+        x = tl.join(tl.load(bg_ptr + offs), tl.load(bg_ptr + offs + 1))
+        cross += _cmul(x, tl.load(bx_ptr + offs), tl.load(bx_ptr + offs + 1), True)
+    zr, zi = tl.split(_ifft(cross, g1, g2, g3, tw, R, Q1, Q2, Q3, PREC) * scale)
+    dst = dst_ptr + (hl.to(tl.int64) * M + kp * Q + _natural(Q1, Q2, Q3)) * 2
+    tl.store(dst, zr)
+    tl.store(dst + 1, zi)
+
+
+@triton.jit
+def fftconv_outer_inv_kernel(
+    buf_ptr, out_ptr, out2_ptr, u_ptr, a_ptr, b_ptr, d_ptr, g1, g2, g3, tw, tw_lo, tw_hi,
+    B, H, L, SHIFT, Lk, N, C, bp0, h0, nh,
+    su_b, su_h, su_t, sa_b, sa_h, sa_t, sb_b, sb_h, sb_t,
+    T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, Q: tl.constexpr,
+    G_BITS: tl.constexpr, PREC: tl.constexpr, EPILOGUE: tl.constexpr, HAS_A: tl.constexpr, HAS_D: tl.constexpr,
+    NEED_1: tl.constexpr, NEED_2: tl.constexpr,
+):
+    """Phase C: buf row c = pid // (Q/T), columns n_q from (pid % (Q/T))·T: times
+    ω_M^(−n_q·k_p), inverse P-point DFTs, natural order, then the epilogue at t = n − SHIFT:
+    0: y = z·a + D·u (a: postgate if HAS_A);
+    2: du = z·a + D·b (a: pregate if HAS_A, b: grad_y) if NEED_1, dpregate = z·u if NEED_2;
+    3: the real part's taps (lag of tap j at (j − C) mod N) into out row h0 + c (H, Lk)."""
+    P: tl.constexpr = P1 * P2 * P3
+    M: tl.constexpr = P * Q
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    pid = tl.program_id(0)
+    c = pid // (Q // T)
+    nq = (pid % (Q // T)) * T + tl.arange(0, T)[:, None, None, None]
+    kp = _frequency(P1, P2, P3)
+    src = buf_ptr + (c.to(tl.int64) * M + kp * Q + nq) * 2
+    x = _omega_mul(tl.join(tl.load(src), tl.load(src + 1)), tw_lo, tw_hi, nq * kp, M - 1, G_BITS, True)
+    z0, z1 = tl.split(_ifft(x, g1, g2, g3, tw, T, P1, P2, P3, PREC))
+    n = _natural(P1, P2, P3) * Q + nq
+    if EPILOGUE == 3:
+        j = n + C
+        j = tl.where(j >= N, j - N, j)
+        tl.store(out_ptr + (h0 + c).to(tl.int64) * Lk + j, z0, mask=j < Lk)
+    else:
+        h = h0 + c % nh
+        b0 = 2 * (bp0 + c // nh).to(tl.int64)
+        second = b0 + 1 < B
+        t, ok = _frame(n, L, SHIFT, L + SHIFT, False)
+        dst = (b0 * H + h) * L + t
+        if EPILOGUE == 2 and NEED_2:
+            u0, u1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
+            tl.store(out2_ptr + dst, (z0 * u0).to(out2_ptr.dtype.element_ty), mask=ok)
+            tl.store(out2_ptr + dst + H * L, (z1 * u1).to(out2_ptr.dtype.element_ty), mask=ok & second)
+        if EPILOGUE == 0 or NEED_1:
+            if HAS_A:
+                a0, a1 = _load_pair(a_ptr, b0 * sa_b + h * sa_h, sa_b, sa_t, t, ok, second, acc)
+                z0 *= a0
+                z1 *= a1
+            if HAS_D:
+                d = tl.load(d_ptr + h).to(acc)
+                if EPILOGUE == 0:
+                    y0, y1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
+                else:
+                    y0, y1 = _load_pair(b_ptr, b0 * sb_b + h * sb_h, sb_b, sb_t, t, ok, second, acc)
+                z0 += d * y0
+                z1 += d * y1
+            tl.store(out_ptr + dst, z0.to(out_ptr.dtype.element_ty), mask=ok)
+            tl.store(out_ptr + dst + H * L, z1.to(out_ptr.dtype.element_ty), mask=ok & second)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -451,7 +641,7 @@ def _factors(m: int) -> tuple[int, int, int]:
 class Plan:
     """One call's FFT: size n (= the complex size, two rows a signal), the signal's wrap W,
     the filter's centre c (lag 0 at index c), and the tile factors (one level: ``inner``
-    only; two levels: ``outer`` P-point and ``inner`` Q-point)."""
+    only; two levels: ``outer`` P-point and ``inner`` Q-point, n = P·Q)."""
 
     n: int
     wrap: int
@@ -475,13 +665,8 @@ def plan(mode: str, length: int, taps: int) -> Plan:
     n = max(MIN_N, 1 << (need - 1).bit_length())
     if n <= MAX_TILE:
         return Plan(n, wrap, centre, _factors(n))
-    e = n.bit_length() - 1
-    q = 2 ** min(12, (e + 1) // 2)
-    return Plan(n, wrap, centre, _factors(q), _factors(n // q))
-
-
-def supports(mode: str, length: int, taps: int) -> bool:
-    return plan(mode, length, taps).n <= MAX_N
+    outer = max(64, n // MAX_TILE)  # the inner level as long as a tile allows; both ≥ 64 (two axes of 8)
+    return Plan(n, wrap, centre, _factors(n // outer), _factors(outer))
 
 
 # ----------------------------------------------------------------------------- constants
@@ -515,6 +700,10 @@ def _parts(g: torch.Tensor, prec: int) -> torch.Tensor:
     return torch.stack([hi, (g - hi.double()).to(torch.bfloat16)])
 
 
+def _acc(prec: int) -> torch.dtype:
+    return torch.float64 if prec == 0 else torch.float32
+
+
 @functools.lru_cache(maxsize=64)
 def _matrix(m: int, prec: int, device: torch.device) -> torch.Tensor:
     """(2 [forward, inverse], parts, 2m, 2m): the DFT of m in real form, split for ``prec``."""
@@ -527,25 +716,30 @@ def _matrix(m: int, prec: int, device: torch.device) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _twiddles(factors: tuple[int, int, int], acc: torch.dtype, device: torch.device) -> torch.Tensor:
+def _twiddles(factors: tuple[int, int, int], prec: int, device: torch.device) -> torch.Tensor:
     """ω_(m1m2)^(n2·k1) as (m2, m1), then ω_M^(n3·(k1 + m1·k2)) as (m3, m1, m2), complex
-    interleaved in ``acc`` (``_fft``)."""
+    interleaved (``_fft``)."""
     m1, m2, m3 = factors
     n2, k1 = torch.arange(m2)[:, None], torch.arange(m1)[None, :]
     first = _omega(m1 * m2, n2 * k1)
     n3 = torch.arange(m3)[:, None, None]
     second = _omega(m1 * m2 * m3, n3 * (torch.arange(m1)[None, :, None] + m1 * torch.arange(m2)[None, None, :]))
     both = torch.cat([torch.view_as_real(first).flatten(), torch.view_as_real(second).flatten()])
-    return both.to(device, acc)
+    return both.to(device, _acc(prec))
 
 
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+@functools.lru_cache(maxsize=64)
+def _omega_tables(n: int, prec: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(ω_n^j for j < G, ω_n^(G·j) for j < n/G, log2 G) for ``_omega_mul``, G ≈ √n."""
+    bits = (n.bit_length() - 1 + 1) // 2
+    lo = _omega(n, torch.arange(1 << bits))
+    hi = _omega(n, torch.arange(n >> bits) << bits)
+    return torch.view_as_real(lo).to(device, _acc(prec)), torch.view_as_real(hi).to(device, _acc(prec)), bits
 
 
 def _consts(factors, prec: int, device):
     """(g1, g2, g3, tw) for a tile of ``factors`` and dot precision ``prec`` (_PREC)."""
-    return (*(_matrix(m, prec, device) for m in factors), _twiddles(factors, torch.float64 if prec == 0 else torch.float32, device))
+    return (*(_matrix(m, prec, device) for m in factors), _twiddles(factors, prec, device))
 
 
 def _warps(elements: int) -> int:
@@ -557,41 +751,137 @@ def _tile_rows(p: Plan, signals: int) -> int:
     return max(1, min(MAX_TILE // p.n, triton.next_power_of_2(max(signals, 1))))
 
 
+def _tile_meta(prefix: str, factors) -> dict:
+    return {f"{prefix}{i + 1}": m for i, m in enumerate(factors)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    """Signals of batch pairs bp0..bp0+nbp−1 × channels h0..h0+nh−1 (row c = bp_local·nh + h_local)."""
+
+    bp0: int
+    nbp: int
+    h0: int
+    nh: int
+
+
+def _chunks(pairs: int, channels: int, signal_bytes: int, channel_bytes: int = 0) -> list[_Chunk]:
+    """Chunks covering pairs × channels whose scratch (signal_bytes a signal, channel_bytes a
+    channel) stays under SCRATCH_BYTES: whole channels if they fit, else one at a time."""
+    whole = pairs * signal_bytes + channel_bytes
+    if whole <= SCRATCH_BYTES:
+        nh = max(1, min(channels, SCRATCH_BYTES // whole))
+        return [_Chunk(0, pairs, h, min(nh, channels - h)) for h in range(0, channels, nh)]
+    nbp = max(1, (SCRATCH_BYTES - channel_bytes) // signal_bytes)
+    return [_Chunk(b, min(nbp, pairs - b), h, 1) for h in range(channels) for b in range(0, pairs, nbp)]
+
+
 # ----------------------------------------------------------------------------- launches
+# Each *_calls function returns the launches as (kernel, grid, args, meta) for
+# ``kernel[grid](*args, **meta)`` (tests/test_fftconv_triton_sm90.py compiles them ahead of time).
+
+
+def _two_level(p: Plan, prec: int, device):
+    """Constants of the two levels: outer (g1, g2, g3, tw), inner (g1, g2, g3, tw), ω tables,
+    and the meta of the outer and inner tiles."""
+    P, Q = math.prod(p.outer), math.prod(p.inner)
+    lo, hi, bits = _omega_tables(p.n, prec, device)
+    outer_meta = {"T": MAX_TILE // P, **_tile_meta("P", p.outer), "Q": Q, "G_BITS": bits, "PREC": prec,
+                  "num_warps": _warps(MAX_TILE)}
+    inner_meta = {"R": MAX_TILE // Q, **_tile_meta("Q", p.inner), "P": P, "PREC": prec, "num_warps": _warps(MAX_TILE)}
+    return _consts(p.outer, prec, device), _consts(p.inner, prec, device), (lo, hi), outer_meta, inner_meta
+
+
+def _outer_call(p, prec, src, gate, buf, chunk: _Chunk, frame, B, H, L, filter_taps=None):
+    """Phase A over a chunk: src (and gate) rows in ``frame`` (SHIFT, COUNT, WRAP), or filter rows."""
+    outer, _, tables, meta, _ = _two_level(p, prec, src.device)
+    shift, count, wrap = frame
+    src_strides = (0, *src.stride()) if filter_taps is not None else src.stride()
+    args = (src, gate if gate is not None else src, buf, *outer, *tables, B, H, L, shift, count, filter_taps or 0,
+            p.n, p.centre, chunk.bp0, chunk.h0, chunk.nh, *src_strides,
+            *(gate.stride() if gate is not None else (0, 0, 0)))
+    meta = {**meta, "WRAP": wrap, "HAS_GATE": gate is not None, "FILTER": filter_taps is not None}
+    return fftconv_outer_kernel, (chunk.nbp * chunk.nh * (meta["Q"] // meta["T"]),), args, meta
+
+
+def _outer_inv_call(p, prec, buf, chunk: _Chunk, epilogue, outs, u, a, b, D, B, H, L, shift, taps=0):
+    """Phase C over a chunk: ``outs`` (out, out2) of the epilogue (fftconv_outer_inv_kernel)."""
+    outer, _, tables, meta, _ = _two_level(p, prec, buf.device)
+    out, out2 = (t if t is not None else buf for t in outs)
+    ua, aa, ba = (t if t is not None else buf for t in (u, a, b))
+    strides = [t.stride() if t is not None and t.dim() == 3 else (0, 0, 0) for t in (u, a, b)]
+    args = (buf, out, out2, ua, aa, ba, D.contiguous() if D is not None else buf, *outer, *tables, B, H, L, shift,
+            taps, p.n, p.centre, chunk.bp0, chunk.h0, chunk.nh, *strides[0], *strides[1], *strides[2])
+    meta = {**meta, "EPILOGUE": epilogue, "HAS_A": a is not None, "HAS_D": D is not None,
+            "NEED_1": outs[0] is not None, "NEED_2": outs[1] is not None}
+    rows = chunk.nh if epilogue == 3 else chunk.nbp * chunk.nh
+    return fftconv_outer_inv_kernel, (rows * (meta["Q"] // meta["T"]),), args, meta
+
+
+def _inner_call(p, prec, src, dst, spec, chunk: _Chunk, mode: int):
+    """Phase B over a chunk's rows (fftconv_inner_kernel's MODE)."""
+    _, inner, _, _, meta = _two_level(p, prec, src.device)
+    args = (src, dst, spec, *inner, chunk.h0, chunk.nh, 1.0 / p.n)
+    return fftconv_inner_kernel, (chunk.nbp * chunk.nh * (meta["P"] // meta["R"]),), args, {**meta, "MODE": mode}
+
+
+def _scratch(rows: int, p: Plan, prec: int, device) -> torch.Tensor:
+    return torch.empty(rows, p.n, 2, dtype=_acc(prec), device=device)
 
 
 def spectrum_calls(k: torch.Tensor, p: Plan, dtype: torch.dtype, spec: torch.Tensor):
-    """Launches writing the spectrum of k (H, Lk) for plan p and input dtype into spec (H, n, 2)."""
+    """Launches writing the spectrum of k (H, Lk) for plan p into spec (H, n, 2), with the dots
+    of ``dtype`` (k's)."""
     H, Lk = k.shape
-    R = _tile_rows(p, H)
-    m1, m2, m3 = p.inner
-    args = (k, spec, *_consts(p.inner, _PREC[dtype], k.device), H, Lk, p.n, p.centre, k.stride(0), k.stride(1), 1.0 / p.n)
-    meta = {"R": R, "M1": m1, "M2": m2, "M3": m3, "PREC": _PREC[dtype], "num_warps": _warps(R * p.n)}
-    return [(fftconv_spectrum_kernel, (triton.cdiv(H, R),), args, meta)]
+    prec = _PREC[dtype]
+    if p.outer is None:
+        R = _tile_rows(p, H)
+        args = (k, spec, *_consts(p.inner, prec, k.device), H, Lk, p.n, p.centre, k.stride(0), k.stride(1), 1.0 / p.n)
+        meta = {"R": R, **_tile_meta("M", p.inner), "PREC": prec, "num_warps": _warps(R * p.n)}
+        return [(fftconv_spectrum_kernel, (triton.cdiv(H, R),), args, meta)]
+    chunks = _chunks(1, H, p.n * spec.element_size() * 2)
+    buf = _scratch(chunks[0].nh, p, prec, k.device)
+    calls = []
+    for chunk in chunks:
+        calls.append(_outer_call(p, prec, k, None, buf, chunk, (0, 0, False), 1, H, Lk, filter_taps=Lk))
+        calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 1))
+    return calls
 
 
 def spectrum(k: torch.Tensor, p: Plan, dtype: torch.dtype) -> torch.Tensor:
-    """k's spectrum for plan p and input ``dtype``: (H, n, 2) in float32 (float64 for float64)."""
-    spec = torch.empty(k.shape[0], p.n, 2, dtype=_acc(dtype), device=k.device)
-    for kernel, grid, args, meta in spectrum_calls(k, p, dtype, spec):
-        kernel[grid](*args, **meta)
+    """k's spectrum for plan p, computed with the dots of ``dtype``: (H, n, 2) in float32
+    (float64 for float64), in the order the convolution kernels read it."""
+    spec = torch.empty(k.shape[0], p.n, 2, dtype=_acc(_PREC[dtype]), device=k.device)
+    if spec.numel():
+        for kernel, grid, args, meta in spectrum_calls(k, p, dtype, spec):
+            kernel[grid](*args, **meta)
     return spec
 
 
 def forward_calls(u, spec, pregate, postgate, D, p: Plan, y):
     """Launches computing y (B, H, L) contiguous from u (B, H, L) and the spectrum."""
     B, H, L = u.shape
-    pairs = (B + 1) // 2 * H
-    R = _tile_rows(p, pairs)
-    m1, m2, m3 = p.inner
-    pre = pregate if pregate is not None else u
-    post = postgate if postgate is not None else u
-    args = (u, pre, post, D.contiguous() if D is not None else u, spec, y, *_consts(p.inner, _PREC[u.dtype], u.device),
-            B, H, L, pairs, p.wrap, *u.stride(), *pre.stride(), *post.stride())
-    meta = {"R": R, "M1": m1, "M2": m2, "M3": m3, "PREC": _PREC[u.dtype], "HAS_PRE": pregate is not None,
-            "HAS_POST": postgate is not None, "HAS_D": D is not None, "WRAP": p.wrap > 0,
-            "num_warps": _warps(R * p.n)}
-    return [(fftconv_fwd_kernel, (triton.cdiv(pairs, R),), args, meta)]
+    prec = _PREC[u.dtype]
+    half = (B + 1) // 2
+    if p.outer is None:
+        pairs = half * H
+        R = _tile_rows(p, pairs)
+        pre = pregate if pregate is not None else u
+        post = postgate if postgate is not None else u
+        args = (u, pre, post, D.contiguous() if D is not None else u, spec, y, *_consts(p.inner, prec, u.device),
+                B, H, L, pairs, p.wrap, *u.stride(), *pre.stride(), *post.stride())
+        meta = {"R": R, **_tile_meta("M", p.inner), "PREC": prec, "HAS_PRE": pregate is not None,
+                "HAS_POST": postgate is not None, "HAS_D": D is not None, "WRAP": p.wrap > 0,
+                "num_warps": _warps(R * p.n)}
+        return [(fftconv_fwd_kernel, (triton.cdiv(pairs, R),), args, meta)]
+    chunks = _chunks(half, H, p.n * spec.element_size() * 2)
+    buf = _scratch(max(c.nbp * c.nh for c in chunks), p, prec, u.device)
+    calls = []
+    for chunk in chunks:
+        calls.append(_outer_call(p, prec, u, pregate, buf, chunk, (p.wrap, L + p.wrap, p.wrap > 0), B, H, L))
+        calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 0))
+        calls.append(_outer_inv_call(p, prec, buf, chunk, 0, (y, None), u, postgate, None, D, B, H, L, p.wrap))
+    return calls
 
 
 def forward(u, spec, pregate, postgate, D, p: Plan) -> torch.Tensor:
@@ -607,33 +897,94 @@ TARGET_PROGRAMS = 1024
 """The backward splits each channel's batch into groups until about this many programs run."""
 
 
-def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, outs, prec: int):
-    """Launches of the backward: ``outs`` = (du, dpre, dpost, dk_parts (groups, H, taps),
-    dd_parts (groups, H)) with None where not needed; dots of precision ``prec`` (_PREC)."""
-    B, H, L = u.shape
-    R = _tile_rows(p, (B + 1) // 2)
-    m1, m2, m3 = p.inner
-    tiles = triton.cdiv((B + 1) // 2, R)
-    groups = _groups(B, H, p)
-    iters = triton.cdiv(tiles, groups)
-    pre = pregate if pregate is not None else u
-    post = postgate if postgate is not None else u
-    du, dpre, dpost, dk, dd = (t if t is not None else u for t in outs)
-    args = (grad_y, u, pre, post, D.contiguous() if D is not None else u, spec, du, dpre, dpost, dk, dd,
-            *_consts(p.inner, prec, u.device), B, H, L, taps, p.n, p.centre, p.wrap, iters,
-            *grad_y.stride(), *u.stride(), *pre.stride(), *post.stride())
-    need_du, need_dk, need_dpre, need_dpost, need_dd = needs
-    meta = {"R": R, "M1": m1, "M2": m2, "M3": m3, "PREC": prec, "HAS_PRE": pregate is not None,
-            "HAS_POST": postgate is not None, "HAS_D": D is not None, "WRAP": p.wrap > 0,
-            "NEED_DU": need_du, "NEED_DK": need_dk, "NEED_DPRE": need_dpre, "NEED_DPOST": need_dpost,
-            "NEED_DD": need_dd, "num_warps": _warps(R * p.n)}
-    return [(fftconv_bwd_kernel, (groups * H,), args, meta)]
-
-
 def _groups(B: int, H: int, p: Plan) -> int:
-    """Batch groups a channel's backward is split into: about TARGET_PROGRAMS programs in all."""
-    tiles = triton.cdiv((B + 1) // 2, _tile_rows(p, (B + 1) // 2))
+    """Batch groups a channel's one-tile backward is split into: about TARGET_PROGRAMS programs."""
+    half = (B + 1) // 2
+    tiles = triton.cdiv(half, _tile_rows(p, half))
     return max(1, min(tiles, TARGET_PROGRAMS // max(H, 1)))
+
+
+def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, outs, prec: int):
+    """Launches of the backward for du, dk, dpregate and dD (``needs`` as the op's; dpostgate is
+    the forward with grad_y as postgate: ``backward``), dots of precision ``prec`` (_PREC).
+    One tile: ``outs`` = (du, dpre, dk_parts (groups, H, taps), dd_parts (groups, H)), None
+    where not needed. Two levels: (du, dpre, dk (H, taps)); the dk of each chunk goes to a
+    (channels, taps) buffer that an ``_add`` entry (grid None: a host call) adds to dk, chunk
+    by chunk in a fixed order; dD is left to ``backward``."""
+    B, H, L = u.shape
+    need_du, need_dk, need_dpre, _, need_dd = needs
+    half = (B + 1) // 2
+    if p.outer is None:
+        R = _tile_rows(p, half)
+        groups = _groups(B, H, p)
+        iters = triton.cdiv(triton.cdiv(half, R), groups)
+        pre = pregate if pregate is not None else u
+        post = postgate if postgate is not None else u
+        du, dpre, dk, dd = (t if t is not None else u for t in outs)
+        args = (grad_y, u, pre, post, D.contiguous() if D is not None else u, spec, du, dpre, dk, dd,
+                *_consts(p.inner, prec, u.device), B, H, L, taps, p.n, p.centre, p.wrap, iters,
+                *grad_y.stride(), *u.stride(), *pre.stride(), *post.stride())
+        meta = {"R": R, **_tile_meta("M", p.inner), "PREC": prec, "HAS_PRE": pregate is not None,
+                "HAS_POST": postgate is not None, "HAS_D": D is not None, "WRAP": p.wrap > 0,
+                "NEED_DU": need_du, "NEED_DK": need_dk, "NEED_DPRE": need_dpre, "NEED_DD": need_dd,
+                "num_warps": _warps(R * p.n), "num_stages": 1}
+        if need_dk and (need_du or need_dpre) and (p.wrap or p.n >= MAX_TILE):
+            # Two launches, dk then the rest: for wrapped circular, dk and dv share no spectrum
+            # (gz enters at two places); a 16·16·16 tile's matrices leave no registers for a
+            # third spectrum (ptxas spills: tests/test_fftconv_triton_sm90.py)
+            first = {**meta, "NEED_DU": False, "NEED_DPRE": False, "NEED_DD": False}
+            return [(fftconv_bwd_kernel, (groups * H,), args, first),
+                    (fftconv_bwd_kernel, (groups * H,), args, {**meta, "NEED_DK": False})]
+        return [(fftconv_bwd_kernel, (groups * H,), args, meta)]
+    du, dpre, dk = outs
+    need_dv = need_du or need_dpre
+    esize = p.n * 2 * _acc(prec).itemsize
+    chunks = _chunks(half, H, (2 * need_dk + need_dv) * esize, esize if need_dk else 0)
+    rows = max(c.nbp * c.nh for c in chunks)
+    bx, bk = (_scratch(rows, p, prec, u.device) for _ in range(2)) if need_dk else (None, None)
+    bg = _scratch(rows, p, prec, u.device) if need_dv else bx
+    bdk = _scratch(max(c.nh for c in chunks), p, prec, u.device) if need_dk else None
+    dk_chunk = torch.empty(bdk.shape[0], taps, dtype=_acc(prec), device=u.device) if need_dk else None
+    _, inner, _, _, inner_meta = _two_level(p, prec, u.device)
+    v_in = (p.wrap, L + p.wrap, p.wrap > 0)  # where v enters
+    y_out = (p.wrap, L + p.wrap, False)  # where y leaves: gz for dk
+    dv_in = (0, L + p.wrap, p.wrap > 0)  # gz for dv, wrapped the other way
+    calls = []
+    shared = need_dk and need_dv and not p.wrap  # one gz for both: transformed into bk, kept in bg
+    for chunk in chunks:
+        if need_dv:
+            calls.append(_outer_call(p, prec, grad_y, postgate, bg, chunk, dv_in, B, H, L))
+        if need_dk:
+            calls.append(_outer_call(p, prec, u, pregate, bx, chunk, v_in, B, H, L))
+            calls.append(_inner_call(p, prec, bx, bx, spec, chunk, 3))
+            if not shared:
+                calls.append(_outer_call(p, prec, grad_y, postgate, bk, chunk, y_out, B, H, L))
+            calls.append(_inner_call(p, prec, bg if shared else bk, bk, spec, chunk, 3))
+            args = (bx, bk, bdk, *inner, chunk.nh, chunk.nbp, 1.0 / p.n)
+            meta = {**inner_meta, "num_stages": 1}
+            calls.append((fftconv_cross_kernel, (chunk.nh * (meta["P"] // meta["R"]),), args, meta))
+            calls.append(_outer_inv_call(p, prec, bdk, _Chunk(0, 1, 0, chunk.nh), 3, (dk_chunk, None), None, None,
+                                         None, None, B, H, L, 0, taps))
+            calls.append((_add, None, (dk, dk_chunk, chunk), None))
+        if need_dv:
+            calls.append(_inner_call(p, prec, bg, bg, spec, chunk, 2))
+            calls.append(_outer_inv_call(p, prec, bg, chunk, 2, (du, dpre), u, pregate, grad_y, D, B, H, L, 0))
+    return calls
+
+
+def _add(dk: torch.Tensor, dk_chunk: torch.Tensor, chunk: _Chunk) -> None:
+    """dk of a two-level chunk into the total: chunk by chunk, in a fixed order."""
+    dk[chunk.h0:chunk.h0 + chunk.nh] += dk_chunk[:chunk.nh]
+
+
+def _dot_rows(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tensor:
+    """Σ_(batch, t) a·b per channel, (H,) in acc: products and sums in float64, one batch
+    element at a time (float32 loses about √(B·L) roundings where the sum cancels; no
+    (B, H, L) temporary)."""
+    total = torch.zeros(a.shape[1], dtype=torch.float64, device=a.device)
+    for i in range(a.shape[0]):
+        total += (a[i].double() * b[i].double()).sum(-1)
+    return total.to(acc)
 
 
 def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k_dtype: torch.dtype):
@@ -643,19 +994,30 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
     precision u gets a float32-accurate dk: the dots are then those of float32 input."""
     B, H, L = u.shape
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
-    groups = _groups(B, H, p)
-    acc = _acc(u.dtype)
+    prec = min(_PREC[u.dtype], _PREC[k_dtype]) if need_dk else _PREC[u.dtype]
+    acc = _acc(prec)
     new = lambda need: torch.empty(u.shape, dtype=u.dtype, device=u.device) if need else None  # noqa: E731
-    outs = (new(need_du), new(need_dpre), new(need_dpost),
-            torch.empty(groups, H, taps, dtype=acc, device=u.device) if need_dk else None,
-            torch.empty(groups, H, dtype=acc, device=u.device) if need_dd else None)
-    if B == 0:
-        for t in outs[3:]:
-            if t is not None:
-                t.zero_()
-    elif any(needs):
-        prec = min(_PREC[u.dtype], _PREC[k_dtype]) if need_dk else _PREC[u.dtype]
+    du, dpre = new(need_du), new(need_dpre)
+    # dpostgate = grad_y·conv(u·pregate, k): the forward, grad_y in the postgate's place
+    dpost = forward(u, spec, pregate, grad_y, None, p) if need_dpost else None
+    if p.outer is None:
+        groups = _groups(B, H, p)
+        dk = torch.zeros(groups, H, taps, dtype=acc, device=u.device) if need_dk else None
+        dd = torch.zeros(groups, H, dtype=acc, device=u.device) if need_dd else None
+        outs = (du, dpre, dk, dd)
+        work = need_du or need_dk or need_dpre or need_dd
+    else:
+        dk = torch.zeros(H, taps, dtype=acc, device=u.device) if need_dk else None
+        dd = _dot_rows(grad_y, u, acc) if need_dd else None
+        outs = (du, dpre, dk)
+        work = need_du or need_dk or need_dpre
+    if B and work:
         for kernel, grid, args, meta in backward_calls(grad_y, u, spec, pregate, postgate, D, p, taps, needs, outs, prec):
-            kernel[grid](*args, **meta)
-    du, dpre, dpost, dk, dd = outs
-    return (du, dk.sum(0) if need_dk else None, dpre, dpost, dd.sum(0) if need_dd else None)
+            if grid is None:
+                kernel(*args)
+            else:
+                kernel[grid](*args, **meta)
+    if p.outer is None:
+        dk = dk.sum(0) if need_dk else None
+        dd = dd.sum(0) if need_dd else None
+    return du, dk, dpre, dpost, dd
