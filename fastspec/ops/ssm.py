@@ -703,4 +703,208 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     return selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, chosen)
 
 
-_TABLES = {"linear_scan": _LINEAR_SCAN, "selective_scan": _SELECTIVE, "selective_state_update": _STATE_UPDATE}
+
+# ---------------------------------------------------------------------------- S4D kernel
+
+DISCRETIZATIONS = ("zoh", "bilinear")
+_REAL_OF = {torch.complex64: torch.float32, torch.complex128: torch.float64}
+
+
+def vandermonde_blocks(L: int) -> tuple[int, int]:
+    """(steps per block, blocks) of the torch backend: about √L each, so that the factors
+    exp(ζ·block start) and exp(ζ·step) take O(N·√L) memory per channel."""
+    steps = max(1, int(L**0.5 + 0.5))
+    return steps, -(-L // steps)
+
+
+def _vandermonde_factors(zeta: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """exp(ζ·s) for the block starts s (H, nb, N) and for the steps within a block (H, N, steps),
+    both complex128 (each power computed directly: no error grows with L); and the starts."""
+    steps, blocks = vandermonde_blocks(L)
+    starts = torch.arange(blocks, dtype=torch.float64, device=zeta.device) * steps
+    at_starts = torch.exp(zeta[:, None, :] * starts[None, :, None])
+    within = torch.exp(zeta[:, :, None] * torch.arange(steps, dtype=torch.float64, device=zeta.device))
+    return at_starts, within, starts
+
+
+def _vandermonde_torch(v: torch.Tensor, zeta: torch.Tensor, L: int, dtype: torch.dtype) -> torch.Tensor:
+    """K[h, s + j] = 2·Re Σ_n (v·exp(ζ s))[n]·exp(ζ j)[n]: one batched complex matmul of the
+    block-start and the within-block factors (complex64 for a float32 result)."""
+    at_starts, within, _ = _vandermonde_factors(zeta, L)
+    work = torch.complex64 if dtype == torch.float32 else torch.complex128
+    K = 2 * torch.matmul((v[:, None, :] * at_starts).to(work), within.to(work)).real
+    return K.reshape(K.shape[0], -1)[:, :L].to(dtype).contiguous()
+
+
+def _vandermonde_backward_torch(grad: torch.Tensor, v: torch.Tensor, zeta: torch.Tensor):
+    """(dv, dζ) = (2·conj(G), 2·conj(v·G')) with G = Σ_l dK_l·exp(lζ), G' = Σ_l l·dK_l·exp(lζ)
+    (PyTorch's complex gradients: ∂/∂Re + i·∂/∂Im), per block then over blocks, in complex128."""
+    H, L = grad.shape
+    at_starts, within, starts = _vandermonde_factors(zeta, L)
+    steps, blocks = within.shape[-1], at_starts.shape[1]
+    g = F.pad(grad.to(torch.float64), (0, steps * blocks - L)).reshape(H, blocks, steps)
+    l = (starts[:, None] + torch.arange(steps, dtype=torch.float64, device=grad.device)).expand(blocks, steps)
+    both = torch.cat([g, g * l], dim=1).transpose(1, 2).to(torch.complex128)  # (H, steps, 2·blocks)
+    per_block = torch.matmul(within, both)  # (H, N, 2·blocks)
+    G = (per_block[..., :blocks] * at_starts.transpose(1, 2)).sum(-1)
+    G1 = (per_block[..., blocks:] * at_starts.transpose(1, 2)).sum(-1)
+    return 2 * torch.conj_physical(G), 2 * torch.conj_physical(v * G1)
+
+
+def _vandermonde_triton(v, zeta, L, dtype):
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.vandermonde(v, zeta, L, dtype)
+
+
+def _vandermonde_backward_triton(grad, v, zeta):
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.vandermonde_backward(grad, v, zeta)
+
+
+def _vandermonde_triton_unsupported(N: int) -> str | None:
+    from fastspec.triton_kernels import ssm as kernels
+
+    if N > kernels.VANDERMONDE_MAX_N:
+        return f"the triton backend takes N <= {kernels.VANDERMONDE_MAX_N}, got N={N}"
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class Vandermonde:
+    """One backend of the S4D kernel's core K[h, l] = 2·Re Σ_n v[h,n]·exp(l·ζ[h,n]), v and ζ
+    (H, N) complex128: ``forward(v, zeta, L, dtype) -> K`` (H, L) contiguous in ``dtype``
+    (float32 or float64); ``backward(grad (H, L), v, zeta) -> (dv, dzeta)`` complex128;
+    ``unsupported(N)``: why not, or None."""
+
+    forward: Callable
+    backward: Callable
+    unsupported: Callable[[int], str | None] = lambda N: None
+
+
+_VANDERMONDE = {
+    "torch": Vandermonde(_vandermonde_torch, _vandermonde_backward_torch),
+    "triton": Vandermonde(_vandermonde_triton, _vandermonde_backward_triton, _vandermonde_triton_unsupported),
+}
+
+
+def _check_vandermonde_backend(op: str, backend: str, N: int) -> None:
+    _check_backend(op, backend, _VANDERMONDE)
+    reason = _VANDERMONDE[backend].unsupported(N)
+    if reason:
+        raise ValueError(f"{op}: {reason}")
+
+
+@torch.library.custom_op("fastspec::vandermonde", mutates_args=())
+def vandermonde_op(v: torch.Tensor, zeta: torch.Tensor, L: int, dtype: torch.dtype, backend: str) -> torch.Tensor:
+    """Registered op: K (H, L) = 2·Re Σ_n v·exp(l·ζ) in ``dtype``; v, ζ (H, N) complex128."""
+    _check_vandermonde_backend("ssm_kernel", backend, v.shape[1])
+    return _VANDERMONDE[backend].forward(v, zeta, L, dtype)
+
+
+@vandermonde_op.register_fake
+def _(v, zeta, L, dtype, backend):
+    return v.new_empty((v.shape[0], L), dtype=dtype)
+
+
+@torch.library.custom_op("fastspec::vandermonde_backward", mutates_args=())
+def vandermonde_backward_op(grad: torch.Tensor, v: torch.Tensor, zeta: torch.Tensor,
+                            backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Registered op: (dv, dζ) of fastspec::vandermonde for the gradient ``grad`` of K."""
+    _check_vandermonde_backend("ssm_kernel", backend, v.shape[1])
+    return _VANDERMONDE[backend].backward(grad, v, zeta)
+
+
+@vandermonde_backward_op.register_fake
+def _(grad, v, zeta, backend):
+    return torch.empty_like(v), torch.empty_like(zeta)
+
+
+def _vandermonde_setup(ctx, inputs, output):
+    v, zeta, ctx.L, ctx.dtype, ctx.backend = inputs
+    ctx.save_for_backward(v, zeta)
+
+
+def _vandermonde_backward(ctx, grad):
+    v, zeta = ctx.saved_tensors
+    if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch forward
+        with torch.enable_grad():
+            K = _vandermonde_torch(v, zeta, ctx.L, torch.float64)
+            dv, dzeta = torch.autograd.grad(K, (v, zeta), grad.to(torch.float64), create_graph=True)
+    else:
+        dv, dzeta = vandermonde_backward_op(grad.contiguous(), v, zeta, ctx.backend)
+    return dv, dzeta, None, None, None
+
+
+vandermonde_op.register_autograd(_vandermonde_backward, setup_context=_vandermonde_setup)
+
+
+def _validate_ssm_kernel(A, B, C, log_dt, L, discretization) -> None:
+    op = "ssm_kernel"
+    for name, t in (("A", A), ("B", B), ("C", C), ("log_dt", log_dt)):
+        _check_tensor(op, name, t)
+    if A.dtype not in (torch.complex64, torch.complex128):
+        raise TypeError(f"{op}: A must be complex64 or complex128, got {A.dtype}")
+    for name, t in (("B", B), ("C", C)):
+        if t.dtype != A.dtype:
+            raise TypeError(f"{op}: {name} must have A's dtype {A.dtype}, got {t.dtype}")
+    real = _REAL_OF[A.dtype]
+    if log_dt.dtype != real:
+        raise TypeError(f"{op}: log_dt must be {_dtype_names([real])} for A of {A.dtype}, got {log_dt.dtype}")
+    if A.dim() != 2 or A.shape[1] < 1:
+        raise ValueError(f"{op}: A must be (H, N) with N >= 1, got shape {tuple(A.shape)}")
+    for name, t in (("B", B), ("C", C)):
+        if t.shape != A.shape:
+            raise ValueError(f"{op}: {name} must have A's shape {tuple(A.shape)}, got {tuple(t.shape)}")
+    if log_dt.shape != (A.shape[0],):
+        raise ValueError(f"{op}: log_dt must be (H,) = ({A.shape[0]},), got {tuple(log_dt.shape)}")
+    if isinstance(L, bool) or not isinstance(L, int) or L < 1:
+        raise ValueError(f"{op}: L must be an int >= 1, got {L!r}")
+    if discretization not in DISCRETIZATIONS:
+        raise ValueError(f"{op}: discretization must be one of {', '.join(map(repr, DISCRETIZATIONS))}; "
+                         f"got {discretization!r}")
+    _check_same_device(op, "A", A, B=B, C=C, log_dt=log_dt)
+
+
+def discretize(A, B, C, log_dt, discretization: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(v, ζ) (H, N) complex128 with K[h, l] = 2·Re Σ_n v·exp(l·ζ): Δ = exp(log_dt), z = ΔA;
+    ZOH: ζ = z, v = C·B·Δ·(e^z − 1)/z (= C·B·(e^z − 1)/A, Δ·C·B where z = 0);
+    bilinear: ζ = log((1 + z/2)/(1 − z/2)), v = C·B·Δ/(1 − z/2). Differentiable."""
+    A, B, C = (t.to(torch.complex128) for t in (A, B, C))
+    dt = torch.exp(log_dt.to(torch.float64))[:, None]
+    z = dt * A
+    if discretization == "zoh":
+        small = z == 0
+        ratio = torch.where(small, 1.0, torch.expm1(torch.where(small, 1.0, z)) / torch.where(small, 1.0, z))
+        return C * B * dt * ratio, z
+    return C * B * dt / (1 - z / 2), torch.log((1 + z / 2) / (1 - z / 2))
+
+
+def ssm_kernel(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, log_dt: torch.Tensor, L: int, *,
+               discretization: str = "zoh", backend: str = "auto") -> torch.Tensor:
+    """The S4D convolution kernel K (H, L), by the Vandermonde product without the (N, L) matrix:
+
+        K[h, l] = 2·Re Σ_n C[h,n]·B̄[h,n]·Ā[h,n]^l,   Δ_h = exp(log_dt[h])
+        zoh:      Ā = exp(Δ·A),                 B̄ = (exp(Δ·A) − 1)/A·B
+        bilinear: Ā = (1 + Δ·A/2)/(1 − Δ·A/2),  B̄ = Δ·B/(1 − Δ·A/2)
+
+    (N complex modes with their conjugates implied: a real SSM of state size 2N). A, B, C:
+    (H, N) complex64 or complex128; log_dt: (H,) float32 or float64 (matching); L ≥ 1.
+    Returns K (H, L) float32 (float64 for complex128), contiguous. Ā^l = exp(l·log Ā) is
+    computed directly for every l, with the phase in float64 (no error that grows with L).
+    Autograd for A, B, C and log_dt (double backward through the torch path);
+    ``torch.compile(fullgraph=True)`` works. Memory: the Triton kernel O(N + L) per channel,
+    the torch backend O(N·√L). backend: 'auto' | 'torch' | 'triton' (N ≤ 1024).
+    Raises TypeError for a wrong type or dtype, ValueError for a wrong shape, L or
+    discretization, RuntimeError for a backend that cannot run here.
+    """
+    _validate_ssm_kernel(A, B, C, log_dt, L, discretization)
+    chosen = choose_backend("ssm_kernel", backend, A.device)
+    _check_vandermonde_backend("ssm_kernel", chosen, A.shape[1])
+    v, zeta = discretize(A, B, C, log_dt, discretization)
+    return vandermonde_op(v, zeta, L, _REAL_OF[A.dtype], chosen)
+
+
+_TABLES = {"linear_scan": _LINEAR_SCAN, "selective_scan": _SELECTIVE, "selective_state_update": _STATE_UPDATE,
+           "ssm_kernel": _VANDERMONDE}
