@@ -290,7 +290,8 @@ def _columns(n: int, cols: torch.Tensor, transpose: bool) -> torch.Tensor:
 _LARGE = [n for n in supported_sizes() if n > 1024]
 
 
-@pytest.mark.parametrize("n", [n for n in _LARGE if n <= 2**14] + _LARGE[_LARGE.index(2**14) + 1::31] + [MAX_N])
+@pytest.mark.parametrize("n", [n for n in _LARGE if n <= 2**14] + [MAX_N]
+                         + [pytest.param(n, marks=pytest.mark.slow) for n in _LARGE[_LARGE.index(2**14) + 1::31]])
 def test_reference_is_the_product_on_sampled_columns(n):
     """Every supported n from 1024 to 16384 (below: the dense test above), and a sample up
     to 2^20: the reference's output columns J equal x @ H_n[:, J] for 48 random columns and
