@@ -409,8 +409,8 @@ def test_auto_table_on_cuda(monkeypatch):
 
 
 def test_auto_table_on_cpu(monkeypatch):
-    """CPU tensors take the C++ kernel for every n and dtype where it is built, torch otherwise
-    (and for base blocks larger than the kernel takes)."""
+    """CPU tensors take the C++ kernel for every n and dtype where it is built and the block
+    order is at most 76, torch otherwise (and for base blocks larger than the table lists)."""
     from fastspec.ops import fwht as ops
 
     cpu = torch.device("cpu")

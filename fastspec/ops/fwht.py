@@ -202,7 +202,7 @@ def _validate(x, scale, transpose, block: str, backend: str) -> tuple[int, int]:
 
 def _auto_choice(device: torch.device, dtype: torch.dtype, n: int, m: int) -> str:
     if device.type == "cpu":
-        order = next(order for max_m, order in AUTO_CPU if m <= max_m)
+        order = next((order for max_m, order in AUTO_CPU if m <= max_m), ("torch",))
     elif device.type != "cuda" or dtype == torch.float64:
         return "torch"
     else:
