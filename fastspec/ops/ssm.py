@@ -628,7 +628,13 @@ def _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, softplus):
     return y.to(x.dtype)
 
 
-_STATE_UPDATE = {"torch": _state_update_torch}
+def _state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, softplus):
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus)
+
+
+_STATE_UPDATE = {"torch": _state_update_torch, "triton": _state_update_triton}
 
 
 def _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus) -> None:
@@ -695,7 +701,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     and strides (A is often expanded); computed in float32 (float64 if state or x is),
     state written back in its dtype. Returns y in x's dtype. After ``selective_scan(...,
     return_last_state=True)`` it continues that scan: a step with the next token gives
-    the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch'.
+    the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch' | 'triton'
+    (N ≤ 256).
     """
     _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     chosen = choose_backend("selective_state_update", backend, state.device)
