@@ -154,7 +154,8 @@ def test_chunks_carry_the_state(backend, monkeypatch):
     from fastspec.ops import ssm
     from fastspec.triton_kernels import ssm as kernels
 
-    monkeypatch.setattr(ssm, "TORCH_SELECTIVE_CHUNK", 8)
+    monkeypatch.setattr(ssm, "TORCH_SELECTIVE_ELEMENTS", 8 * 4 * 3)
+    monkeypatch.setattr(ssm, "TORCH_SELECTIVE_MIN_CHUNK", 8)
     monkeypatch.setattr(kernels, "SELECTIVE_TILE", 1)  # the smallest chunk, 16
     for L in ((7, 8, 9, 40) if backend == "torch" else (17, 40)):
         kwargs = make_inputs(1, 4, L, 3, torch.float64, ("fixed", "var"), "all")
