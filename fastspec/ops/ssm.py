@@ -258,24 +258,51 @@ def per_channel(M: torch.Tensor, channels: int) -> torch.Tensor:
     return M[:, :, None].expand(batch, groups, channels // groups, n, length).reshape(batch, channels, n, length)
 
 
+def _split(t: torch.Tensor, K: int) -> torch.Tensor:
+    """(..., l) → (..., K, n) contiguous, n = ⌈l/K⌉, step j·K + k at [..., k, j] (zeros past l):
+    step k of every chunk is one contiguous slice."""
+    n = -(-t.shape[-1] // K)
+    t = F.pad(t, (0, n * K - t.shape[-1]))
+    return t.reshape(*t.shape[:-1], n, K).transpose(-1, -2).contiguous()
+
+
 def _selective_chunk(u, delta, z, A, B, C, D, delta_bias, x0, softplus):
-    """One chunk of the selective scan in plain differentiable torch: u, delta, z (b, D, l)
-    and B, C (their form, sliced to the chunk) → (out (b, D, l), x at the chunk's end
-    (b, D, N)), in the state's dtype."""
+    """One chunk of the selective scan in plain differentiable torch: u, delta, z (b, D, l),
+    B, C (their form, sliced to the chunk), x0 (b, D, N) → (out (b, D, l), x at the chunk's
+    end), in the state's dtype. The l steps are cut into n sub-chunks of K = TORCH_CHUNK;
+    one pass over the K steps (each step one call over all sub-chunks) finds each sub-chunk's
+    end state from zero and its decay product, a scan over those gives the state entering
+    each sub-chunk, and a second pass from there contracts x with C at every step, so the
+    states (b, D, N, l) are never stored."""
     acc = x0.dtype
     dt = delta.to(acc) if delta_bias is None else delta.to(acc) + delta_bias[:, None]
     if softplus:
         dt = F.softplus(dt)
     uf = u.to(acc)
-    channels = u.shape[1]
-    decay = torch.exp(dt[:, :, None, :] * A[None, :, :, None])
-    xs = scan_torch(decay, (dt * uf)[:, :, None, :] * per_channel(B.to(acc), channels), x0)
-    out = (xs * per_channel(C.to(acc), channels)).sum(2)
+    batch, channels, length = u.shape
+    K = min(length, TORCH_CHUNK)
+    B, C = (M.to(acc)[None, :, :, None, None] if M.dim() == 2 else _split(per_channel(M.to(acc), channels), K)
+            for M in (B, C))
+    dt_split = _split(dt, K)  # padded steps: Δ = 0, so decay 1 and input 0
+    decay = torch.exp(dt_split[:, :, None] * A[None, :, :, None, None])  # (b, D, N, K, n)
+    tokens = _split(dt * uf, K)[:, :, None] * B
+    carry = x0[..., None]
+    if decay.shape[-1] > 1:  # a sub-chunk's decay product is exp(A·ΣΔ)
+        product = torch.exp(dt_split.sum(-2)[:, :, None, :] * A[None, :, :, None])
+        x = tokens[..., 0, :]
+        for k in range(1, K):
+            x = torch.addcmul(tokens[..., k, :], decay[..., k, :], x)
+        carry = torch.cat([carry, scan_torch(product[..., :-1], x[..., :-1], x0)], dim=-1)
+    x, ys = carry, []
+    for k in range(K):
+        x = torch.addcmul(tokens[..., k, :], decay[..., k, :], x)
+        ys.append((x * C[..., k if C.shape[-2] > 1 else 0, :]).sum(2))  # a fixed C has one step
+    out = torch.stack(ys, dim=-2).transpose(-1, -2).reshape(batch, channels, K * decay.shape[-1])[..., :length]
     if D is not None:
         out = out + D[:, None] * uf
     if z is not None:
         out = out * F.silu(z.to(acc))
-    return out, xs[..., -1]
+    return out, x[..., -1]
 
 
 def _time_slice(M: torch.Tensor | None, steps: slice) -> torch.Tensor | None:
@@ -421,9 +448,9 @@ class Selective:
     unsupported: Callable[[int, torch.dtype], str | None] = lambda N, dtype: None
 
 
-TORCH_SELECTIVE_ELEMENTS = 2**18
-"""Elements of one (batch, D, N, chunk) tensor of the torch backend at the most (1 MiB in
-float32: measured on the 2-core machine, 2^17 … 2^20 are within its noise, 2^22 is slower)."""
+TORCH_SELECTIVE_ELEMENTS = 2**22
+"""Elements of one (batch, D, N, chunk) tensor of the torch backend at the most (16 MiB in
+float32): the forward holds two (decays and inputs), the backward a few more."""
 TORCH_SELECTIVE_MIN_CHUNK = 64
 
 _SELECTIVE = {
