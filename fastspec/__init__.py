@@ -2,8 +2,9 @@
 
 Ops: :func:`fwht` (fast Walsh–Hadamard transform), :func:`fft_conv` and :func:`fft_conv2d`
 (FFT long convolutions), :func:`linear_scan` (first-order linear recurrences),
-:func:`selective_scan` and :func:`selective_state_update` (Mamba's selective scan and its decoding
-step), :func:`ssm_kernel` (the S4D convolution kernel); HiPPO matrices in :mod:`fastspec.hippo`. Modules: :mod:`fastspec.nn`.
+:func:`selective_scan` and :func:`selective_state_update` (Mamba's selective scan and its
+decoding step), :func:`ssm_kernel` (the S4D convolution kernel); HiPPO matrices in
+:mod:`fastspec.hippo`. Modules: :mod:`fastspec.nn`.
 :func:`backends` reports which backends (torch, triton, cuda) run here and why not.
 """
 from fastspec._backend import BackendInfo, backends

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable, Collection
 
@@ -17,9 +18,12 @@ import torch
 
 import fastspec
 from fastspec import _timing
+from fastspec.hippo import init_log_dt, s4d_init
 from fastspec.ops import fftconv as fftconv_ops
+from fastspec.ops import ssm as ssm_ops
 from fastspec.reference.fftconv import fft_conv_pytorch, fft_conv_reference
 from fastspec.reference.fwht import fwht_dense, fwht_reference
+from fastspec.reference.ssm import linear_scan_reference, selective_scan_reference, ssm_kernel_reference
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -75,6 +79,36 @@ def _gates(rest):
     return dict(zip(("pregate", "postgate", "D"), rest))
 
 
+def _linear_scan_make(shape, dtype, device):
+    """(gates uniform in (0, 1), tokens standard normal), each (B, C, T)."""
+    return torch.rand(shape, device=device).to(dtype), torch.randn(shape, device=device).to(dtype)
+
+
+def _selective_make(shape, dtype, device):
+    """A Mamba layer's (u, delta, A, B, C, D, z, delta_bias) for (B, D, L), N = 16: Δ after
+    softplus in 1e-3 … 0.1, A = −(1 … 16), input-dependent B and C."""
+    batch, channels, L = shape
+    state = torch.float64 if dtype == torch.float64 else torch.float32
+    u, delta, z = (torch.randn(shape, device=device).to(dtype) for _ in range(3))
+    A = -torch.arange(1, 17, device=device, dtype=state).expand(channels, 16).contiguous()
+    B, C = (torch.randn(batch, 16, L, device=device).to(dtype) for _ in range(2))
+    dt = torch.exp(torch.rand(channels, device=device, dtype=state) * (math.log(0.1) - math.log(1e-3))
+                   + math.log(1e-3))
+    return u, delta * 0.5, A, B, C, torch.ones(channels, device=device, dtype=state), z, dt + torch.log(
+        -torch.expm1(-dt))
+
+
+def _kernel_make(shape, dtype, device):
+    """S4D-Lin (A, B), C complex normal, log Δ in [log 1e-3, log 0.1], for (H, N, L); and
+    arange(L), which carries L."""
+    H, N, L = shape
+    cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+    A, B = s4d_init("lin", H, N, dtype=cdtype)
+    log_dt = init_log_dt(H, dtype=dtype)
+    return (*(t.to(device) for t in (A, B, torch.randn(H, N, dtype=cdtype), log_dt)),
+            torch.arange(L, device=device))
+
+
 FAMILIES = [
     Family(
         name="fwht",
@@ -108,6 +142,40 @@ FAMILIES = [
         },
         backends=lambda: fftconv_ops._IMPLS,
     ) for gated in (False, True)),
+    Family(
+        name="linear_scan",
+        make=_linear_scan_make,
+        op=lambda a, b, backend: fastspec.linear_scan(a, b, backend=backend),
+        reference=linear_scan_reference,
+        baseline=lambda device: ("clone", lambda a, b: b.clone()) if device.type == "cuda" else (
+            "pytorch-loop", linear_scan_reference),
+        check_shapes={"cpu": [(2, 3, 1), (2, 4, 1000), (1, 3, 4096)],
+                      "cuda": [(2, 3, 1), (4, 64, 1000), (8, 1536, 4096)]},
+        bench_cases={"cpu": [((2, 64, 4096), torch.float32)], "cuda": [((8, 1536, 65536), torch.float32)]},
+        backends=lambda: ssm_ops._LINEAR_SCAN,
+    ),
+    Family(
+        name="selective_scan",
+        make=_selective_make,
+        op=lambda *t, backend: fastspec.selective_scan(*t, True, backend=backend),
+        reference=lambda *t: selective_scan_reference(*t, True),
+        baseline=lambda device: ("pytorch-loop", lambda *t: selective_scan_reference(*t, True, dtype=torch.float32)),
+        check_shapes={"cpu": [(2, 4, 1), (2, 8, 77), (1, 4, 1000)], "cuda": [(2, 8, 77), (8, 256, 2048)]},
+        bench_cases={"cpu": [((2, 64, 2048), torch.float32)], "cuda": [((8, 2048, 2048), torch.bfloat16)]},
+        backends=lambda: ssm_ops._SELECTIVE,
+    ),
+    Family(
+        name="ssm_kernel",
+        make=_kernel_make,
+        op=lambda *t, backend: fastspec.ssm_kernel(*t[:4], t[4].numel(), backend=backend),
+        reference=lambda *t: ssm_kernel_reference(*t[:4], t[4].numel()),
+        baseline=lambda device: ("materialised", lambda *t: ssm_kernel_reference(*t[:4], t[4].numel(),
+                                                                                 dtype=torch.complex64)),
+        check_shapes={"cpu": [(2, 4, 1), (4, 64, 1000), (2, 64, 16384)], "cuda": [(4, 64, 1000), (64, 64, 16384)]},
+        bench_cases={"cpu": [((16, 64, 16384), torch.float32)], "cuda": [((1024, 64, 16384), torch.float32)]},
+        dtypes=(torch.float32, torch.float64),
+        backends=lambda: ssm_ops._VANDERMONDE,
+    ),
 ]
 
 

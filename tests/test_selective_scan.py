@@ -154,7 +154,8 @@ def test_chunks_carry_the_state(backend, monkeypatch):
     from fastspec.ops import ssm
     from fastspec.triton_kernels import ssm as kernels
 
-    monkeypatch.setattr(ssm, "TORCH_SELECTIVE_CHUNK", 8)
+    monkeypatch.setattr(ssm, "TORCH_SELECTIVE_ELEMENTS", 8 * 4 * 3)
+    monkeypatch.setattr(ssm, "TORCH_SELECTIVE_MIN_CHUNK", 8)
     monkeypatch.setattr(kernels, "SELECTIVE_TILE", 1)  # the smallest chunk, 16
     for L in ((7, 8, 9, 40) if backend == "torch" else (17, 40)):
         kwargs = make_inputs(1, 4, L, 3, torch.float64, ("fixed", "var"), "all")
@@ -312,16 +313,17 @@ def test_state_update_continues_the_scan(backend, dtype):
     before = state.clone()
     y = fastspec.selective_state_update(state, kwargs["u"][..., -1], kwargs["delta"][..., -1], kwargs["A"],
                                         kwargs["B"][..., -1], kwargs["C"][..., -1], kwargs["D"], kwargs["z"][..., -1],
-                                        kwargs["delta_bias"], True)
+                                        kwargs["delta_bias"], True, backend=backend)
     assert y.dtype == dtype and y.shape == (2, 4) and not torch.equal(state, before)  # in place
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-6, atol=2e-6)
     torch.testing.assert_close(y, full_out[..., -1], **tol)
     torch.testing.assert_close(state, full_last, **tol)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("heads", [None, (4, 2), (4, 1), (3, 3)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_state_update_matches_reference(heads, dtype):
+def test_state_update_matches_reference(backend, heads, dtype):
     """Single-head and multi-head (H heads, G groups) forms, optional inputs included."""
     batch, dim, N = 2, 5, 4
     lead = (batch, dim) if heads is None else (batch, heads[0], dim)
@@ -333,23 +335,35 @@ def test_state_update_matches_reference(heads, dtype):
     B, C = torch.randn(bc_shape, device=DEVICE), torch.randn(bc_shape, device=DEVICE)
     D, dt_bias = torch.randn(per_head, device=DEVICE), torch.randn(per_head, device=DEVICE)
     expect_state, expect_y = selective_state_update_reference(state, x, dt, A, B, C, D, z, dt_bias, True)
-    y = compat.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True)
+    y = compat.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True, backend=backend)
     assert y.dtype == dtype
     assert_close(y, expect_y)
     assert_close(state, expect_state)
 
 
-def test_state_update_takes_an_expanded_a_and_half_state():
-    """Mamba-2 passes A (H,) expanded to (H, D, N) with stride 0, and may keep a bf16 state."""
-    state = torch.randn(2, 3, 4, 5, device=DEVICE).bfloat16()
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_update_takes_an_expanded_a_and_half_state(backend):
+    """Mamba-2 passes A (H,) expanded to (H, D, N) with stride 0, and may keep a bf16 state
+    (here a strided view into a larger cache, written through in place)."""
+    cache = torch.randn(2, 3, 4, 10, device=DEVICE).bfloat16()
+    state = cache[..., ::2]
     x, dt = torch.randn(2, 3, 4, device=DEVICE), torch.rand(2, 3, 4, device=DEVICE)
     A = (-torch.rand(3, device=DEVICE))[:, None, None].expand(3, 4, 5)
     B, C = torch.randn(2, 1, 5, device=DEVICE), torch.randn(2, 1, 5, device=DEVICE)
     expect_state, expect_y = selective_state_update_reference(state, x, dt, A, B, C)
-    y = fastspec.selective_state_update(state, x, dt, A, B, C)
+    y = fastspec.selective_state_update(state, x, dt, A, B, C, backend=backend)
     assert_close(y, expect_y)
     assert state.dtype == torch.bfloat16
-    assert_close(state, expect_state)
+    assert_close(cache[..., ::2], expect_state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_update_opcheck(backend):
+    state, x, dt, z = torch.randn(2, 4, 3, device=DEVICE), torch.randn(2, 4, device=DEVICE), torch.rand(
+        2, 4, device=DEVICE), torch.randn(2, 4, device=DEVICE)
+    A, B, C = -torch.rand(4, 3, device=DEVICE), torch.randn(2, 3, device=DEVICE), torch.randn(2, 3, device=DEVICE)
+    args = (state, x, dt, A, B, C, torch.randn(4, device=DEVICE), z, torch.randn(4, device=DEVICE), True, backend)
+    torch.library.opcheck(torch.ops.fastspec.selective_state_update.default, args)
 
 
 # --------------------------------------------------------------------------- compat
@@ -449,3 +463,62 @@ def test_state_update_bad_input(change, error, message):
     with pytest.raises(ValueError, match=r"B must be \(B, G, N\) with G dividing H = 4"):
         fastspec.selective_state_update(torch.randn(2, 4, 5, 3), torch.randn(2, 4, 5), torch.rand(2, 4, 5),
                                         -torch.rand(4, 5, 3), torch.randn(2, 3, 3), torch.randn(2, 3, 3))
+
+
+# --------------------------------------------------------------------------- SelectiveSSM layer
+
+
+def _mamba_by_hand(layer, hidden):
+    """The Mamba-1 mixer written out with the float64 reference scan (mamba's slow path)."""
+    L = hidden.shape[1]
+    x, z = layer.in_proj(hidden).transpose(1, 2).chunk(2, dim=1)
+    x = F.silu(layer.conv1d(x)[..., :L])
+    dt, B, C = torch.split(layer.x_proj(x.transpose(1, 2)), [layer.dt_rank, layer.d_state, layer.d_state], dim=-1)
+    dt = (dt @ layer.dt_proj.weight.T).transpose(1, 2)
+    y = selective_scan_reference(x, dt, -torch.exp(layer.A_log), B.transpose(1, 2), C.transpose(1, 2), layer.D, z,
+                                 layer.dt_proj.bias, True)
+    return layer.out_proj(y.transpose(1, 2).to(hidden.dtype))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_selective_ssm_forward_is_the_mamba_mixer(backend):
+    layer = fastspec.nn.SelectiveSSM(8, d_state=4, backend=backend, dtype=torch.float64).to(DEVICE)
+    hidden = torch.randn(2, 9, 8, dtype=torch.float64, device=DEVICE)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(hidden), _mamba_by_hand(layer, hidden), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_selective_ssm_step_matches_forward_token_by_token(backend):
+    """Decoding from empty states, and after a prompt (forward with a cache), gives the
+    full forward's output at every position."""
+    layer = fastspec.nn.SelectiveSSM(8, d_state=4, d_conv=3, backend=backend, dtype=torch.float64).to(DEVICE)
+    hidden = torch.randn(2, 7, 8, dtype=torch.float64, device=DEVICE)
+    with torch.no_grad():
+        full = layer(hidden)
+        conv, ssm = layer.allocate_inference_cache(2)
+        steps = torch.cat([layer.step(hidden[:, t:t + 1], conv, ssm) for t in range(7)], dim=1)
+        torch.testing.assert_close(steps, full, rtol=1e-10, atol=1e-10)
+        for prompt in (1, 2, 5):
+            conv, ssm = layer.allocate_inference_cache(2)
+            head = layer(hidden[:, :prompt], cache=(conv, ssm))
+            tail = [layer.step(hidden[:, t], conv, ssm) for t in range(prompt, 7)]
+            torch.testing.assert_close(torch.cat([head, torch.stack(tail, 1)], 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_selective_ssm_init_and_training():
+    layer = fastspec.nn.SelectiveSSM(32, d_state=16, dt_min=1e-3, dt_max=0.1).to(DEVICE)
+    assert layer.d_inner == 64 and layer.dt_rank == 2
+    dt = F.softplus(layer.dt_proj.bias.detach())
+    assert dt.min() >= 1e-3 * 0.999 and dt.max() <= 0.1 * 1.001
+    torch.testing.assert_close(layer.A_log[5], torch.log(torch.arange(1.0, 17.0, device=DEVICE)))
+    assert torch.all(layer.D == 1) and layer.dt_proj.weight.abs().max() <= 2**-0.5
+    hidden = torch.randn(2, 20, 32, device=DEVICE).bfloat16()
+    layer = layer.to(torch.bfloat16)
+    layer.A_log.data, layer.D.data = layer.A_log.data.float(), layer.D.data.float()
+    out = layer(hidden)
+    assert out.dtype == torch.bfloat16 and out.shape == hidden.shape
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    with pytest.raises(ValueError, match="one token at a time"):
+        layer.step(hidden[:, :2], *layer.allocate_inference_cache(2))

@@ -194,3 +194,48 @@ def test_triton_rejects_too_many_modes(backend):
         fastspec.ssm_kernel(*inputs, 4, backend=backend)
     with pytest.raises(ValueError, match="N <= 1024"):
         vandermonde_op(*discretize(*inputs, "zoh"), 4, torch.float32, backend)
+
+
+# --------------------------------------------------------------------------- S4D layer
+
+
+@pytest.mark.parametrize("init", ["legs", "lin", "inv", "real"])
+@pytest.mark.parametrize("discretization", ["zoh", "bilinear"])
+def test_s4d_layer_is_the_kernel_convolution(init, discretization):
+    """y = act(K ∗ u + D·u) with K the materialised Vandermonde product of the layer's
+    parameters and the convolution summed tap by tap (fastspec.reference.fftconv)."""
+    from fastspec.reference.fftconv import fft_conv_reference
+
+    layer = fastspec.nn.S4D(6, 16, init=init, discretization=discretization, activation="tanh", backend="torch",
+                            dtype=torch.float64).to(DEVICE)
+    u = torch.randn(2, 6, 50, dtype=torch.float64, device=DEVICE)
+    params = [p.detach().cpu() for p in (layer.A, layer.B, layer.C, layer.log_dt)]
+    K = ssm_kernel_reference(*params, 50, discretization)
+    expect = torch.tanh(fft_conv_reference(u.cpu(), K, D=layer.D.detach().cpu()))
+    torch.testing.assert_close(layer(u).cpu(), expect, rtol=1e-10, atol=1e-10)
+
+
+def test_s4d_layer_init_and_training():
+    layer = fastspec.nn.S4D(8, 64, init="lin", dt_min=1e-3, dt_max=1e-1).to(DEVICE)
+    assert layer.A.shape == (8, 32) and layer.A.dtype == torch.complex64
+    torch.testing.assert_close(layer.A.real, torch.full((8, 32), -0.5, device=DEVICE))
+    torch.testing.assert_close(layer.A.imag[0], torch.pi * torch.arange(32.0, device=DEVICE))
+    assert layer.log_dt.min() >= torch.log(torch.tensor(1e-3)) and layer.log_dt.max() <= torch.log(torch.tensor(0.1))
+    u = torch.randn(3, 8, 100, device=DEVICE).bfloat16()
+    y = layer(u)
+    assert y.dtype == torch.bfloat16 and y.shape == u.shape
+    y.float().square().mean().backward()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(torch.view_as_real(p.grad) if p.is_complex() else p.grad).all()
+        assert p.grad.abs().sum() > 0, name
+
+
+def test_s4d_layer_bad_arguments():
+    with pytest.raises(ValueError, match="init must be one of 'legs', 'lin', 'inv', 'real'"):
+        fastspec.nn.S4D(4, init="hippo")
+    with pytest.raises(ValueError, match="activation must be one of"):
+        fastspec.nn.S4D(4, activation="swish")
+    with pytest.raises(TypeError, match="float32 or float64"):
+        fastspec.nn.S4D(4, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"u must be \(B, 4, L\)"):
+        fastspec.nn.S4D(4)(torch.randn(2, 5, 10))

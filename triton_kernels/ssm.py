@@ -546,3 +546,70 @@ def vandermonde_backward(grad: torch.Tensor, v: torch.Tensor, zeta: torch.Tensor
             grad.contiguous(), zr, turns, G, G1, N, L, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=4)
     G, G1 = torch.view_as_complex(G), torch.view_as_complex(G1)
     return 2 * torch.conj_physical(G), 2 * torch.conj_physical(v * G1)
+
+
+# ----------------------------------------------------------------------------- decoding step
+
+
+@triton.jit
+def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, out_ptr,
+                         heads, dim, N, groups, s_b, s_h, s_d, s_n, a_h, a_d, a_n,
+                         HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                         WIDE: tl.constexpr, BLOCK_D: tl.constexpr, N_PAD: tl.constexpr):
+    """One step for BLOCK_D rows of one (batch, head): state ← exp(ΔA)·state + Δ·x·B, y = C·state
+    (+ D·x, · silu(z)). state and A by strides (A is often expanded); x, dt, z, out (batch,
+    heads, dim), B and C (batch, groups, N), D and the bias (heads, dim) contiguous."""
+    acc = tl.float64 if WIDE else tl.float32
+    bh = tl.program_id(1).to(tl.int64)
+    b, h = bh // heads, bh % heads
+    d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    n = tl.arange(0, N_PAD)
+    dmask, nmask = d < dim, n < N
+    mask = dmask[:, None] & nmask[None, :]
+    row = bh * dim + d
+    x = tl.load(x_ptr + row, mask=dmask, other=0.0).to(acc)
+    dt = tl.load(dt_ptr + row, mask=dmask, other=0.0).to(acc)
+    if HAS_BIAS:
+        dt += tl.load(bias_ptr + h * dim + d, mask=dmask, other=0.0).to(acc)
+    if SOFTPLUS:
+        dt = _softplus(dt)
+    bc = (b * groups + h // (heads // groups)) * N + n
+    Bv = tl.load(B_ptr + bc, mask=nmask, other=0.0).to(acc)
+    Cv = tl.load(C_ptr + bc, mask=nmask, other=0.0).to(acc)
+    A = tl.load(A_ptr + h * a_h + d[:, None] * a_d + n[None, :] * a_n, mask=mask, other=0.0).to(acc)
+    state_at = state_ptr + b * s_b + h * s_h + d[:, None] * s_d + n[None, :] * s_n
+    state = tl.load(state_at, mask=mask, other=0.0).to(acc)
+    state = tl.exp(dt[:, None] * A) * state + (dt * x)[:, None] * Bv[None, :]
+    tl.store(state_at, state.to(state_ptr.dtype.element_ty), mask=mask)
+    y = tl.sum(state * Cv[None, :], 1)
+    if HAS_D:
+        y += tl.load(D_ptr + h * dim + d, mask=dmask, other=0.0).to(acc) * x
+    if HAS_Z:
+        z = tl.load(z_ptr + row, mask=dmask, other=0.0).to(acc)
+        y = y * z * tl.sigmoid(z)
+    tl.store(out_ptr + row, y.to(out_ptr.dtype.element_ty), mask=dmask)
+
+
+def selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus):
+    """One step in place on ``state`` (B, [H,] dim, N); returns y in x's dtype. See
+    fastspec.selective_state_update."""
+    N = state.shape[-1]
+    if N > SELECTIVE_MAX_N:
+        raise ValueError(f"selective_state_update: the triton backend takes N <= {SELECTIVE_MAX_N}, got N={N}")
+    heads_form = state.dim() == 4
+    st = state if heads_form else state[:, None]
+    A4 = A if heads_form else A[None]
+    batch, heads, dim = st.shape[:3]
+    groups = B.shape[1] if heads_form else 1
+    x, dt, z, B, C, D, dt_bias = _contiguous(x, dt, z, B, C, D, dt_bias)
+    out = torch.empty_like(x)
+    if out.numel():
+        n_pad = _n_pad(N)
+        block_d = max(1, min(triton.next_power_of_2(dim), SELECTIVE_TILE // n_pad // 4))
+        dummy = x
+        _state_update_kernel[(triton.cdiv(dim, block_d), batch * heads)](
+            st, x, dt, A4, B, C, dummy if D is None else D, dummy if z is None else z,
+            dummy if dt_bias is None else dt_bias, out, heads, dim, N, groups, *st.stride(), *A4.stride(),
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+            WIDE=torch.float64 in (state.dtype, x.dtype), BLOCK_D=block_d, N_PAD=n_pad, num_warps=4)
+    return out

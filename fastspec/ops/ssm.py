@@ -11,7 +11,7 @@ calls the op again, so double backward and torch.compile come with it.
 channel d, state n: x_t = exp(Δ_t·A)·x_{t−1} + Δ_t·B_t·u_t, y_t = C_t·x_t + D·u_t, out =
 y·silu(z)) with an initial state and gradients through it and through the last state.
 The forward returns the states at the start of each chunk of time steps (the backend's
-``chunk(N, L)``); the backward recomputes each chunk from its saved start, last chunk first,
+``chunk(B, D, N, L)``); the backward recomputes each chunk from its saved start, last chunk first,
 carrying λ = ∂loss/∂x backwards: memory O(B·D·N·L/chunk), never a state per time step.
 
 Backend contracts: ``_LINEAR_SCAN[backend](gates, tokens, initial, reverse)`` gets
@@ -31,10 +31,11 @@ from fastspec import _backend
 REAL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 SCAN_DTYPES = REAL_DTYPES + (torch.complex64, torch.complex128)
 HALF = (torch.float16, torch.bfloat16)
-TORCH_CHUNK = 64
-"""The torch backend scans chunks of this many steps by doubling (Hillis–Steele: log2 of it
-passes over the data), then the chunk ends (recursively), then one pass adds each chunk's
-carry: about 8 passes in all, never a Python loop over time steps."""
+TORCH_CHUNK = 16
+"""The torch backend scans T steps as chunks of this many: one pass over the chunk's steps,
+each step a vectorised operation over every chunk and row at once, then (recursively) the
+scan of the T/16 chunk ends, then one pass that adds each chunk's carry. So about log16(T)
+times 16 PyTorch calls per level, never a Python loop over all T steps, and O(T) work."""
 
 # backend="auto" on a CUDA tensor: torch until the Triton kernels have passed their tests
 # on a GPU (then measured crossovers go here); CPU tensors use torch.
@@ -52,27 +53,29 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
 def scan_torch(a: torch.Tensor, b: torch.Tensor, x0: torch.Tensor | None = None) -> torch.Tensor:
     """x_t = a_t·x_{t−1} + b_t along the last dim of (..., T), x_{−1} = x0 (..., ) or 0;
     a and b broadcast to each other and are computed in their (common) dtype. Plain
-    differentiable torch ops, vectorised over everything but log2(TORCH_CHUNK) doubling steps."""
+    differentiable torch ops (see TORCH_CHUNK)."""
     a, b = torch.broadcast_tensors(a, b)
-    if x0 is not None:
-        b = torch.cat([torch.addcmul(b[..., :1], a[..., :1], x0[..., None]), b[..., 1:]], dim=-1)
     T = b.shape[-1]
     K = min(T, TORCH_CHUNK)
     n = -(-T // K)
     if n * K != T:  # pad with identity steps (a = 1, b = 0)
-        a = torch.cat([a, a.new_ones(*a.shape[:-1], n * K - T)], dim=-1)
-        b = torch.cat([b, b.new_zeros(*b.shape[:-1], n * K - T)], dim=-1)
-    a, b = a.reshape(*a.shape[:-1], n, K), b.reshape(*b.shape[:-1], n, K)
-    d = 1
-    while d < K:  # after the step with offset d, (a, b) at t compose the last 2d steps up to t
-        b = torch.cat([b[..., :d], torch.addcmul(b[..., d:], a[..., d:], b[..., :-d])], dim=-1)
-        if n > 1 or 2 * d < K:
-            a = torch.cat([a[..., :d], a[..., d:] * a[..., :-d]], dim=-1)
-        d *= 2
-    if n > 1:  # x at each chunk's end, then each chunk gets the carry of the one before
-        ends = scan_torch(a[..., -1], b[..., -1])
-        b = torch.cat([b[..., :1, :], torch.addcmul(b[..., 1:, :], a[..., 1:, :], ends[..., :-1, None])], dim=-2)
-    return b.reshape(*b.shape[:-2], n * K)[..., :T]
+        a = F.pad(a, (0, n * K - T), value=1.0)
+        b = F.pad(b, (0, n * K - T))
+    # time t = j·K + k at [..., k, j]: step k of every chunk j is one contiguous slice
+    a = a.reshape(*a.shape[:-1], n, K).transpose(-1, -2).contiguous()
+    b = b.reshape(*b.shape[:-1], n, K).transpose(-1, -2).contiguous()
+    xs, products = [b[..., 0, :]], [a[..., 0, :]]
+    for k in range(1, K):
+        xs.append(torch.addcmul(b[..., k, :], a[..., k, :], xs[-1]))
+        products.append(products[-1] * a[..., k, :])
+    x = torch.stack(xs, dim=-2)
+    if n > 1 or x0 is not None:  # the state entering each chunk: x0, then the chunk ends' scan
+        carry = scan_torch(products[-1][..., :-1], x[..., -1, :-1], x0) if n > 1 else x0[..., None]
+        if n > 1:
+            start = torch.zeros_like(carry[..., :1]) if x0 is None else x0[..., None].to(carry.dtype)
+            carry = torch.cat([start, carry], dim=-1)
+        x = torch.addcmul(x, torch.stack(products, dim=-2), carry[..., None, :])
+    return x.transpose(-1, -2).reshape(*x.shape[:-2], n * K)[..., :T]
 
 
 def _linear_scan_torch(gates, tokens, initial, reverse):
@@ -255,24 +258,51 @@ def per_channel(M: torch.Tensor, channels: int) -> torch.Tensor:
     return M[:, :, None].expand(batch, groups, channels // groups, n, length).reshape(batch, channels, n, length)
 
 
+def _split(t: torch.Tensor, K: int) -> torch.Tensor:
+    """(..., l) → (..., K, n) contiguous, n = ⌈l/K⌉, step j·K + k at [..., k, j] (zeros past l):
+    step k of every chunk is one contiguous slice."""
+    n = -(-t.shape[-1] // K)
+    t = F.pad(t, (0, n * K - t.shape[-1]))
+    return t.reshape(*t.shape[:-1], n, K).transpose(-1, -2).contiguous()
+
+
 def _selective_chunk(u, delta, z, A, B, C, D, delta_bias, x0, softplus):
-    """One chunk of the selective scan in plain differentiable torch: u, delta, z (b, D, l)
-    and B, C (their form, sliced to the chunk) → (out (b, D, l), x at the chunk's end
-    (b, D, N)), in the state's dtype."""
+    """One chunk of the selective scan in plain differentiable torch: u, delta, z (b, D, l),
+    B, C (their form, sliced to the chunk), x0 (b, D, N) → (out (b, D, l), x at the chunk's
+    end), in the state's dtype. The l steps are cut into n sub-chunks of K = TORCH_CHUNK;
+    one pass over the K steps (each step one call over all sub-chunks) finds each sub-chunk's
+    end state from zero and its decay product, a scan over those gives the state entering
+    each sub-chunk, and a second pass from there contracts x with C at every step, so the
+    states (b, D, N, l) are never stored."""
     acc = x0.dtype
     dt = delta.to(acc) if delta_bias is None else delta.to(acc) + delta_bias[:, None]
     if softplus:
         dt = F.softplus(dt)
     uf = u.to(acc)
-    channels = u.shape[1]
-    decay = torch.exp(dt[:, :, None, :] * A[None, :, :, None])
-    xs = scan_torch(decay, (dt * uf)[:, :, None, :] * per_channel(B.to(acc), channels), x0)
-    out = (xs * per_channel(C.to(acc), channels)).sum(2)
+    batch, channels, length = u.shape
+    K = min(length, TORCH_CHUNK)
+    B, C = (M.to(acc)[None, :, :, None, None] if M.dim() == 2 else _split(per_channel(M.to(acc), channels), K)
+            for M in (B, C))
+    dt_split = _split(dt, K)  # padded steps: Δ = 0, so decay 1 and input 0
+    decay = torch.exp(dt_split[:, :, None] * A[None, :, :, None, None])  # (b, D, N, K, n)
+    tokens = _split(dt * uf, K)[:, :, None] * B
+    carry = x0[..., None]
+    if decay.shape[-1] > 1:  # a sub-chunk's decay product is exp(A·ΣΔ)
+        product = torch.exp(dt_split.sum(-2)[:, :, None, :] * A[None, :, :, None])
+        x = tokens[..., 0, :]
+        for k in range(1, K):
+            x = torch.addcmul(tokens[..., k, :], decay[..., k, :], x)
+        carry = torch.cat([carry, scan_torch(product[..., :-1], x[..., :-1], x0)], dim=-1)
+    x, ys = carry, []
+    for k in range(K):
+        x = torch.addcmul(tokens[..., k, :], decay[..., k, :], x)
+        ys.append((x * C[..., k if C.shape[-2] > 1 else 0, :]).sum(2))  # a fixed C has one step
+    out = torch.stack(ys, dim=-2).transpose(-1, -2).reshape(batch, channels, K * decay.shape[-1])[..., :length]
     if D is not None:
         out = out + D[:, None] * uf
     if z is not None:
         out = out * F.silu(z.to(acc))
-    return out, xs[..., -1]
+    return out, x[..., -1]
 
 
 def _time_slice(M: torch.Tensor | None, steps: slice) -> torch.Tensor | None:
@@ -284,13 +314,20 @@ def _chunks(length: int, chunk: int) -> list[slice]:
     return [slice(start, min(start + chunk, length)) for start in range(0, length, chunk)]
 
 
+def torch_selective_chunk(batch: int, channels: int, N: int, L: int) -> int:
+    """Time steps per chunk of the torch backend: as many as keep a (batch, D, N, chunk)
+    tensor within TORCH_SELECTIVE_ELEMENTS, at least TORCH_SELECTIVE_MIN_CHUNK: larger chunks
+    mean fewer PyTorch calls, smaller ones a working set that stays in a CPU's caches."""
+    return max(TORCH_SELECTIVE_MIN_CHUNK, TORCH_SELECTIVE_ELEMENTS // max(1, batch * channels * N))
+
+
 def _selective_torch_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
     """The torch backend's forward (contract: :class:`Selective`): the chunks in order, each
     scanned by doubling (``scan_torch``) from the state the one before left."""
     batch, channels, length = u.shape
     x = x0 if x0 is not None else u.new_zeros(batch, channels, A.shape[1], dtype=A.dtype)
     outs, starts = [], []
-    for steps in _chunks(length, TORCH_SELECTIVE_CHUNK):
+    for steps in _chunks(length, torch_selective_chunk(batch, channels, A.shape[1], length)):
         starts.append(x)
         out, x = _selective_chunk(u[..., steps], delta[..., steps], _time_slice(z, steps), A, _time_slice(B, steps),
                                   _time_slice(C, steps), D, delta_bias, x, softplus)
@@ -327,7 +364,7 @@ def _selective_torch_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delt
     dD = torch.zeros(channels, dtype=torch.float64, device=u.device)
     dB, dC = (torch.zeros(M.shape, dtype=torch.float64 if M.dim() == 2 else acc, device=u.device) for M in (B, C))
     carry = grad_last
-    steps_list = _chunks(u.shape[-1], TORCH_SELECTIVE_CHUNK)
+    steps_list = _chunks(u.shape[-1], torch_selective_chunk(*u.shape[:2], A.shape[1], u.shape[-1]))
     for k in range(len(steps_list) - 1, -1, -1):
         steps = steps_list[k]
         dt_c, u_c, g = dt[..., steps], uf[..., steps], g_all[..., steps]
@@ -376,7 +413,7 @@ def _selective_triton_backward(grad_out, grad_last, u, delta, A, B, C, D, z, del
                                            softplus, needs, torch.are_deterministic_algorithms_enabled())
 
 
-def _triton_selective_chunk(N: int, L: int) -> int:
+def _triton_selective_chunk(batch: int, channels: int, N: int, L: int) -> int:
     from fastspec.triton_kernels import ssm as kernels
 
     return kernels.selective_chunk(N, L)
@@ -398,24 +435,26 @@ class Selective:
     for float64 u).
 
     - ``forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus) -> (out, last, starts)``:
-      out (B, D, L) in u's dtype; last (B, D, N) and starts (B, D, N, ceil(L / chunk(N, L))),
+      out (B, D, L) in u's dtype; last (B, D, N) and starts (B, D, N, ceil(L / chunk(B, D, N, L))),
       the state before each chunk's first step, in the state's dtype.
     - ``backward(grad_out, grad_last, u, ..., x0, starts, softplus, needs) -> 9 gradients``
       (u, delta, A, B, C, D, z, delta_bias, x0), None where ``needs`` says so; grad_last may be None.
-    - ``chunk(N, L)``: time steps per chunk. ``unsupported(N, dtype)``: why not, or None.
+    - ``chunk(B, D, N, L)``: time steps per chunk. ``unsupported(N, dtype)``: why not, or None.
     """
 
     forward: Callable
     backward: Callable
-    chunk: Callable[[int, int], int]
+    chunk: Callable[[int, int, int, int], int]
     unsupported: Callable[[int, torch.dtype], str | None] = lambda N, dtype: None
 
 
-TORCH_SELECTIVE_CHUNK = 128
-"""Time steps per chunk of the torch backend: it holds (B, D, N, chunk) tensors at a time."""
+TORCH_SELECTIVE_ELEMENTS = 2**22
+"""Elements of one (batch, D, N, chunk) tensor of the torch backend at the most (16 MiB in
+float32): the forward holds two (decays and inputs), the backward a few more."""
+TORCH_SELECTIVE_MIN_CHUNK = 64
 
 _SELECTIVE = {
-    "torch": Selective(_selective_torch_forward, _selective_torch_backward, lambda N, L: TORCH_SELECTIVE_CHUNK),
+    "torch": Selective(_selective_torch_forward, _selective_torch_backward, torch_selective_chunk),
     "triton": Selective(_selective_triton_forward, _selective_triton_backward, _triton_selective_chunk,
                         _triton_selective_unsupported),
 }
@@ -509,7 +548,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, backen
     batch, channels, length, N = _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state,
                                                      delta_softplus)
     _check_selective_backend(backend, N, u.dtype)
-    chunk = _SELECTIVE[backend].chunk(int(N), int(length))  # symbolic sizes are specialised: the plan depends on them
+    # symbolic sizes are specialised: the plan depends on them
+    chunk = _SELECTIVE[backend].chunk(int(batch), int(channels), int(N), int(length))
     chunks = -(-length // chunk)
     return (u.new_empty(u.shape), A.new_empty(batch, channels, N), A.new_empty(batch, channels, N, chunks))
 
@@ -628,7 +668,13 @@ def _state_update_torch(state, x, dt, A, B, C, D, z, dt_bias, softplus):
     return y.to(x.dtype)
 
 
-_STATE_UPDATE = {"torch": _state_update_torch}
+def _state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, softplus):
+    from fastspec.triton_kernels import ssm as kernels
+
+    return kernels.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus)
+
+
+_STATE_UPDATE = {"torch": _state_update_torch, "triton": _state_update_triton}
 
 
 def _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus) -> None:
@@ -695,7 +741,8 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     and strides (A is often expanded); computed in float32 (float64 if state or x is),
     state written back in its dtype. Returns y in x's dtype. After ``selective_scan(...,
     return_last_state=True)`` it continues that scan: a step with the next token gives
-    the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch'.
+    the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch' | 'triton'
+    (N ≤ 256).
     """
     _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     chosen = choose_backend("selective_state_update", backend, state.device)

@@ -7,6 +7,9 @@ against these and take their gradients by autograd.
   (a loop over L; ``dtype=torch.float32`` is mamba's ``selective_scan_ref``, the PyTorch loop
   the benchmarks time), plus an initial state.
 - ``selective_state_update_reference``: one decoding step (single- and multi-head forms).
+- ``selective_scan_parallel_pytorch``: the benchmarks' vectorised PyTorch baseline, the
+  whole-length doubling scan (Hillis–Steele, as pure-PyTorch Mamba ports do it) over the
+  materialised (B, D, N, L) decays and inputs, float32.
 - ``ssm_kernel_reference``: the S4D kernel as the product of C·B̄ with the (N, L)
   Vandermonde matrix of powers of Ā (S4D's ``log_vandermonde_naive``).
 """
@@ -46,6 +49,19 @@ def _per_channel(M: torch.Tensor, D: int) -> torch.Tensor:
     return M.repeat_interleave(D // M.shape[1], dim=1)
 
 
+def _delta(delta, delta_bias, softplus, dtype):
+    """Δ = softplus(delta + delta_bias) (or without softplus) in ``dtype``."""
+    dt = delta.to(dtype) if delta_bias is None else delta.to(dtype) + delta_bias.to(dtype)[:, None]
+    return F.softplus(dt) if softplus else dt
+
+
+def _output(y, u, D, z, dtype):
+    """(y + D·u)·silu(z) in ``dtype``."""
+    if D is not None:
+        y = y + D.to(dtype)[:, None] * u.to(dtype)
+    return y if z is None else y * F.silu(z.to(dtype))
+
+
 def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                              initial_state=None, return_last_state=False, *, dtype=torch.float64):
     """mamba_ssm's selective scan, step by step in ``dtype``; per batch b, channel d, state n:
@@ -58,11 +74,7 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
     initial_state (B, D, N). Returns out (B, D, L) and, with ``return_last_state``, x_{L−1}
     (B, D, N), both in ``dtype``.
     """
-    u, delta, A = u.to(dtype), delta.to(dtype), A.to(dtype)
-    if delta_bias is not None:
-        delta = delta + delta_bias.to(dtype)[:, None]
-    if delta_softplus:
-        delta = F.softplus(delta)
+    u, delta, A = u.to(dtype), _delta(delta, delta_bias, delta_softplus, dtype), A.to(dtype)
     channels = u.shape[1]
     Bc, Cc = (_per_channel(M.to(dtype), channels) for M in (B, C))
     x = u.new_zeros(u.shape[0], channels, A.shape[1]) if initial_state is None else initial_state.to(dtype)
@@ -71,12 +83,25 @@ def selective_scan_reference(u, delta, A, B, C, D=None, z=None, delta_bias=None,
         dt = delta[..., t, None]
         x = torch.exp(dt * A) * x + dt * Bc[..., min(t, Bc.shape[-1] - 1)] * u[..., t, None]
         ys.append((x * Cc[..., min(t, Cc.shape[-1] - 1)]).sum(-1))
-    out = torch.stack(ys, dim=-1)
-    if D is not None:
-        out = out + D.to(dtype)[:, None] * u
-    if z is not None:
-        out = out * F.silu(z.to(dtype))
+    out = _output(torch.stack(ys, dim=-1), u, D, z, dtype)
     return (out, x) if return_last_state else out
+
+
+def selective_scan_parallel_pytorch(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The selective scan (as ``selective_scan_reference``, no initial state) by log2(L)
+    doubling passes over the full (B, D, N, L) tensors of decays exp(Δ·A) and inputs Δ·B·u,
+    in float32; returns out in u's dtype."""
+    f32 = torch.float32
+    dt = _delta(delta, delta_bias, delta_softplus, f32)
+    channels = u.shape[1]
+    a = torch.exp(dt[:, :, None] * A[None, :, :, None])
+    b = (dt * u.to(f32))[:, :, None] * _per_channel(B.to(f32), channels)
+    step = 1
+    while step < u.shape[-1]:
+        b = torch.cat([b[..., :step], b[..., step:] + a[..., step:] * b[..., :-step]], dim=-1)
+        a = torch.cat([a[..., :step], a[..., step:] * a[..., :-step]], dim=-1)
+        step *= 2
+    return _output((b * _per_channel(C.to(f32), channels)).sum(2), u, D, z, f32).to(u.dtype)
 
 
 def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
