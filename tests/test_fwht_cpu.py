@@ -173,10 +173,10 @@ def test_block_order_limit(monkeypatch):
 
 
 @pytest.mark.skipif("cpu" not in AVAILABLE, reason="fastspec._C has no CPU kernels here")
-@pytest.mark.parametrize("n,expect", [(4096, "cpu"), (12 * 64, "cpu"), (76 * 64, "cpu"), (172 * 64, "torch"),
+@pytest.mark.parametrize("n,expect", [(4096, "cpu"), (12 * 64, "cpu"), (36 * 64, "cpu"), (76 * 64, "torch"), (172 * 64, "torch"),
                                       (108 * 256, "torch")])
 def test_auto_by_block_order(n, expect):
-    """auto on CPU tensors: the C++ kernel up to m = 76, torch's matmul for larger blocks (AUTO_CPU)."""
+    """auto on CPU tensors: the C++ kernel up to m = 40, torch's matmul for larger blocks (AUTO_CPU)."""
     m, _ = check_size(n)
     assert ops.choose_backend("auto", torch.device("cpu"), torch.float32, n, m) == expect
 

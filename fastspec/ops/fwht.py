@@ -31,13 +31,14 @@ CPU_MAX_BLOCK = 1024
 # in float16, bfloat16 and float32; Triton is 1.0-3.5x faster than torch above 2^15.
 AUTO_CUDA = ((CUDA_MAX_N, ("cuda", "triton", "torch")), (MAX_N, ("triton", "torch")))
 """(largest n, backends in order of preference) for CUDA tensors."""
-AUTO_CPU = ((76, ("cpu", "torch")), (MAX_BASE_ORDER, ("torch",)))
+AUTO_CPU = ((40, ("cpu", "torch")), (MAX_BASE_ORDER, ("torch",)))
 """Backends for CPU tensors by the largest base order m they serve, in order of preference: the
 C++ kernel is 4.6-10.5x faster than torch at every float32 power of two of
-bench/results/fwht-cpu.json (2 threads, 256 and 4096 rows, n = 2^10..2^14), and 1.3-3x at
-m = 12, 36 and 76 (256 rows, 2026-11-28, a loaded machine); its base block is m float64
-multiply-adds an element, where torch's is a BLAS matmul: at m = 108 and 172 (27648, 11008)
-torch was 1.4-1.6x faster."""
+bench/results/fwht-cpu.json (2 threads, 256 and 4096 rows, n = 2^10..2^14). Its base block is
+m float64 multiply-adds an element where torch's is a BLAS matmul; on a quiet machine
+(2026-11-28, 2 threads, float32) it was 1.2-4.5x faster at m = 12..40 with 256 rows (1.6-1.9x
+at 2304 = 36·64 with 256 and 1024 rows), and torch 1.7-4x faster at m = 76 and above with
+16-1024 rows (bench/results/fwht-cpu-widths.json)."""
 
 
 # ---------------------------------------------------------------------------- base blocks
