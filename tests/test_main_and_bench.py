@@ -65,3 +65,17 @@ def test_bench_fftconv_writes_records(tmp_path, monkeypatch):
     assert bench_fftconv.shape_for(8192, cuda, None, None) == (42, 768, 8192)
     assert bench_fftconv.shape_for(2**20, cuda, None, None) == (1, 256, 2**20)
     sys.modules.pop("bench_fftconv", None)
+
+
+def test_bench_ssm_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_ssm
+
+    assert bench_ssm.main(["--quick", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("ssm-*.json")
+    records = json.loads(result.read_text())
+    assert {r["op"] for r in records} == {"selective_scan", "selective_scan fwd+bwd", "linear_scan", "ssm_kernel"}
+    assert all(r["status"] == "ok" for r in records)
+    assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "clone"}
+    sys.modules.pop("bench_ssm", None)
