@@ -335,7 +335,7 @@ def torch_selective_chunk(batch: int, channels: int, N: int, L: int) -> int:
 
 def _selective_torch_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
     """The torch backend's forward (contract: :class:`Selective`): the chunks in order, each
-    scanned by doubling (``scan_torch``) from the state the one before left."""
+    scanned (``_selective_chunk``) from the state the one before left."""
     batch, channels, length = u.shape
     x = x0 if x0 is not None else u.new_zeros(batch, channels, A.shape[1], dtype=A.dtype)
     outs, starts = [], []
