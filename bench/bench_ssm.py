@@ -8,7 +8,7 @@ Baselines (each where it applies and imports):
 - selective_scan: the PyTorch loop over time (mamba's ``selective_scan_ref``:
   ``selective_scan_reference(dtype=float32)``), a vectorised PyTorch scan (whole-length
   doubling over materialised (B, D, N, L) tensors: ``selective_scan_parallel_pytorch``,
-  forward only), mamba_ssm's CUDA ``selective_scan_fn``. Mamba's layer: input-dependent
+  forward only) (both up to L = 2K on the GPU), mamba_ssm's CUDA ``selective_scan_fn``. Mamba's layer: input-dependent
   B and C (B, N, L), D, z, delta_bias and softplus; forward, and forward+backward (the
   gradients of every input for a random gradient of out).
 - linear_scan: the copy floor (torch.clone, always timed), the PyTorch loop at T ≤ 4096,
@@ -53,6 +53,9 @@ CPU = {"selective_scan": ((2, 64, 16), [512, 2048], ["float32"]),
 """op -> (sizes besides the length, lengths, dtypes)."""
 LOOP_MAX_T = 4096
 """linear_scan's PyTorch loop runs up to this length (a Python step per time step)."""
+GPU_BASELINE_MAX_L = 2048
+"""On the GPU the selective-scan PyTorch baselines run up to this length (the target's; at
+8K the loop's backward takes seconds a call and the parallel scan's tensors tens of GB)."""
 CHECK_CHANNELS = 4
 """The checks compare the first batch element's first channels with the float64 reference."""
 
@@ -114,9 +117,11 @@ def selective_case(shape, L, dtype, device, backward) -> Case:
     def ours(backend, *t):
         return ops.selective_scan(*t, True, backend=backend)
 
-    baselines = {"pytorch-loop": lambda *t: selective_scan_reference(*t, True, dtype=torch.float32)}
-    if not backward:
-        baselines["pytorch-parallel"] = lambda *t: selective_scan_parallel_pytorch(*t, True)
+    baselines = {}
+    if device.type != "cuda" or L <= GPU_BASELINE_MAX_L:
+        baselines["pytorch-loop"] = lambda *t: selective_scan_reference(*t, True, dtype=torch.float32)
+        if not backward:
+            baselines["pytorch-parallel"] = lambda *t: selective_scan_parallel_pytorch(*t, True)
     mamba = _optional("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
     if mamba is not None and device.type == "cuda":
         baselines["mamba_ssm"] = lambda *t: mamba(*t, delta_softplus=True)

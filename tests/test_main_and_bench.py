@@ -69,3 +69,17 @@ def test_bench_fftconv_writes_records(tmp_path, monkeypatch):
     assert "from 64 x 768 to 1 x 256" in bench_fftconv.scale_note((1, 256, 2**20), cuda)
     assert bench_fftconv.floor_bytes((2, 3, 4), torch.float16, True, True) == (4 + 7) * 24 * 2
     sys.modules.pop("bench_fftconv", None)
+
+
+def test_bench_ssm_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_ssm
+
+    assert bench_ssm.main(["--quick", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("ssm-*.json")
+    records = json.loads(result.read_text())
+    assert {r["op"] for r in records} == {"selective_scan", "selective_scan fwd+bwd", "linear_scan", "ssm_kernel"}
+    assert all(r["status"] == "ok" for r in records)
+    assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "clone"}
+    sys.modules.pop("bench_ssm", None)

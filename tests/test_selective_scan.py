@@ -522,3 +522,20 @@ def test_selective_ssm_init_and_training():
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
     with pytest.raises(ValueError, match="one token at a time"):
         layer.step(hidden[:, :2], *layer.allocate_inference_cache(2))
+
+
+def test_auto_table_on_cuda(monkeypatch):
+    """CUDA tensors take Triton where it takes the call (N <= 256 for the scans, <= 1024 for
+    the S4D kernel), torch otherwise; CPU tensors take torch (checked as if every backend
+    were here)."""
+    from fastspec.ops import ssm
+
+    monkeypatch.setattr(ssm._backend, "device_ok", lambda name, device: None)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    for op in ("linear_scan", "selective_scan", "selective_state_update", "ssm_kernel"):
+        assert ssm._auto_choice(op, cuda, 16) == "triton"
+        assert ssm._auto_choice(op, cpu, 16) == "torch"
+    assert ssm._auto_choice("selective_scan", cuda, 257) == "torch"
+    assert ssm._auto_choice("selective_state_update", cuda, 257) == "torch"
+    assert ssm._auto_choice("ssm_kernel", cuda, 1024) == "triton"
+    assert ssm._auto_choice("ssm_kernel", cuda, 1025) == "torch"

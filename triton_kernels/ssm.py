@@ -90,8 +90,9 @@ def linear_scan_call(gates: torch.Tensor, tokens: torch.Tensor, initial: torch.T
     """The launch (kernel, grid, args, meta) that writes the scan of (gates, tokens) (B, C, T)
     into ``out`` (contiguous, tokens' dtype); also used to compile it ahead of time."""
     rows, T = tokens.shape[0] * tokens.shape[1], tokens.shape[2]
-    block_t = min(triton.next_power_of_2(T), SCAN_MAX_T)
-    block_r = max(1, min(SCAN_TILE // block_t, triton.next_power_of_2(rows)))
+    tile = SCAN_TILE // (2 if tokens.is_complex() else 1)  # complex: four planes in registers
+    block_t = min(triton.next_power_of_2(T), SCAN_MAX_T, tile)
+    block_r = max(1, min(tile // block_t, triton.next_power_of_2(rows)))
     a, b, o = _planes(gates), _planes(tokens), _planes(out)
     x0 = a if initial is None else _planes(initial)
     wide = tokens.dtype in (torch.float64, torch.complex128)
@@ -116,7 +117,10 @@ SELECTIVE_MAX_N = 256
 SELECTIVE_TILE = 4096
 """Elements of a (channels × N_PAD × steps) tile at the most."""
 SELECTIVE_MAX_D = 4
-"""Channels per program at the most."""
+"""Channels per program at the most (forward)."""
+SELECTIVE_BWD_TILE = 1024
+"""Elements of a (channels × N_PAD × steps) tile of the backward at the most: it keeps about
+ten such tiles live (decays, inputs, states, λ, ...); ptxas spills above this at 4 warps."""
 
 
 def _n_pad(N: int) -> int:
@@ -156,8 +160,10 @@ def _load_dt(delta_ptr, off, mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.co
 def _load_bc(ptr, fixed, base, n, l, mask, L, VAR: tl.constexpr, acc: tl.constexpr):
     """B or C for a chunk as a (channels or 1, N_PAD, steps or 1) tile."""
     if VAR:
-        return tl.load(ptr + base + n[:, None] * L + l[None, :], mask=mask, other=0.0).to(acc)[None, :, :]
-    return fixed[:, :, None]
+        tile = tl.load(ptr + base + n[:, None] * L + l[None, :], mask=mask, other=0.0).to(acc)[None, :, :]
+    else:
+        tile = fixed[:, :, None]
+    return tile
 
 
 @triton.jit
@@ -346,15 +352,17 @@ def _groups(M: torch.Tensor) -> int:
     return M.shape[1] if M.dim() == 4 else 1
 
 
-def _selective_plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> dict:
+def _selective_plan(u: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, backward: bool = False) -> dict:
     """Block sizes: BLOCK_D channels per program (a power of two dividing each grouped
-    B/C's channels per group), N_PAD, BLOCK_L = selective_chunk(N, L)."""
+    B/C's channels per group; fewer for the backward), N_PAD, BLOCK_L = selective_chunk(N, L)."""
     D, N = A.shape
-    block_d = SELECTIVE_MAX_D
+    n_pad, block_l = _n_pad(N), selective_chunk(N, u.shape[-1])
+    block_d = max(1, min(SELECTIVE_MAX_D, (SELECTIVE_BWD_TILE if backward else SELECTIVE_TILE) // (n_pad * block_l)))
     while block_d > 1 and any(D // M.shape[1] % block_d for M in (B, C) if M.dim() == 4):
         block_d //= 2
+    warps = 8 if backward and block_d * n_pad * block_l > SELECTIVE_BWD_TILE else 4
     return dict(VAR_B=B.dim() > 2, VAR_C=C.dim() > 2, WIDE=u.dtype == torch.float64, BLOCK_D=block_d,
-                N_PAD=_n_pad(N), BLOCK_L=selective_chunk(N, u.shape[-1]), num_warps=4)
+                N_PAD=n_pad, BLOCK_L=block_l, num_warps=warps)
 
 
 def _contiguous(*tensors):
@@ -390,23 +398,17 @@ def selective_scan_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
     return out, last, starts
 
 
-def selective_scan_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, starts, softplus, needs,
+def selective_backward_call(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, starts, softplus,
                             deterministic):
-    """The nine gradients of the selective scan (None where ``needs`` is False); see
-    fastspec.ops.ssm.Selective. ``deterministic``: no float atomics."""
-    grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias = _contiguous(grad_out, grad_last, u, delta, A, B, C, D,
-                                                                           z, delta_bias)
+    """The backward launch (kernel, grid, args, meta) and the buffers it writes (a dict:
+    du, ddelta, dz, per-batch dA, dD, dbias, dx0, and dB, dC: per batch for a fixed B/C, else
+    one slot per program (deterministic) or one shared, zeroed slot (atomics))."""
     batch, channels, length = u.shape
     N = A.shape[1]
-    meta = _selective_plan(u, A, B, C)
+    meta = _selective_plan(u, A, B, C, backward=True)
     meta.update(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
                 HAS_GLAST=grad_last is not None, SOFTPLUS=softplus, ATOMIC=not deterministic)
     acc, f64 = A.dtype, torch.float64
-    du, ddelta = torch.empty_like(u), torch.empty_like(u)
-    dz = torch.empty_like(u) if z is not None else None
-    dx0 = torch.empty(batch, channels, N, dtype=acc, device=u.device)
-    dA = torch.empty(batch, channels, N, dtype=f64, device=u.device)
-    dD, dbias = (torch.empty(batch, channels, dtype=f64, device=u.device) for _ in range(2))
 
     def var_buffer(M):
         if M.dim() == 2:
@@ -414,24 +416,41 @@ def selective_scan_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_
         slots = 1 if not deterministic else triton.cdiv(channels // _groups(M), meta["BLOCK_D"])
         return torch.zeros(slots, batch, _groups(M), N, length, dtype=acc, device=u.device)
 
-    dB, dC = var_buffer(B), var_buffer(C)
-    if batch * channels:
-        dummy = A
-        args = (grad_out, dummy if grad_last is None else grad_last, u, delta, dummy if z is None else z, A, B, C,
-                dummy if D is None else D, dummy if delta_bias is None else delta_bias, starts.contiguous(),
-                du, ddelta, dummy if dz is None else dz, dA, dB, dC, dD, dbias, dx0,
-                channels, length, N, _groups(B), _groups(C), starts.shape[-1])
-        _selective_bwd_kernel[(triton.cdiv(channels, meta["BLOCK_D"]), batch)](*args, **meta)
+    buffers = dict(du=torch.empty_like(u), ddelta=torch.empty_like(u), dz=torch.empty_like(u) if z is not None else None,
+                   dA=torch.empty(batch, channels, N, dtype=f64, device=u.device), dB=var_buffer(B), dC=var_buffer(C),
+                   dD=torch.empty(batch, channels, dtype=f64, device=u.device),
+                   dbias=torch.empty(batch, channels, dtype=f64, device=u.device),
+                   dx0=torch.empty(batch, channels, N, dtype=acc, device=u.device))
+    dummy = A
+    args = (grad_out, dummy if grad_last is None else grad_last, u, delta, dummy if z is None else z, A, B, C,
+            dummy if D is None else D, dummy if delta_bias is None else delta_bias, starts,
+            *(dummy if buffers[k] is None else buffers[k] for k in ("du", "ddelta", "dz", "dA", "dB", "dC", "dD",
+                                                                   "dbias", "dx0")),
+            channels, length, N, _groups(B), _groups(C), starts.shape[-1])
+    return _selective_bwd_kernel, (triton.cdiv(channels, meta["BLOCK_D"]), batch), args, meta, buffers
+
+
+def selective_scan_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, starts, softplus, needs,
+                            deterministic):
+    """The nine gradients of the selective scan (None where ``needs`` is False); see
+    fastspec.ops.ssm.Selective. ``deterministic``: no float atomics."""
+    grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, starts = _contiguous(
+        grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, starts)
+    kernel, grid, args, meta, b = selective_backward_call(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias,
+                                                         starts, softplus, deterministic)
+    if u.shape[0] * u.shape[1]:
+        kernel[grid](*args, **meta)
     else:
-        for t in (dA, dD, dbias, dx0) + ((dB,) if B.dim() == 2 else ()) + ((dC,) if C.dim() == 2 else ()):
-            t.zero_()
+        for key in ("dA", "dD", "dbias", "dx0") + (("dB",) if B.dim() == 2 else ()) + (("dC",) if C.dim() == 2 else ()):
+            b[key].zero_()
+    acc, f64 = A.dtype, torch.float64
 
     def reduce(grad, M):  # the per-batch (fixed) or per-program (slots) parts, added in float64
         return grad.sum(0, dtype=f64).reshape(M.shape).to(M.dtype)
 
-    grads = (du, ddelta, dA.sum(0).to(acc), reduce(dB, B), reduce(dC, C),
-             dD.sum(0).to(acc) if D is not None else None, dz,
-             dbias.sum(0).to(acc) if delta_bias is not None else None, dx0)
+    grads = (b["du"], b["ddelta"], b["dA"].sum(0).to(acc), reduce(b["dB"], B), reduce(b["dC"], C),
+             b["dD"].sum(0).to(acc) if D is not None else None, b["dz"],
+             b["dbias"].sum(0).to(acc) if delta_bias is not None else None, b["dx0"])
     return tuple(g if need else None for g, need in zip(grads, needs))
 
 
@@ -439,8 +458,8 @@ def selective_scan_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_
 
 VANDERMONDE_MAX_N = 1024
 """Largest N: the forward holds every mode of a channel against a block of steps."""
-VANDERMONDE_TILE = 4096
-"""Elements (modes × steps) of one tile."""
+VANDERMONDE_TILE = 2048
+"""Elements (modes × steps) of one tile (the float64 phases take two registers each)."""
 
 
 @triton.jit
@@ -533,17 +552,23 @@ def vandermonde(v: torch.Tensor, zeta: torch.Tensor, L: int, dtype: torch.dtype)
     return out
 
 
+def vandermonde_backward_call(grad, zeta, G, G1):
+    """The backward launch (kernel, grid, args, meta) writing G and G' ((H, N, 2) float64)."""
+    H, N = zeta.shape
+    L = grad.shape[1]
+    block_n = min(_n_pad(N), 64)
+    block_l = min(VANDERMONDE_TILE // block_n, triton.next_power_of_2(L))
+    zr, turns = _modes(zeta)
+    meta = dict(BLOCK_N=block_n, BLOCK_L=block_l, num_warps=4)
+    return _vandermonde_bwd_kernel, (H, triton.cdiv(N, block_n)), (grad, zr, turns, G, G1, N, L), meta
+
+
 def vandermonde_backward(grad: torch.Tensor, v: torch.Tensor, zeta: torch.Tensor):
     """(dv, dζ) = (2·conj(G), 2·conj(v·G')) complex128 for the gradient ``grad`` (H, L) of K."""
-    H, N = v.shape
-    L = grad.shape[1]
-    G, G1 = (torch.zeros(H, N, 2, dtype=torch.float64, device=v.device) for _ in range(2))
-    if H * N:
-        block_n = min(_n_pad(N), 64)
-        block_l = min(VANDERMONDE_TILE // block_n, triton.next_power_of_2(L))
-        zr, turns = _modes(zeta)
-        _vandermonde_bwd_kernel[(H, triton.cdiv(N, block_n))](
-            grad.contiguous(), zr, turns, G, G1, N, L, BLOCK_N=block_n, BLOCK_L=block_l, num_warps=4)
+    G, G1 = (torch.zeros(*v.shape, 2, dtype=torch.float64, device=v.device) for _ in range(2))
+    if v.numel():
+        kernel, grid, args, meta = vandermonde_backward_call(grad.contiguous(), zeta, G, G1)
+        kernel[grid](*args, **meta)
     G, G1 = torch.view_as_complex(G), torch.view_as_complex(G1)
     return 2 * torch.conj_physical(G), 2 * torch.conj_physical(v * G1)
 
@@ -590,26 +615,33 @@ def _state_update_kernel(state_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z
     tl.store(out_ptr + row, y.to(out_ptr.dtype.element_ty), mask=dmask)
 
 
+def state_update_call(state, x, dt, A, B, C, D, z, dt_bias, softplus, out):
+    """The launch (kernel, grid, args, meta) of one decoding step (x, dt, z, B, C, D, dt_bias
+    contiguous; state and A by strides), writing y into ``out``."""
+    heads_form = state.dim() == 4
+    st = state if heads_form else state[:, None]
+    A4 = A if heads_form else A[None]
+    batch, heads, dim, N = st.shape
+    n_pad = _n_pad(N)
+    block_d = max(1, min(triton.next_power_of_2(dim), SELECTIVE_TILE // n_pad // 4))
+    dummy = x
+    args = (st, x, dt, A4, B, C, dummy if D is None else D, dummy if z is None else z,
+            dummy if dt_bias is None else dt_bias, out, heads, dim, N, B.shape[1] if heads_form else 1,
+            *st.stride(), *A4.stride())
+    meta = dict(HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
+                WIDE=torch.float64 in (state.dtype, x.dtype), BLOCK_D=block_d, N_PAD=n_pad, num_warps=4)
+    return _state_update_kernel, (triton.cdiv(dim, block_d), batch * heads), args, meta
+
+
 def selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus):
     """One step in place on ``state`` (B, [H,] dim, N); returns y in x's dtype. See
     fastspec.selective_state_update."""
     N = state.shape[-1]
     if N > SELECTIVE_MAX_N:
         raise ValueError(f"selective_state_update: the triton backend takes N <= {SELECTIVE_MAX_N}, got N={N}")
-    heads_form = state.dim() == 4
-    st = state if heads_form else state[:, None]
-    A4 = A if heads_form else A[None]
-    batch, heads, dim = st.shape[:3]
-    groups = B.shape[1] if heads_form else 1
     x, dt, z, B, C, D, dt_bias = _contiguous(x, dt, z, B, C, D, dt_bias)
     out = torch.empty_like(x)
     if out.numel():
-        n_pad = _n_pad(N)
-        block_d = max(1, min(triton.next_power_of_2(dim), SELECTIVE_TILE // n_pad // 4))
-        dummy = x
-        _state_update_kernel[(triton.cdiv(dim, block_d), batch * heads)](
-            st, x, dt, A4, B, C, dummy if D is None else D, dummy if z is None else z,
-            dummy if dt_bias is None else dt_bias, out, heads, dim, N, groups, *st.stride(), *A4.stride(),
-            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=softplus,
-            WIDE=torch.float64 in (state.dtype, x.dtype), BLOCK_D=block_d, N_PAD=n_pad, num_warps=4)
+        kernel, grid, args, meta = state_update_call(state, x, dt, A, B, C, D, z, dt_bias, softplus, out)
+        kernel[grid](*args, **meta)
     return out

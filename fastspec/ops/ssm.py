@@ -37,9 +37,10 @@ each step a vectorised operation over every chunk and row at once, then (recursi
 scan of the T/16 chunk ends, then one pass that adds each chunk's carry. So about log16(T)
 times 16 PyTorch calls per level, never a Python loop over all T steps, and O(T) work."""
 
-# backend="auto" on a CUDA tensor: torch until the Triton kernels have passed their tests
-# on a GPU (then measured crossovers go here); CPU tensors use torch.
-AUTO_CUDA = ("torch",)
+# backend="auto" on a CUDA tensor: the first of these that takes the call (Triton passed its
+# tests on the interpreter, DESIGN.md; measured crossovers go here once a GPU has run
+# bench_ssm); CPU tensors use torch.
+AUTO_CUDA = ("triton", "torch")
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -146,16 +147,27 @@ def _check_backend(op: str, backend: str, table: dict) -> None:
                                   f"(implemented: {', '.join(table)})")
 
 
-def _auto_choice(device: torch.device, table: dict) -> str:
+def _unsupported(op: str, backend: str, N: int) -> str | None:
+    """Why ``backend`` does not take ``op`` with state size N, or None."""
+    if op == "ssm_kernel":
+        return _VANDERMONDE[backend].unsupported(N)
+    if op in ("selective_scan", "selective_state_update"):
+        return _SELECTIVE[backend].unsupported(N, None)
+    return None
+
+
+def _auto_choice(op: str, device: torch.device, N: int) -> str:
     if device.type != "cuda":
         return "torch"
-    return next((name for name in AUTO_CUDA if name in table and _backend.device_ok(name, device) is None), "torch")
+    return next((name for name in AUTO_CUDA if name in _TABLES[op] and _backend.device_ok(name, device) is None
+                 and _unsupported(op, name, N) is None), "torch")
 
 
 @torch.compiler.assume_constant_result
-def choose_backend(op: str, backend: str, device: torch.device) -> str:
-    """The concrete backend for a call of ``op`` (``auto`` resolved through AUTO_CUDA)."""
-    return _backend.resolve(op, backend, device, lambda: _auto_choice(device, _TABLES[op]))
+def choose_backend(op: str, backend: str, device: torch.device, N: int = 0) -> str:
+    """The concrete backend for a call of ``op`` with state size N (``auto`` resolved
+    through AUTO_CUDA)."""
+    return _backend.resolve(op, backend, device, lambda: _auto_choice(op, device, N))
 
 
 # ---------------------------------------------------------------------------- linear_scan op
@@ -323,7 +335,7 @@ def torch_selective_chunk(batch: int, channels: int, N: int, L: int) -> int:
 
 def _selective_torch_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
     """The torch backend's forward (contract: :class:`Selective`): the chunks in order, each
-    scanned by doubling (``scan_torch``) from the state the one before left."""
+    scanned (``_selective_chunk``) from the state the one before left."""
     batch, channels, length = u.shape
     x = x0 if x0 is not None else u.new_zeros(batch, channels, A.shape[1], dtype=A.dtype)
     outs, starts = [], []
@@ -637,7 +649,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     *_, N = _validate_selective(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
     if not isinstance(return_last_state, bool):
         raise TypeError(f"selective_scan: return_last_state must be a bool, got {type(return_last_state).__name__}")
-    chosen = choose_backend("selective_scan", backend, u.device)
+    chosen = choose_backend("selective_scan", backend, u.device, N)
     _check_selective_backend(chosen, N, u.dtype)
     out, last, _ = selective_scan_op(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, chosen)
     return (out, last) if return_last_state else out
@@ -745,7 +757,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     (N ≤ 256).
     """
     _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
-    chosen = choose_backend("selective_state_update", backend, state.device)
+    chosen = choose_backend("selective_state_update", backend, state.device, state.shape[-1])
     _check_backend("selective_state_update", chosen, _STATE_UPDATE)
     return selective_state_update_op(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, chosen)
 
@@ -947,7 +959,7 @@ def ssm_kernel(A: torch.Tensor, B: torch.Tensor, C: torch.Tensor, log_dt: torch.
     discretization, RuntimeError for a backend that cannot run here.
     """
     _validate_ssm_kernel(A, B, C, log_dt, L, discretization)
-    chosen = choose_backend("ssm_kernel", backend, A.device)
+    chosen = choose_backend("ssm_kernel", backend, A.device, A.shape[1])
     _check_vandermonde_backend("ssm_kernel", chosen, A.shape[1])
     v, zeta = discretize(A, B, C, log_dt, discretization)
     return vandermonde_op(v, zeta, L, _REAL_OF[A.dtype], chosen)
