@@ -8,6 +8,11 @@ per channel, u and the gates (B, H, L), k (H, Lk), D (H,); with v = u · pregate
 - ``bidirectional``: y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, c = (Lk−1)/2 (Lk odd, ≤ 2L−1;
   Lk = 2L−1 is M2-BERT's and Hyena's two-sided filter with lag 0 at index L−1)
 
+``keep_frequencies=n`` (circular only, FlashFFTConv's frequency-sparse convolution): the
+filter's L-point DFT keeps the bins f with min(f, L − f) < n and is zero at the others, so
+k is replaced by the real L-tap filter k_n = IDFT_L(mask_n · DFT_L(k)) (``truncated_filter``
+in fastspec/reference); n ≥ 1, and n > L/2 keeps every bin.
+
 ``fft_conv2d(u, k, mode)`` is the depthwise 2D convolution, u (B, C, H, W), k (C, kh, kw):
 ``circular`` y[i,j] = Σ k[a,b]·u[(i−a) mod H, (j−b) mod W] (kh ≤ H, kw ≤ W); ``same`` the
 zero-padded linear convolution cropped to u's size, y[i,j] = Σ k[a,b]·u[i−a+ch, j−b+cw] with
@@ -29,23 +34,25 @@ Backend contract: ``_IMPLS`` maps a backend name to an :class:`Implementation`. 
 gets tensors that passed ``_validate`` (any strides, stride 0 included: it makes contiguous
 what it needs) and returns new tensors:
 
-- ``forward(u, k, k_spectrum, pregate, postgate, D, mode) -> y``: y contiguous, u's shape
-  and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for k
-  (from ``prepare_filter`` or the op's cache: read it, never modify it).
-- ``backward(grad_y, u, k, pregate, postgate, D, mode, needs) -> (du, dk, dpregate,
+- ``forward(u, k, k_spectrum, pregate, postgate, D, mode, keep) -> y``: y contiguous, u's
+  shape and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for
+  k and ``keep`` (from ``prepare_filter`` or the op's cache: read it, never modify it).
+- ``backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep) -> (du, dk, dpregate,
   dpostgate, dD)``: ``needs`` five bools; None where False; each gradient contiguous, in
   its input's shape and dtype.
-- ``spectrum(k, mode, shape) -> Tensor``: k prepared for inputs of spatial ``shape``, in
-  whatever layout ``forward`` takes.
+- ``spectrum(k, mode, shape, keep) -> Tensor``: k prepared for inputs of spatial ``shape``,
+  in whatever layout ``forward`` takes.
+``keep`` is ``keep_frequencies`` (mode 'circular'), 0 for every frequency.
 - ``unsupported(dtype, mode, shape, kshape) -> str | None``: why the backend cannot take
   this call (u's dtype and spatial shape, k's taps), or None.
 
 u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
 ``fft_conv2d`` (gates and D None); float16/bfloat16 are accumulated in float32.
 
-The op computes a filter's spectrum once while the filter is unchanged (``cached_spectrum``:
+``fft_conv`` reuses a filter's spectrum while the filter is unchanged (``cached_spectrum``:
 the same tensor object, alive, with the same version counter, for the same backend, mode,
-shapes and dtype) and hands it to ``forward``; backends may use it in ``backward`` too.
+shapes, dtype and keep_frequencies) where autograd is not tracking k, and hands it to the
+op as ``k_spectrum``; the op and the backward compute it otherwise.
 """
 from __future__ import annotations
 
@@ -167,23 +174,30 @@ def _channel_column(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.reshape(-1, *([1] * ndim))
 
 
-def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+def _keep_bins(spectrum: torch.Tensor, keep: int) -> torch.Tensor:
+    """An rfft of size L (circular) with the bins f ≥ keep zeroed (min(f, L − f) = f there)."""
+    if keep:
+        spectrum[..., keep:] = 0
+    return spectrum
+
+
+def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
     """rfft of the wrapped filter over the plan's sizes: complex (C, *sizes[:-1], sizes[-1]//2 + 1)."""
     p = plan(mode, shape, k.shape[1:])
     k = k.to(_acc(k.dtype))
     if not any(p.centres):  # lag 0 at index 0 already: rfftn zero-pads
-        return torch.fft.rfftn(k, s=p.sizes, dim=p.dims)
-    return torch.fft.rfftn(_wrap(k, p), dim=p.dims)
+        return _keep_bins(torch.fft.rfftn(k, s=p.sizes, dim=p.dims), keep)
+    return _keep_bins(torch.fft.rfftn(_wrap(k, p), dim=p.dims), keep)
 
 
-def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
+def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
     """The torch backend's forward (contract in the module docstring). Per block of rows:
     rfft of v (zero-padded to the plan's size), product with k's spectrum (D folded into it
     when there are no gates), inverse rfft, and one fused pass for the gates and D into the
     output: five passes a block, each in cache."""
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = torch_spectrum(k, mode, shape) if k_spectrum is None else k_spectrum
+    spectrum = torch_spectrum(k, mode, shape, keep) if k_spectrum is None else k_spectrum
     fold_d = D is not None and pregate is None and postgate is None
     if fold_d:  # D·u = conv(u, D·δ): lag 0 adds D to every frequency
         spectrum = spectrum + _channel_column(D.to(acc), nd)
@@ -205,15 +219,15 @@ def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
     return out
 
 
-def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
+def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
     """The torch backend's backward (contract in the module docstring). With v = u·pregate,
     z = conv(v, k) and gz = grad_y·postgate: dpostgate = grad_y·z, dv = corr(gz, k)
     (irfft of GZ·conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
-    (the batch summed in frequency), dD = Σ grad_y·u."""
+    (the batch summed in frequency, the bins ``keep`` drops zeroed), dD = Σ grad_y·u."""
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = cached_spectrum("torch", k, mode, shape)
+    spectrum = torch_spectrum(k, mode, shape, keep)
     # conj_physical, not the lazy conj(): a conjugate bit is lost when the op runs under
     # AOTAutograd's dispatch (opcheck's test_aot_dispatch_dynamic shows it)
     spectrum_conj = torch.conj_physical(spectrum)
@@ -221,7 +235,8 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
     dpre = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_dpre else None
     dpost = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_dpost else None
     dk_freq = torch.zeros_like(spectrum) if need_dk else None
-    dd = torch.zeros(u.shape[1], dtype=acc, device=u.device) if need_dd else None
+    # float64: a float32 sum of B·L products cancels to ~1e-6 of its terms (flaky dD tests)
+    dd = torch.zeros(u.shape[1], dtype=torch.float64, device=u.device) if need_dd else None
     need_dv = need_du or need_dpre
     row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
@@ -248,18 +263,23 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
         if need_dk:
             dk_freq[hs] += gz_freq.mul_(v_freq.conj_physical_()).sum(0)
         if need_dd:
-            dd[hs] += (gc.to(acc) * uc).sum(0).sum(-1)
+            dd[hs] += (gc.double() * uc.double()).sum(0).sum(-1)
+    if need_dk:
+        dk_freq = _keep_bins(dk_freq, keep)
     dk = _unwrap(torch.fft.irfftn(dk_freq, s=p.sizes, dim=p.dims), p, k.shape[1:]).to(k.dtype).contiguous() if need_dk else None
     return du, dk, dpre, dpost, dd.to(D.dtype) if need_dd else None
 
 
-def _differentiable_forward(u, k, pregate, postgate, D, mode):
+def _differentiable_forward(u, k, pregate, postgate, D, mode, keep=0):
     """The op in plain differentiable PyTorch (autograd records every step), for double
     backward: the first backward differentiates this instead of calling the backward op."""
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
     v = u.to(acc) if pregate is None else u.to(acc) * pregate
-    freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims) * torch.fft.rfftn(_wrap(k.to(acc), p), dim=p.dims)
+    spectrum = torch.fft.rfftn(_wrap(k.to(acc), p), dim=p.dims)
+    if keep:
+        spectrum = spectrum * (torch.arange(spectrum.shape[-1], device=u.device) < keep)
+    freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims) * spectrum
     y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
     if postgate is not None:
         y = y * postgate
@@ -299,27 +319,50 @@ def triton_unsupported(dtype, mode, shape, kshape) -> str | None:
     return None
 
 
-def triton_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+def _native_keep(kernels, mode: str, length: int, taps: int, keep: int) -> bool:
+    """Whether the kernels truncate the spectrum themselves: the plan's FFT is the L-point one."""
+    return not keep or kernels.plan(mode, length, taps).n == length
+
+
+def _projected(k: torch.Tensor, length: int, keep: int) -> torch.Tensor:
+    """k (H, Lk) replaced by its truncation to the bins min(f, L − f) < keep of the L-point
+    DFT, a real (H, L) filter, in float32 (float64 for float64 k). Its own adjoint (the mask
+    is symmetric), so it also maps a gradient of the (H, L) filter back to one of k (cropped)."""
+    acc = torch.float64 if k.dtype == torch.float64 else torch.float32
+    return torch.fft.irfft(_keep_bins(torch.fft.rfft(k.to(acc), n=length), keep), n=length)
+
+
+def triton_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
     """k's spectrum by the Triton spectrum kernel: (H, n, 2) real, n the plan's power of two,
-    in the kernels' digit-reversed order; float64 for float64 k, else float32."""
+    in the kernels' digit-reversed order; float64 for float64 k, else float32. ``keep`` for an
+    FFT size other than L: the spectrum of the truncated filter (``_projected``)."""
     kernels = _triton_kernels()
-    return kernels.spectrum(k, kernels.plan(mode, shape[0], k.shape[1]), k.dtype)
+    if not _native_keep(kernels, mode, shape[0], k.shape[1], keep):
+        k, keep = _projected(k, shape[0], keep).to(k.dtype), 0
+    return kernels.spectrum(k, kernels.plan(mode, shape[0], k.shape[1]), k.dtype, keep)
 
 
-def triton_forward(u, k, k_spectrum, pregate, postgate, D, mode):
+def triton_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
     """The Triton backend's forward (contract in the module docstring)."""
     kernels = _triton_kernels()
-    p = kernels.plan(mode, u.shape[2], k.shape[1])
-    spectrum = cached_spectrum("triton", k, mode, u.shape[2:]) if k_spectrum is None else k_spectrum
-    return kernels.forward(u, spectrum, pregate, postgate, D, p)
+    native = _native_keep(kernels, mode, u.shape[2], k.shape[1], keep)
+    p = kernels.plan(mode, u.shape[2], k.shape[1] if native else u.shape[2])
+    spectrum = triton_spectrum(k, mode, u.shape[2:], keep) if k_spectrum is None else k_spectrum
+    return kernels.forward(u, spectrum, pregate, postgate, D, p, keep if native else 0)
 
 
-def triton_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
-    """The Triton backend's backward (contract in the module docstring): one fused kernel."""
+def triton_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
+    """The Triton backend's backward (contract in the module docstring): one fused kernel
+    (or two, see triton_kernels/fftconv.py), dpostgate by the forward kernel."""
     kernels = _triton_kernels()
-    p = kernels.plan(mode, u.shape[2], k.shape[1])
-    spectrum = cached_spectrum("triton", k, mode, u.shape[2:])
-    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, k.shape[1], needs, k.dtype)
+    L, native = u.shape[2], _native_keep(kernels, mode, u.shape[2], k.shape[1], keep)
+    taps = k.shape[1] if native else L
+    p = kernels.plan(mode, L, taps)
+    spectrum = triton_spectrum(k, mode, u.shape[2:], keep)
+    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, taps, needs, k.dtype,
+                                               keep if native else 0)
+    if dk is not None and not native:
+        dk = _projected(dk, L, keep)[:, :k.shape[1]]
     return du, None if dk is None else dk.to(k.dtype), dpre, dpost, None if dd is None else dd.to(D.dtype)
 
 
@@ -337,22 +380,33 @@ SPECTRUM_CACHE_BYTES = 256 << 20
 _spectra: collections.OrderedDict = collections.OrderedDict()
 
 
-def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
-    """``_IMPLS[backend].spectrum(k, mode, shape)``, reused while k is the same tensor object
+def _cacheable(k: torch.Tensor) -> bool:
+    """Whether ``fft_conv`` may take k's spectrum from the cache: not while torch.compile traces,
+    not where autograd tracks k (training changes it every step; gradcheck perturbs it
+    through ``.data``, which keeps the version counter), not for inference tensors (no
+    version counter) or meta tensors."""
+    return not (torch.compiler.is_compiling() or (torch.is_grad_enabled() and k.requires_grad)
+                or k.is_inference() or k.device.type == "meta")
+
+
+def clear_spectrum_cache() -> None:
+    """Forget every cached spectrum (after editing a filter through ``.data``, say)."""
+    _spectra.clear()
+
+
+def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
+    """``_IMPLS[backend].spectrum(k, mode, shape, keep)``, reused while k is the same tensor object
     (held by a weak reference: an entry goes when k does) with the same version counter
     (an in-place edit, an optimizer step or load_state_dict changes it; an edit through
-    ``k.data`` does not, as for autograd), for the same backend, mode, shapes, dtype and
-    device. Not cached: while torch.compile traces, inference tensors (no version counter),
-    and spectra larger than SPECTRUM_CACHE_BYTES."""
+    ``k.data`` does not: ``clear_spectrum_cache``), for the same backend, mode, shapes, dtype,
+    device and ``keep``. Spectra larger than SPECTRUM_CACHE_BYTES are not kept."""
     shape = tuple(shape)
-    if torch.compiler.is_compiling() or k.is_inference() or k.device.type == "meta":
-        return _IMPLS[backend].spectrum(k, mode, shape)
-    key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device)
+    key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device, keep)
     entry = _spectra.get(key)
     if entry is not None and entry[0]() is k and entry[1] == k._version:
         _spectra.move_to_end(key)
         return entry[2]
-    spectrum = _IMPLS[backend].spectrum(k, mode, shape)
+    spectrum = _IMPLS[backend].spectrum(k, mode, shape, keep)
     size = spectrum.numel() * spectrum.element_size()
     if size <= SPECTRUM_CACHE_BYTES:
         _spectra[key] = (weakref.ref(k, lambda _, key=key: _spectra.pop(key, None)), k._version, spectrum)
@@ -407,7 +461,20 @@ def _check_filter(op: str, k, channels: int, shape: Sequence[int], dtype: torch.
                          f"{2 * shape[1] - 1}, got k of shape {tuple(k.shape)}")
 
 
-def _validate(op: str, u, k, pregate, postgate, D, mode) -> None:
+def _check_keep(op: str, keep, mode: str, zero_ok: bool = False) -> None:
+    """keep_frequencies: None (every bin; the registered ops: 0) or an int ≥ 1, with mode
+    'circular' only."""
+    if keep is None or (zero_ok and keep == 0):
+        return
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise (ValueError if isinstance(keep, int) and not isinstance(keep, bool) else TypeError)(
+            f"{op}: keep_frequencies must be None or an int >= 1, got {keep!r}")
+    if mode != "circular":
+        raise ValueError(f"{op}: keep_frequencies needs mode='circular' (it truncates the filter's L-point DFT), "
+                         f"got mode={mode!r}")
+
+
+def _validate(op: str, u, k, pregate, postgate, D, mode, keep=0) -> None:
     """Every argument of ``op`` ('fft_conv': u (B, H, L); 'fft_conv2d': u (B, C, H, W), no
     gates or D), before any kernel sees it: TypeError for a wrong type or dtype, ValueError
     for a wrong shape, mode or device, each saying what is allowed."""
@@ -427,6 +494,9 @@ def _validate(op: str, u, k, pregate, postgate, D, mode) -> None:
     _check_filter(op, k, u.shape[1], shape, u.dtype, mode)
     if op == "fft_conv2d" and not (pregate is None and postgate is None and D is None):
         raise ValueError("fft_conv2d: takes no gates and no D")
+    if op == "fft_conv2d" and keep:
+        raise ValueError("fft_conv2d: takes no keep_frequencies")
+    _check_keep(op, keep, mode, zero_ok=True)
     for name, gate in (("pregate", pregate), ("postgate", postgate)):
         if gate is None:
             continue
@@ -478,41 +548,44 @@ def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, mode:
 
 @torch.library.custom_op("fastspec::fft_conv", mutates_args=())
 def fft_conv_op(u: torch.Tensor, k: torch.Tensor, pregate: torch.Tensor | None, postgate: torch.Tensor | None,
-                D: torch.Tensor | None, k_spectrum: torch.Tensor | None, mode: str, backend: str) -> torch.Tensor:
+                D: torch.Tensor | None, k_spectrum: torch.Tensor | None, mode: str, backend: str,
+                keep_frequencies: int = 0) -> torch.Tensor:
     """Registered op: fft_conv (u (B, H, L)) or fft_conv2d (u (B, C, H, W), no gates or D)
-    on a concrete backend; ``k_spectrum`` None or that backend's ``spectrum`` of k."""
-    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+    on a concrete backend; ``k_spectrum`` None or that backend's ``spectrum`` of k;
+    ``keep_frequencies`` 0 or fft_conv's (mode 'circular')."""
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
     _check_backend(_op_name(u), backend, u.dtype, mode, u.shape[2:], k.shape[1:])
     if k_spectrum is None:
-        k_spectrum = cached_spectrum(backend, k, mode, u.shape[2:])
-    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode)
+        k_spectrum = _IMPLS[backend].spectrum(k, mode, tuple(u.shape[2:]), keep_frequencies)
+    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode, keep_frequencies)
 
 
 @fft_conv_op.register_fake
-def _(u, k, pregate, postgate, D, k_spectrum, mode, backend):
-    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+def _(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies=0):
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
     return u.new_empty(u.shape)
 
 
 @torch.library.custom_op(
     "fastspec::fft_conv_backward", mutates_args=(),
     schema="(Tensor grad_y, Tensor u, Tensor k, Tensor? pregate, Tensor? postgate, Tensor? D, str mode, "
-           "bool[] needs, str backend) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)")
-def fft_conv_backward_op(grad_y, u, k, pregate, postgate, D, mode, needs, backend):
+           "bool[] needs, str backend, int keep_frequencies=0) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)")
+def fft_conv_backward_op(grad_y, u, k, pregate, postgate, D, mode, needs, backend, keep_frequencies=0):
     """Registered op: the gradients (du, dk, dpregate, dpostgate, dD) of fastspec::fft_conv
     for the five ``needs``, None where not needed."""
-    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
-    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs))
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
+    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs), keep_frequencies)
 
 
 @fft_conv_backward_op.register_fake
-def _(grad_y, u, k, pregate, postgate, D, mode, needs, backend):
+def _(grad_y, u, k, pregate, postgate, D, mode, needs, backend, keep_frequencies=0):
     inputs = (u, k, pregate, postgate, D)
     return tuple(t.new_empty(t.shape) if need else None for t, need in zip(inputs, needs, strict=True))
 
 
 def _setup_context(ctx, inputs, output):
-    u, k, pregate, postgate, D, _, ctx.mode, ctx.backend = inputs
+    u, k, pregate, postgate, D, _, ctx.mode, ctx.backend, *keep = inputs
+    ctx.keep = keep[0] if keep else 0
     ctx.save_for_backward(u, k, pregate, postgate, D)
 
 
@@ -522,12 +595,12 @@ def _backward(ctx, grad_y):
     if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch path
         wanted = [t for t, need in zip(inputs, needs) if need]
         with torch.enable_grad():
-            found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode), wanted, grad_y,
+            found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode, ctx.keep), wanted, grad_y,
                                              create_graph=True))
         grads = [next(found) if need else None for need in needs]
     else:
-        grads = fft_conv_backward_op(grad_y, *inputs, ctx.mode, needs, ctx.backend)
-    return (*grads, None, None, None)
+        grads = fft_conv_backward_op(grad_y, *inputs, ctx.mode, needs, ctx.backend, ctx.keep)
+    return (*grads, None, None, None, None)
 
 
 fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
@@ -546,27 +619,32 @@ class FilterSpectrum:
     length: int
     dtype: torch.dtype
     tensor: torch.Tensor
+    keep_frequencies: int = 0
 
 
 def prepare_filter(k: torch.Tensor, length: int, *, mode: str = "causal", dtype: torch.dtype = torch.float32,
-                   backend: str = "auto") -> FilterSpectrum:
+                   keep_frequencies: int | None = None, backend: str = "auto") -> FilterSpectrum:
     """k (H, Lk) prepared by ``backend`` for ``fft_conv`` of u (B, H, ``length``) of ``dtype``
-    in ``mode`` (for the torch backend: its FFT); computed without autograd."""
+    in ``mode`` with ``keep_frequencies`` (for the torch backend: its FFT); computed without
+    autograd."""
     if mode not in MODES:
         raise ValueError(f"prepare_filter: mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"prepare_filter: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
     _check_tensor("prepare_filter", "k", k)
     _check_filter("prepare_filter", k, k.shape[0], (length,), dtype, mode)
+    _check_keep("prepare_filter", keep_frequencies, mode)
+    keep = keep_frequencies or 0
     chosen = choose_backend(backend, k.device, dtype, mode, (length,), tuple(k.shape[1:]))
     _check_backend("prepare_filter", chosen, dtype, mode, (length,), k.shape[1:])
     with torch.no_grad():
-        return FilterSpectrum(chosen, mode, length, dtype, _IMPLS[chosen].spectrum(k, mode, (length,)))
+        return FilterSpectrum(chosen, mode, length, dtype, _IMPLS[chosen].spectrum(k, mode, (length,), keep), keep)
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate: torch.Tensor | None = None,
              postgate: torch.Tensor | None = None, D: torch.Tensor | None = None,
-             spectrum: FilterSpectrum | None = None, backend: str = "auto") -> torch.Tensor:
+             spectrum: FilterSpectrum | None = None, keep_frequencies: int | None = None,
+             backend: str = "auto") -> torch.Tensor:
     """Long convolution per channel: ``y = postgate · conv(u · pregate, k) + D · u``.
 
     u: (B, H, L), any L ≥ 1; float16, bfloat16 or float32 (float64 on the torch backend).
@@ -576,7 +654,13 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate:
       'bidirectional' y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, Lk odd ≤ 2L−1, c = (Lk−1)/2
                       (Lk = 2L−1: lag 0 at index L−1, as M2-BERT and Hyena's k_rev)
     pregate, postgate: (B, H, L) in u's dtype, optional. D: (H,), float32 or u's dtype, optional.
-    spectrum: ``prepare_filter(k, L, ...)`` of this same, unchanged k, or None.
+    spectrum: ``prepare_filter(k, L, ...)`` of this same, unchanged k, or None (then k's
+      spectrum is cached while k is unchanged, where autograd does not track k:
+      ``cached_spectrum``).
+    keep_frequencies: None, or n ≥ 1 with mode 'circular' (FlashFFTConv's frequency-sparse
+      convolution): only the bins f with min(f, L − f) < n of the filter's L-point DFT are
+      kept, i.e. k is replaced by the real L-tap filter IDFT_L(mask · DFT_L(k)); gradients
+      flow through that projection. n > L/2 keeps every bin.
     Returns y (B, H, L) in u's dtype, contiguous; accumulation in float32 (float64 for float64).
     Every argument may be non-contiguous or expanded. Autograd for u, k, the gates and D
     (double backward too); ``torch.compile(fullgraph=True)`` works.
@@ -584,19 +668,26 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate:
     Raises TypeError for a wrong type or dtype, ValueError for a wrong shape, mode or
     device (saying what is allowed), RuntimeError for a backend that cannot run here.
     """
-    _validate("fft_conv", u, k, pregate, postgate, D, mode)
+    _check_keep("fft_conv", keep_frequencies, mode)
+    keep = keep_frequencies or 0
+    _validate("fft_conv", u, k, pregate, postgate, D, mode, keep)
     shape, kshape = (int(u.shape[2]),), (int(k.shape[1]),)
     if spectrum is None:
         chosen = choose_backend(backend, u.device, u.dtype, mode, shape, kshape)
     else:
         chosen = spectrum.backend if backend == "auto" else backend
-        made_for = (spectrum.backend, spectrum.mode, spectrum.length, spectrum.dtype, spectrum.tensor.device)
-        call = (chosen, mode, shape[0], u.dtype, u.device)
+        made_for = (spectrum.backend, spectrum.mode, spectrum.length, spectrum.dtype, spectrum.tensor.device,
+                    spectrum.keep_frequencies)
+        call = (chosen, mode, shape[0], u.dtype, u.device, keep)
         if made_for != call:
-            raise ValueError(f"fft_conv: spectrum was prepared for (backend, mode, L, dtype, device) = {made_for}, "
-                             f"this call is {call}")
+            raise ValueError(f"fft_conv: spectrum was prepared for (backend, mode, L, dtype, device, "
+                             f"keep_frequencies) = {made_for}, this call is {call}")
     _check_backend("fft_conv", chosen, u.dtype, mode, shape, kshape)
-    return fft_conv_op(u, k, pregate, postgate, D, None if spectrum is None else spectrum.tensor, mode, chosen)
+    if spectrum is not None:
+        k_spectrum = spectrum.tensor
+    else:
+        k_spectrum = cached_spectrum(chosen, k, mode, shape, keep) if _cacheable(k) else None
+    return fft_conv_op(u, k, pregate, postgate, D, k_spectrum, mode, chosen, keep)
 
 
 def fft_conv2d(u: torch.Tensor, k: torch.Tensor, *, mode: str = "circular", backend: str = "auto") -> torch.Tensor:
