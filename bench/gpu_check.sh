@@ -7,10 +7,11 @@
 # OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, the tuning sweep
 # of bench/tune_fwht.py, summary), pytest.log, main.log, <family>-<device>.json/.png per
 # benchmark, and, where the tools run, ncu.log (Nsight Compute: speed of light, occupancy,
-# launch statistics of the FWHT kernels at the benchmark shape) and sanitizer.log
+# launch statistics of the FWHT kernels at the benchmark shape), ncu-fftconv.log (the same
+# for the Triton fft_conv kernels at L = 1K and 16K) and sanitizer.log
 # (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
 # step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
-# last PROFILE_RESERVE_S = 160 of it are kept for the sweep, the profiler and the
+# last PROFILE_RESERVE_S = 205 of it are kept for the sweep, the profilers and the
 # sanitizer; PYTEST_CAP_S, default 220, caps the tests), so the script ends inside 9 minutes; a failing step does not stop the later
 # ones, and the exit status is 1 if any step failed. PYTHON overrides the interpreter.
 set -euo pipefail
@@ -77,7 +78,7 @@ main() {
     "$PY" -m pytest -q -ra -p no:cacheprovider --durations=10 "${xdist[@]}" tests/
   TAIL=60 step "python -m fastspec" 60 "$OUTDIR/main.log" "$PY" -m fastspec
 
-  local benches=(bench/bench_*.py) i reserve=${PROFILE_RESERVE_S:-160}
+  local benches=(bench/bench_*.py) i reserve=${PROFILE_RESERVE_S:-205}
   for i in "${!benches[@]}"; do
     local left=$((DEADLINE - SECONDS - 5 - reserve)) n=$((${#benches[@]} - i))
     step "$(basename "${benches[$i]}")" $((left / n)) - "$PY" "${benches[$i]}" --out "$OUTDIR"
@@ -91,6 +92,10 @@ main() {
     TAIL=60 step "ncu fwht kernels" 55 "$OUTDIR/ncu.log" ncu --clock-control none -k regex:fwht \
       --section SpeedOfLight --section Occupancy --section LaunchStats \
       "$PY" bench/profile_fwht.py --sizes 4096 32768 11008 --dtypes float16
+    # The fft_conv kernels at a one-tile and a two-level length (the forward; two calls each).
+    TAIL=40 step "ncu fftconv kernels" 45 "$OUTDIR/ncu-fftconv.log" ncu --clock-control none -k regex:fftconv \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      "$PY" bench/profile_fftconv.py --lengths 1024 16384 --dtypes float16 --batch 8 --channels 64 --backends triton
   else
     echo "ncu not found: no profile"
   fi

@@ -86,12 +86,14 @@ MIN_N = 512
 """Smallest FFT size: 8·8·8, the smallest order-3 factorisation with 2m ≥ 16 on every axis
 (shorter signals are zero-padded: a few rows of a program's tile)."""
 MAX_TILE = 4096
-"""Largest FFT held in registers by one program (16·16·16 complex: 8192 float32 values,
-the size of fwht's tile, which fits 16 warps without spills on sm_90)."""
+"""Largest FFT held in registers by one program (16·16·16 complex: 8192 float32 values, as
+fwht's tile); 8 warps hold it without spills on sm_90 (tests/test_fftconv_triton_sm90.py)."""
 MAX_N = 2**24
 """Largest FFT size (4096 × 4096 in two levels): causal L + Lk − 1 ≤ 2^24."""
 SCRATCH_BYTES = 256 << 20
-"""Largest float32 scratch of the two-level path; rows are processed in chunks under it."""
+"""Largest float32 scratch of the two-level path; rows are processed in chunks under it.
+Smaller chunks stay in the L2 cache between the launches (50 MB on an H100) but take more
+launches: a value to set from GPU measurements (none yet)."""
 _PREC = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2}
 """How a dot is done: 0 float64; 1 TF32 parts (float32 input); 2 bfloat16 parts (half input)."""
 
@@ -648,7 +650,7 @@ def fftconv_outer_inv_kernel(
 
 
 def _factors(m: int) -> tuple[int, int, int]:
-    """(m1, m2, m3) with m1·m2·m3 = m (a power of two, 64 ≤ m ≤ 32768), each axis 8..32,
+    """(m1, m2, m3) with m1·m2·m3 = m (a power of two, 64 ≤ m ≤ 4096), each axis 8 or 16,
     m1 = 1 for m ≤ 256 (two stages), as even as possible."""
     e = m.bit_length() - 1
     if e <= 8:
