@@ -351,17 +351,16 @@ def test_spectrum_is_cached_while_the_filter_is_unchanged(monkeypatch, backend):
     del twin
     gc.collect()
     assert len(ops._spectra) == 2  # an entry goes with its filter
-    k.requires_grad_()  # tracked by autograd: computed by every forward (and backward)
+    k.requires_grad_()  # may be edited through .data (optimizers, gradcheck): never cached
     fastspec.fft_conv(u, k, backend=backend, **kwargs).sum().backward()
-    assert len(calls) == 6
-    with torch.no_grad():  # untracked again: the entry of this version serves
+    with torch.no_grad():
         fastspec.fft_conv(u, k, backend=backend, **kwargs)
-    assert len(calls) == 6
+    assert len(calls) == 8  # forward, backward, forward
 
 
 def test_spectrum_cache_and_edits_through_data():
     """An edit through ``.data`` keeps the version counter: what gradcheck does, so a filter
-    tracked by autograd is never cached; an untracked one edited that way needs
+    that requires grad is never cached; one that does not, edited that way, needs
     clear_spectrum_cache (documented)."""
     u, k, _ = _case(1, 2, 40, "causal", torch.float64, ())
     k.requires_grad_()
@@ -525,6 +524,16 @@ def test_triton_keep_frequencies_two_levels():
     _assert_close(out, ref.detach())
     for a, b in zip(torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), refs)):
         _assert_close(a, b)
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+def test_keep_frequencies_reaches_only_backends_that_truncate():
+    """L = 100 is no power of two: Triton's FFT is not the 100-point one, so fft_conv hands it
+    the projected filter, and the registered op refuses keep_frequencies for it."""
+    assert not ops._IMPLS["triton"].keeps("circular", (100,), (40,)) and ops._IMPLS["triton"].keeps("circular", (512,), (9,))
+    u, k, _ = _case(2, 3, 100, "circular", torch.float32, ())
+    with pytest.raises(ValueError, match="the 'triton' backend does not truncate the spectrum for this call"):
+        torch.ops.fastspec.fft_conv(u, k[:, :40], None, None, None, None, "circular", "triton", 3)
 
 
 def test_triton_keep_frequencies_skips_row_tiles():

@@ -11,7 +11,7 @@ per channel, u and the gates (B, H, L), k (H, Lk), D (H,); with v = u · pregate
 ``keep_frequencies=n`` (circular only, FlashFFTConv's frequency-sparse convolution): the
 filter's L-point DFT keeps the bins f with min(f, L − f) < n and is zero at the others, so
 k is replaced by the real L-tap filter k_n = IDFT_L(mask_n · DFT_L(k)) (``truncated_filter``
-in fastspec/reference); n ≥ 1, and n > L/2 keeps every bin.
+in fastspec/reference, ``project_filter`` here); n ≥ 1, and n > L/2 keeps every bin.
 
 ``fft_conv2d(u, k, mode)`` is the depthwise 2D convolution, u (B, C, H, W), k (C, kh, kw):
 ``circular`` y[i,j] = Σ k[a,b]·u[(i−a) mod H, (j−b) mod W] (kh ≤ H, kw ≤ W); ``same`` the
@@ -34,25 +34,27 @@ Backend contract: ``_IMPLS`` maps a backend name to an :class:`Implementation`. 
 gets tensors that passed ``_validate`` (any strides, stride 0 included: it makes contiguous
 what it needs) and returns new tensors:
 
-- ``forward(u, k, k_spectrum, pregate, postgate, D, mode, keep) -> y``: y contiguous, u's
-  shape and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for
-  k and ``keep`` (from ``prepare_filter`` or the op's cache: read it, never modify it).
-- ``backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep) -> (du, dk, dpregate,
+- ``forward(u, k, k_spectrum, pregate, postgate, D, mode) -> y``: y contiguous, u's shape
+  and dtype; ``k_spectrum`` is None or what this backend's ``spectrum`` returned for k
+  (from ``prepare_filter`` or the op's cache: read it, never modify it).
+- ``backward(grad_y, u, k, pregate, postgate, D, mode, needs) -> (du, dk, dpregate,
   dpostgate, dD)``: ``needs`` five bools; None where False; each gradient contiguous, in
   its input's shape and dtype.
-- ``spectrum(k, mode, shape, keep) -> Tensor``: k prepared for inputs of spatial ``shape``,
-  in whatever layout ``forward`` takes.
-``keep`` is ``keep_frequencies`` (mode 'circular'), 0 for every frequency.
+- ``spectrum(k, mode, shape) -> Tensor``: k prepared for inputs of spatial ``shape``, in
+  whatever layout ``forward`` takes.
+- ``keeps(mode, shape, kshape) -> bool`` (default False): whether the backend truncates the
+  spectrum itself for ``keep_frequencies``; then each of the three above takes a trailing
+  ``keep`` ≥ 1 in such calls. ``fft_conv`` hands the other backends the projected filter.
 - ``unsupported(dtype, mode, shape, kshape) -> str | None``: why the backend cannot take
   this call (u's dtype and spatial shape, k's taps), or None.
 
 u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
 ``fft_conv2d`` (gates and D None); float16/bfloat16 are accumulated in float32.
 
-``fft_conv`` reuses a filter's spectrum while the filter is unchanged (``cached_spectrum``:
-the same tensor object, alive, with the same version counter, for the same backend, mode,
-shapes, dtype and keep_frequencies) where autograd is not tracking k, and hands it to the
-op as ``k_spectrum``; the op and the backward compute it otherwise.
+The op computes the spectrum of a filter that does not require grad once while it is
+unchanged (``cached_spectrum``: the same tensor object, alive, with the same version
+counter, for the same backend, mode, shapes, dtype and keep_frequencies) and hands it to
+``forward``; backends may use it in ``backward`` too.
 """
 from __future__ import annotations
 
@@ -227,7 +229,7 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = torch_spectrum(k, mode, shape, keep)
+    spectrum = cached_spectrum("torch", k, mode, shape, keep)
     # conj_physical, not the lazy conj(): a conjugate bit is lost when the op runs under
     # AOTAutograd's dispatch (opcheck's test_aot_dispatch_dynamic shows it)
     spectrum_conj = torch.conj_physical(spectrum)
@@ -296,6 +298,7 @@ class Implementation:
     backward: Callable[..., tuple]
     spectrum: Callable[..., torch.Tensor]
     unsupported: Callable[..., str | None] = lambda dtype, mode, shape, kshape: None
+    keeps: Callable[..., bool] = lambda mode, shape, kshape: False
 
 
 # ---------------------------------------------------------------------------- triton backend
@@ -319,57 +322,42 @@ def triton_unsupported(dtype, mode, shape, kshape) -> str | None:
     return None
 
 
-def _native_keep(kernels, mode: str, length: int, taps: int, keep: int) -> bool:
-    """Whether the kernels truncate the spectrum themselves: the plan's FFT is the L-point one."""
-    return not keep or kernels.plan(mode, length, taps).n == length
-
-
-def _projected(k: torch.Tensor, length: int, keep: int) -> torch.Tensor:
-    """k (H, Lk) replaced by its truncation to the bins min(f, L − f) < keep of the L-point
-    DFT, a real (H, L) filter, in float32 (float64 for float64 k). Its own adjoint (the mask
-    is symmetric), so it also maps a gradient of the (H, L) filter back to one of k (cropped)."""
-    acc = torch.float64 if k.dtype == torch.float64 else torch.float32
-    return torch.fft.irfft(_keep_bins(torch.fft.rfft(k.to(acc), n=length), keep), n=length)
+def triton_keeps(mode, shape, kshape) -> bool:
+    """The Triton kernels truncate their own spectrum where their FFT is the L-point one."""
+    return len(shape) == 1 and _triton_kernels().plan(mode, shape[0], kshape[0]).n == shape[0]
 
 
 def triton_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
     """k's spectrum by the Triton spectrum kernel: (H, n, 2) real, n the plan's power of two,
-    in the kernels' digit-reversed order; float64 for float64 k, else float32. ``keep`` for an
-    FFT size other than L: the spectrum of the truncated filter (``_projected``)."""
+    in the kernels' digit-reversed order; float64 for float64 k, else float32."""
     kernels = _triton_kernels()
-    if not _native_keep(kernels, mode, shape[0], k.shape[1], keep):
-        k, keep = _projected(k, shape[0], keep).to(k.dtype), 0
     return kernels.spectrum(k, kernels.plan(mode, shape[0], k.shape[1]), k.dtype, keep)
 
 
 def triton_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
     """The Triton backend's forward (contract in the module docstring)."""
     kernels = _triton_kernels()
-    native = _native_keep(kernels, mode, u.shape[2], k.shape[1], keep)
-    p = kernels.plan(mode, u.shape[2], k.shape[1] if native else u.shape[2])
+    p = kernels.plan(mode, u.shape[2], k.shape[1])
     spectrum = triton_spectrum(k, mode, u.shape[2:], keep) if k_spectrum is None else k_spectrum
-    return kernels.forward(u, spectrum, pregate, postgate, D, p, keep if native else 0)
+    return kernels.forward(u, spectrum, pregate, postgate, D, p, keep)
 
 
 def triton_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
     """The Triton backend's backward (contract in the module docstring): one fused kernel
     (or two, see triton_kernels/fftconv.py), dpostgate by the forward kernel."""
     kernels = _triton_kernels()
-    L, native = u.shape[2], _native_keep(kernels, mode, u.shape[2], k.shape[1], keep)
-    taps = k.shape[1] if native else L
-    p = kernels.plan(mode, L, taps)
-    spectrum = triton_spectrum(k, mode, u.shape[2:], keep)
-    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, taps, needs, k.dtype,
-                                               keep if native else 0)
-    if dk is not None and not native:
-        dk = _projected(dk, L, keep)[:, :k.shape[1]]
+    p = kernels.plan(mode, u.shape[2], k.shape[1])
+    spectrum = cached_spectrum("triton", k, mode, u.shape[2:], keep)
+    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, k.shape[1], needs,
+                                               k.dtype, keep)
     return du, None if dk is None else dk.to(k.dtype), dpre, dpost, None if dd is None else dd.to(D.dtype)
 
 
 _IMPLS: dict[str, Implementation] = {
-    "torch": Implementation(forward=torch_forward, backward=torch_backward, spectrum=torch_spectrum),
+    "torch": Implementation(forward=torch_forward, backward=torch_backward, spectrum=torch_spectrum,
+                            keeps=lambda mode, shape, kshape: len(shape) == 1),  # circular: its FFT is L's
     "triton": Implementation(forward=triton_forward, backward=triton_backward, spectrum=triton_spectrum,
-                             unsupported=triton_unsupported),
+                             unsupported=triton_unsupported, keeps=triton_keeps),
 }
 
 
@@ -380,33 +368,35 @@ SPECTRUM_CACHE_BYTES = 256 << 20
 _spectra: collections.OrderedDict = collections.OrderedDict()
 
 
-def _cacheable(k: torch.Tensor) -> bool:
-    """Whether ``fft_conv`` may take k's spectrum from the cache: not while torch.compile traces,
-    not where autograd tracks k (training changes it every step; gradcheck perturbs it
-    through ``.data``, which keeps the version counter), not for inference tensors (no
-    version counter) or meta tensors."""
-    return not (torch.compiler.is_compiling() or (torch.is_grad_enabled() and k.requires_grad)
-                or k.is_inference() or k.device.type == "meta")
-
-
 def clear_spectrum_cache() -> None:
     """Forget every cached spectrum (after editing a filter through ``.data``, say)."""
     _spectra.clear()
 
 
+def _with_keep(keep: int) -> tuple:
+    """The trailing ``keep`` argument of a backend function: only where it is not 0."""
+    return (keep,) if keep else ()
+
+
 def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
-    """``_IMPLS[backend].spectrum(k, mode, shape, keep)``, reused while k is the same tensor object
-    (held by a weak reference: an entry goes when k does) with the same version counter
-    (an in-place edit, an optimizer step or load_state_dict changes it; an edit through
-    ``k.data`` does not: ``clear_spectrum_cache``), for the same backend, mode, shapes, dtype,
-    device and ``keep``. Spectra larger than SPECTRUM_CACHE_BYTES are not kept."""
+    """``_IMPLS[backend].spectrum(k, mode, shape[, keep])``, reused while k is the same tensor
+    object (held by a weak reference: an entry goes when k does) with the same version
+    counter (an in-place edit or load_state_dict changes it), for the same backend, mode,
+    shapes, dtype, device and ``keep``. Not cached: a k that requires grad (an edit through
+    ``k.data``, as optimizers and gradcheck make, leaves the version counter as it was; and a
+    trained filter changes every step anyway), while torch.compile traces, inference tensors
+    (no version counter), and spectra larger than SPECTRUM_CACHE_BYTES. An untracked filter
+    edited through ``.data`` needs ``clear_spectrum_cache``."""
     shape = tuple(shape)
+    if (torch.compiler.is_compiling() or k.requires_grad or k.is_inference()
+            or k.device.type == "meta"):
+        return _IMPLS[backend].spectrum(k, mode, shape, *_with_keep(keep))
     key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device, keep)
     entry = _spectra.get(key)
     if entry is not None and entry[0]() is k and entry[1] == k._version:
         _spectra.move_to_end(key)
         return entry[2]
-    spectrum = _IMPLS[backend].spectrum(k, mode, shape, keep)
+    spectrum = _IMPLS[backend].spectrum(k, mode, shape, *_with_keep(keep))
     size = spectrum.numel() * spectrum.element_size()
     if size <= SPECTRUM_CACHE_BYTES:
         _spectra[key] = (weakref.ref(k, lambda _, key=key: _spectra.pop(key, None)), k._version, spectrum)
@@ -525,6 +515,20 @@ def _check_backend(op: str, backend: str, dtype: torch.dtype, mode: str, shape, 
         raise ValueError(f"{op}: {reason}")
 
 
+def _check_keeps(backend: str, keep: int, mode: str, shape, kshape) -> None:
+    """The registered ops take keep_frequencies only for a backend that truncates itself."""
+    if keep and not _IMPLS[backend].keeps(mode, tuple(shape), tuple(kshape)):
+        raise ValueError(f"fft_conv: the {backend!r} backend does not truncate the spectrum for this call; "
+                         f"fastspec.fft_conv hands it the projected filter (project_filter) instead")
+
+
+def project_filter(k: torch.Tensor, length: int, keep: int) -> torch.Tensor:
+    """k (H, Lk) truncated to the bins min(f, L − f) < keep of its L-point DFT: the real (H, L)
+    filter of keep_frequencies, float32 (float64 for float64 k), differentiable."""
+    spectrum = torch.fft.rfft(k.to(_acc(k.dtype)), n=length)
+    return torch.fft.irfft(spectrum * (torch.arange(spectrum.shape[-1], device=k.device) < keep), n=length)
+
+
 def _auto_choice(device: torch.device, dtype: torch.dtype, mode: str, shape, kshape) -> str:
     if device.type != "cuda":
         return "torch"
@@ -555,9 +559,10 @@ def fft_conv_op(u: torch.Tensor, k: torch.Tensor, pregate: torch.Tensor | None, 
     ``keep_frequencies`` 0 or fft_conv's (mode 'circular')."""
     _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
     _check_backend(_op_name(u), backend, u.dtype, mode, u.shape[2:], k.shape[1:])
+    _check_keeps(backend, keep_frequencies, mode, u.shape[2:], k.shape[1:])
     if k_spectrum is None:
-        k_spectrum = _IMPLS[backend].spectrum(k, mode, tuple(u.shape[2:]), keep_frequencies)
-    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode, keep_frequencies)
+        k_spectrum = cached_spectrum(backend, k, mode, u.shape[2:], keep_frequencies)
+    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode, *_with_keep(keep_frequencies))
 
 
 @fft_conv_op.register_fake
@@ -574,7 +579,9 @@ def fft_conv_backward_op(grad_y, u, k, pregate, postgate, D, mode, needs, backen
     """Registered op: the gradients (du, dk, dpregate, dpostgate, dD) of fastspec::fft_conv
     for the five ``needs``, None where not needed."""
     _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
-    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs), keep_frequencies)
+    _check_keeps(backend, keep_frequencies, mode, u.shape[2:], k.shape[1:])
+    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs),
+                                    *_with_keep(keep_frequencies))
 
 
 @fft_conv_backward_op.register_fake
@@ -638,7 +645,11 @@ def prepare_filter(k: torch.Tensor, length: int, *, mode: str = "causal", dtype:
     chosen = choose_backend(backend, k.device, dtype, mode, (length,), tuple(k.shape[1:]))
     _check_backend("prepare_filter", chosen, dtype, mode, (length,), k.shape[1:])
     with torch.no_grad():
-        return FilterSpectrum(chosen, mode, length, dtype, _IMPLS[chosen].spectrum(k, mode, (length,), keep), keep)
+        if keep and not _IMPLS[chosen].keeps(mode, (length,), tuple(k.shape[1:])):
+            return FilterSpectrum(chosen, mode, length, dtype,
+                                  _IMPLS[chosen].spectrum(project_filter(k, length, keep), mode, (length,)), keep)
+        return FilterSpectrum(chosen, mode, length, dtype,
+                              _IMPLS[chosen].spectrum(k, mode, (length,), *_with_keep(keep)), keep)
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate: torch.Tensor | None = None,
@@ -683,11 +694,10 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate:
             raise ValueError(f"fft_conv: spectrum was prepared for (backend, mode, L, dtype, device, "
                              f"keep_frequencies) = {made_for}, this call is {call}")
     _check_backend("fft_conv", chosen, u.dtype, mode, shape, kshape)
-    if spectrum is not None:
-        k_spectrum = spectrum.tensor
-    else:
-        k_spectrum = cached_spectrum(chosen, k, mode, shape, keep) if _cacheable(k) else None
-    return fft_conv_op(u, k, pregate, postgate, D, k_spectrum, mode, chosen, keep)
+    if keep and not _IMPLS[chosen].keeps(mode, shape, kshape):
+        k, keep = project_filter(k, shape[0], keep), 0  # autograd differentiates the projection
+        _check_backend("fft_conv", chosen, u.dtype, mode, shape, (shape[0],))
+    return fft_conv_op(u, k, pregate, postgate, D, None if spectrum is None else spectrum.tensor, mode, chosen, keep)
 
 
 def fft_conv2d(u: torch.Tensor, k: torch.Tensor, *, mode: str = "circular", backend: str = "auto") -> torch.Tensor:
