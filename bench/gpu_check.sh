@@ -11,11 +11,12 @@
 # OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, the tuning sweep
 # of bench/tune_fwht.py, summary), pytest.log, main.log, <family>-<device>.json/.png per
 # benchmark, and, where the tools run, ncu.log (Nsight Compute: speed of light, occupancy,
-# launch statistics of the FWHT kernels at the benchmark shape) and sanitizer.log
+# launch statistics of the FWHT kernels at the benchmark shape), ncu-fftconv.log (the same
+# for the Triton fft_conv kernels at L = 1K and 16K) and sanitizer.log
 # (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
 # step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
-# last PROFILE_RESERVE_S = 160 of it are kept for the sweep, the profiler and the
-# sanitizer, and BENCH_MIN_S = 60 for each benchmark; the tests get at most PYTEST_CAP_S,
+# last PROFILE_RESERVE_S (160 s with fwht, 45 s more with fftconv) are kept for the
+# sweep, the profilers and the sanitizer, and BENCH_MIN_S = 60 for each benchmark; the tests get at most PYTEST_CAP_S,
 # default 220, and never the time those reserves and 30 s for the main job need), so the script ends
 # inside 9 minutes. Each benchmark gets an equal share of what is left when it starts. A
 # failing step does not stop the later ones, and the exit status is 1 if any step failed.
@@ -80,17 +81,21 @@ main() {
   fi
   "$PY" -c 'import fastspec; [print(f"backend {k}: {v}") for k, v in fastspec.backends().items()]' || FAILED=1
 
-  local tests=(tests/) benches=(bench/bench_*.py) profile=1 f
+  # Families with profiler steps after the benchmarks, and the seconds those steps keep.
+  local -A profile=([fwht]=1 [fftconv]=1)
+  local tests=(tests/) benches=(bench/bench_*.py) f
   if ((${#FAMILIES[@]})); then
-    tests=() benches=() profile=0
+    tests=() benches=() profile=()
     for f in "${FAMILIES[@]}"; do
       # shellcheck disable=SC2206
       tests+=(tests/test_"$f"*.py ${COMPAT_TESTS[$f]:-})
       benches+=(bench/bench_"$f".py)
-      [[ $f == fwht ]] && profile=1
+      [[ $f == fwht || $f == fftconv ]] && profile[$f]=1
     done
   fi
-  local reserve=$((profile ? ${PROFILE_RESERVE_S:-160} : 0)) bench_min=${BENCH_MIN_S:-60}
+  local reserve=$(( ${profile[fwht]:-0} * 160 + ${profile[fftconv]:-0} * 45 ))
+  reserve=${PROFILE_RESERVE_S:-$reserve}
+  local bench_min=${BENCH_MIN_S:-60}
   # Triton compiles each kernel variant once: spread the tests over processes when
   # pytest-xdist is there (it is on the GPU image). The tests leave the main job (30 s),
   # each benchmark's minimum and the profile reserve their time.
@@ -107,7 +112,7 @@ main() {
     step "$(basename "${benches[$i]}")" $((left / n)) - "$PY" "${benches[$i]}" --out "$OUTDIR"
   done
 
-  if ((profile)); then
+  if ((${profile[fwht]:-0})); then
     # Variants of the base-block kernel (tile sizes, stages, warps) at two model widths.
     TAIL=20 step "tune_fwht.py" 60 - "$PY" bench/tune_fwht.py
 
@@ -127,6 +132,12 @@ main() {
     else
       echo "compute-sanitizer not found: no memcheck/racecheck"
     fi
+  fi
+  if ((${profile[fftconv]:-0})) && command -v ncu >/dev/null; then
+    # The Triton fft_conv forward at a one-tile and a two-level length (two calls each).
+    TAIL=40 step "ncu fftconv kernels" 45 "$OUTDIR/ncu-fftconv.log" ncu --clock-control none -k regex:fftconv \
+      --section SpeedOfLight --section Occupancy --section LaunchStats \
+      "$PY" bench/profile_fftconv.py --lengths 1024 16384 --dtypes float16 --batch 8 --channels 64 --backends triton
   fi
 
   echo

@@ -323,9 +323,9 @@ def _counting_spectrum(monkeypatch, backend):
     """Make ``backend``'s spectrum count its calls; returns the list of calls."""
     impl, calls = ops._IMPLS[backend], []
 
-    def spectrum(k, mode, shape):
+    def spectrum(k, mode, shape, keep=0):
         calls.append((mode, tuple(shape)))
-        return impl.spectrum(k, mode, shape)
+        return impl.spectrum(k, mode, shape, keep)
 
     monkeypatch.setitem(ops._IMPLS, backend, dataclasses.replace(impl, spectrum=spectrum))
     return calls
@@ -335,27 +335,42 @@ def _counting_spectrum(monkeypatch, backend):
 def test_spectrum_is_cached_while_the_filter_is_unchanged(monkeypatch, backend):
     u, k, kwargs = _case(2, 3, 100, "causal", torch.float32, ("D",), short=True)
     calls = _counting_spectrum(monkeypatch, backend)
+    monkeypatch.setattr(ops, "_spectra", ops.collections.OrderedDict())
     first = fastspec.fft_conv(u, k, backend=backend, **kwargs)
     assert torch.equal(fastspec.fft_conv(u, k, backend=backend, **kwargs), first) and len(calls) == 1
-    with torch.no_grad():
-        k.mul_(-2.0)  # in place: the version counter moves, the spectrum is computed again
-    _assert_close(fastspec.fft_conv(u, k, backend=backend, **kwargs), _reference(u, k.detach(), "causal", kwargs))
+    k.mul_(-2.0)  # in place: the version counter moves, the spectrum is computed again
+    _assert_close(fastspec.fft_conv(u, k, backend=backend, **kwargs), _reference(u, k, "causal", kwargs))
     assert len(calls) == 2
-    twin = k.detach().clone()  # equal values, another tensor: not trusted
+    twin = k.clone()  # equal values, another tensor: not trusted
     _assert_close(fastspec.fft_conv(u, twin, backend=backend, **kwargs), _reference(u, twin, "causal", kwargs))
     assert len(calls) == 3
     fastspec.fft_conv(u[..., :50], k[:, :20], backend=backend)  # another view, length and filter
     fastspec.fft_conv(u, k, mode="circular", backend=backend)
     assert calls[3:] == [("causal", (50,)), ("circular", (100,))]
-    before = len(ops._spectra)
+    assert len(ops._spectra) == 3  # k (causal, its latest version; circular) and twin: the view died
     del twin
     gc.collect()
-    assert len(ops._spectra) == before - 1  # an entry goes with its filter
-    trained = k.detach().clone().requires_grad_()  # never cached: .data edits keep the version
-    fastspec.fft_conv(u, trained, backend=backend, **kwargs)
-    trained.data.mul_(-1)
-    _assert_close(fastspec.fft_conv(u, trained, backend=backend, **kwargs).detach(),
-                  _reference(u, trained.detach(), "causal", kwargs))
+    assert len(ops._spectra) == 2  # an entry goes with its filter
+    k.requires_grad_()  # may be edited through .data (optimizers, gradcheck): never cached
+    fastspec.fft_conv(u, k, backend=backend, **kwargs).sum().backward()
+    with torch.no_grad():
+        fastspec.fft_conv(u, k, backend=backend, **kwargs)
+    assert len(calls) == 8  # forward, backward, forward
+
+
+def test_spectrum_cache_and_edits_through_data():
+    """An edit through ``.data`` keeps the version counter: what gradcheck does, so a filter
+    that requires grad is never cached; one that does not, edited that way, needs
+    clear_spectrum_cache (documented)."""
+    u, k, _ = _case(1, 2, 40, "causal", torch.float64, ())
+    k.requires_grad_()
+    fn = lambda k: fastspec.fft_conv(u, k, backend="torch")  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (k,))
+    frozen = k.detach().clone()
+    before = fastspec.fft_conv(u, frozen, backend="torch")
+    frozen.data.mul_(2.0)
+    ops.clear_spectrum_cache()
+    torch.testing.assert_close(fastspec.fft_conv(u, frozen, backend="torch"), 2 * before)
 
 
 def test_spectrum_cache_under_compile_sees_in_place_edits():
@@ -430,6 +445,110 @@ def test_triton_two_level_chunks(monkeypatch):
     for a, b, c in zip(whole, parts, refs):
         _assert_close(a, c)
         _assert_close(b, c)
+
+
+# --------------------------------------------------------------------------- keep_frequencies
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("L,taps,keep", [(512, 300, 5), (100, 40, 3), (64, 64, 40)], ids=str)
+def test_keep_frequencies_matches_the_truncated_reference(backend, L, taps, keep):
+    """Circular convolution with the filter's L-point DFT kept at min(f, L − f) < keep, all
+    gradients: L = 512 is a power of two (the Triton kernels truncate their own FFT), 100 is
+    not (the filter is projected first); keep > L/2 keeps everything."""
+    u, k, kwargs = _case(3, 2, L, "circular", torch.float32)
+    k = k[:, :taps]
+    leaves = {"u": u, "k": k, **kwargs}
+    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
+    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
+    weight = random_input(u.shape, torch.float32)
+    out = fastspec.fft_conv(ours["u"], ours["k"], mode="circular", keep_frequencies=keep, backend=backend,
+                            **{n: ours[n] for n in kwargs})
+    ref = fft_conv_reference(theirs["u"], theirs["k"], mode="circular", keep_frequencies=keep,
+                             **{n: theirs[n] for n in kwargs})
+    _assert_close(out, ref.detach())
+    (out * weight).sum().backward()
+    (ref * weight.double()).sum().backward()
+    for name in leaves:
+        _assert_close(ours[name].grad, theirs[name].grad)
+    if keep > L // 2:
+        _assert_close(out, fft_conv_reference(u, k, mode="circular", **kwargs))
+
+
+def test_keep_frequencies_gradcheck_and_gradgradcheck():
+    u, k, kwargs = _case(2, 2, 8, "circular", torch.float64, short=True)
+    inputs = tuple(t.requires_grad_() for t in (u, k, *kwargs.values()))
+
+    def fn(u, k, pregate, postgate, D):
+        return fastspec.fft_conv(u, k, mode="circular", pregate=pregate, postgate=postgate, D=D, keep_frequencies=2,
+                                 backend="torch")
+
+    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradgradcheck(fn, inputs)
+
+
+def test_keep_frequencies_is_the_truncated_dft():
+    from fastspec.reference.fftconv import truncated_filter
+
+    k = random_input((2, 5), torch.float64, "cpu")
+    spectrum = torch.fft.fft(truncated_filter(k, 16, 3))
+    torch.testing.assert_close(spectrum[:, [0, 1, 2, 14, 15]], torch.fft.fft(k, n=16)[:, [0, 1, 2, 14, 15]])
+    assert spectrum[:, 3:14].abs().max() < 1e-13
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_keep_frequencies_opcheck_and_prepared_filter(backend):
+    u, k, kwargs = _case(2, 3, 64, "circular", torch.float32, ("D",))
+    if backend == "torch":  # the registered ops with the keyword (Triton: the same op code, slow here)
+        torch.library.opcheck(torch.ops.fastspec.fft_conv.default,
+                              (u.requires_grad_(), k.requires_grad_(), None, None, kwargs["D"], None, "circular",
+                               backend, 3))
+    spectrum = ops.prepare_filter(k, 64, mode="circular", keep_frequencies=3, backend=backend)
+    torch.testing.assert_close(fastspec.fft_conv(u, k, mode="circular", keep_frequencies=3, spectrum=spectrum),
+                               fastspec.fft_conv(u, k, mode="circular", keep_frequencies=3, backend=backend))
+    with pytest.raises(ValueError, match="spectrum was prepared for .*'circular', 64, torch.float32, .*, 3"):
+        fastspec.fft_conv(u, k, mode="circular", spectrum=spectrum)
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+def test_triton_keep_frequencies_two_levels():
+    """L = 8192: the two-level path truncates its own spectrum (checked against the torch
+    backend in float64, itself checked against the direct sums above)."""
+    u, k, _ = _case(3, 1, 8192, "circular", torch.float32, (), short=True)
+    k = k[:, :100]
+    leaves = [t.clone().requires_grad_() for t in (u, k)]
+    weight = random_input(u.shape, torch.float32)
+    out = fastspec.fft_conv(*leaves, mode="circular", keep_frequencies=9, backend="triton")
+    refs = [t.double().requires_grad_() for t in (u, k)]
+    ref = fastspec.fft_conv(*refs, mode="circular", keep_frequencies=9, backend="torch")
+    _assert_close(out, ref.detach())
+    for a, b in zip(torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), refs)):
+        _assert_close(a, b)
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+def test_keep_frequencies_reaches_only_backends_that_truncate():
+    """L = 100 is no power of two: Triton's FFT is not the 100-point one, so fft_conv hands it
+    the projected filter, and the registered op refuses keep_frequencies for it."""
+    assert not ops._IMPLS["triton"].keeps("circular", (100,), (40,)) and ops._IMPLS["triton"].keeps("circular", (512,), (9,))
+    u, k, _ = _case(2, 3, 100, "circular", torch.float32, ())
+    with pytest.raises(ValueError, match="the 'triton' backend does not truncate the spectrum for this call"):
+        torch.ops.fastspec.fft_conv(u, k[:, :40], None, None, None, None, "circular", "triton", 3)
+
+
+def test_triton_keep_frequencies_skips_row_tiles():
+    """At L = 2^20 (two levels, P = 256 rows of 4096) keep_frequencies = 8 leaves 15 row tiles
+    for the middle launches (rows 0..7 and 249..255), not 256."""
+    from fastspec.triton_kernels import fftconv as kernels
+
+    L, meta = 2**20, torch.device("meta")
+    p = kernels.plan("circular", L, L)
+    u = torch.empty(2, 3, L, device=meta)
+    spec = torch.empty(3, L, 2, device=meta)
+    grids = {call[0].__name__: call[1] for call in kernels.forward_calls(u, spec, None, None, None, p, u, keep=8)}
+    assert grids["fftconv_inner_kernel"] == (3 * 15,)
+    grids = {call[0].__name__: call[1] for call in kernels.forward_calls(u, spec, None, None, None, p, u)}
+    assert grids["fftconv_inner_kernel"] == (3 * 256,)
 
 
 # --------------------------------------------------------------------------- registration
@@ -733,6 +852,17 @@ K = torch.ones(3, 10)
     (lambda: fastspec.fft_conv(U, [1.0] * 10), TypeError, "k must be a torch.Tensor, got list"),
     (lambda: fastspec.fft_conv(U, K, D=0.5), TypeError, "D must be a torch.Tensor, got float"),
     (lambda: fastspec.fft_conv(U, K, backend="numpy"), ValueError, "backend must be one of"),
+    (lambda: fastspec.fft_conv(U, K, keep_frequencies=3), ValueError,
+     r"keep_frequencies needs mode='circular' \(it truncates the filter's L-point DFT\), got mode='causal'"),
+    (lambda: fastspec.fft_conv(U, K, mode="circular", keep_frequencies=0), ValueError,
+     "keep_frequencies must be None or an int >= 1, got 0"),
+    (lambda: fastspec.fft_conv(U, K, mode="circular", keep_frequencies=2.0), TypeError,
+     "keep_frequencies must be None or an int >= 1, got 2.0"),
+    (lambda: fastspec.fft_conv(U, K, mode="circular", keep_frequencies=True), TypeError,
+     "keep_frequencies must be None or an int >= 1, got True"),
+    (lambda: ops.prepare_filter(K, 10, keep_frequencies=2), ValueError, "prepare_filter: keep_frequencies needs"),
+    (lambda: torch.ops.fastspec.fft_conv(torch.ones(1, 3, 4, 5), torch.ones(3, 3, 3), None, None, None, None,
+                                         "circular", "torch", 2), ValueError, "fft_conv2d: takes no keep_frequencies"),
     (lambda: fastspec.fft_conv2d(U, K), ValueError, r"fft_conv2d: u must be \(B, C, H, W\), got shape \(2, 3, 10\)"),
     (lambda: fastspec.fft_conv2d(torch.ones(1, 3, 4, 5), torch.ones(3, 5, 5)), ValueError,
      r"mode='circular' needs kh <= H = 4 and kw <= W = 5, got k of shape \(3, 5, 5\)"),

@@ -73,10 +73,13 @@ def _compile(kernel, args, meta):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels compile and run for real")
 @pytest.mark.skipif(triton_interpreted(), reason="interpreted kernels cannot be compiled: see the subprocess test")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=str)
-def test_compiles_for_sm90_without_spills(dtype):
+@pytest.mark.parametrize("dtype,cases", [pytest.param(torch.float32, CASES, id="float32-every-case"),
+                                         pytest.param(torch.float16, CASES[2:4] + CASES[5:], id="float16-largest-tiles")])
+def test_compiles_for_sm90_without_spills(dtype, cases):
+    """float32 (TF32 parts: the most registers) at every case; float16 (bfloat16 parts, 30–80
+    fewer registers a thread wherever both were compiled) at the largest tiles."""
     seen = set()
-    for mode, L in CASES:
+    for mode, L in cases:
         for kernel, args, meta in _calls(mode, L, dtype, seen):
             compiled, where = _compile(kernel, args, meta)
             assert compiled.metadata.shared <= SM90_MAX_SHARED, f"{where}: {compiled.metadata.shared} bytes of shared memory"

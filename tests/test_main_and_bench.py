@@ -49,6 +49,17 @@ def test_profile_script_launches_and_checks(monkeypatch, capsys):
     sys.modules.pop("profile_fwht", None)
 
 
+def test_fftconv_profile_script_launches_and_checks(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCH))
+    import profile_fftconv
+
+    assert profile_fftconv.main(["--lengths", "100", "--batch", "2", "--channels", "3", "--backends", "torch",
+                                 "--dtypes", "float32", "--backward"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and lines[0].endswith(" ok")
+    sys.modules.pop("profile_fftconv", None)
+
+
 def test_bench_fftconv_writes_records(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     monkeypatch.syspath_prepend(str(BENCH))

@@ -86,12 +86,14 @@ MIN_N = 512
 """Smallest FFT size: 8·8·8, the smallest order-3 factorisation with 2m ≥ 16 on every axis
 (shorter signals are zero-padded: a few rows of a program's tile)."""
 MAX_TILE = 4096
-"""Largest FFT held in registers by one program (16·16·16 complex: 8192 float32 values,
-the size of fwht's tile, which fits 16 warps without spills on sm_90)."""
+"""Largest FFT held in registers by one program (16·16·16 complex: 8192 float32 values, as
+fwht's tile); 8 warps hold it without spills on sm_90 (tests/test_fftconv_triton_sm90.py)."""
 MAX_N = 2**24
 """Largest FFT size (4096 × 4096 in two levels): causal L + Lk − 1 ≤ 2^24."""
 SCRATCH_BYTES = 256 << 20
-"""Largest float32 scratch of the two-level path; rows are processed in chunks under it."""
+"""Largest float32 scratch of the two-level path; rows are processed in chunks under it.
+Smaller chunks stay in the L2 cache between the launches (50 MB on an H100) but take more
+launches: a value to set from GPU measurements (none yet)."""
 _PREC = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2}
 """How a dot is done: 0 float64; 1 TF32 parts (float32 input); 2 bfloat16 parts (half input)."""
 
@@ -266,6 +268,20 @@ def _frequency(M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr):
 
 
 @triton.jit
+def _kept(f, N, KEEP):
+    """Whether frequency f of N survives keep_frequencies = KEEP (0: all)."""
+    return (KEEP == 0) | (tl.minimum(f, N - f) < KEEP)
+
+
+@triton.jit
+def _row_tile(pid, kept_tiles, lo_tiles, hi_first):
+    """(scratch row c, row tile) of a phase-B program: the row tiles holding kept frequencies
+    are lo_tiles from 0 and the rest from hi_first (all of them without keep_frequencies)."""
+    j = pid % kept_tiles
+    return pid // kept_tiles, tl.where(j < lo_tiles, j, j - lo_tiles + hi_first)
+
+
+@triton.jit
 def _frame(n, L, SHIFT, COUNT, WRAP: tl.constexpr):
     """Point n of a signal holds t = n − SHIFT of a row of L (mod L if WRAP, for n < COUNT;
     else only 0 ≤ t < L): (t, valid)."""
@@ -342,11 +358,12 @@ def fftconv_fwd_kernel(
 
 @triton.jit
 def fftconv_spectrum_kernel(
-    k_ptr, spec_ptr, g1, g2, g3, tw, H, Lk, N, C, s_h, s_t, scale,
+    k_ptr, spec_ptr, g1, g2, g3, tw, H, Lk, N, C, s_h, s_t, scale, KEEP,
     R: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr, PREC: tl.constexpr,
 ):
     """The spectrum (H, M, 2) of k (H, Lk) wrapped to N points (lag s = j − C at s mod N),
-    times ``scale`` (1/N), in the order the convolution kernels read it."""
+    times ``scale`` (1/N), zero at the frequencies keep_frequencies = KEEP drops, in the order
+    the convolution kernels read it."""
     M: tl.constexpr = M1 * M2 * M3
     acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
     h = tl.program_id(0) * R + tl.arange(0, R)[:, None, None, None]
@@ -355,7 +372,7 @@ def fftconv_spectrum_kernel(
     ok = (j < Lk) & (h < H)
     taps = tl.load(k_ptr + h.to(tl.int64) * s_h + j * s_t, mask=ok, other=0.0).to(acc)
     x = _fft(tl.join(taps, tl.zeros_like(taps)), g1, g2, g3, tw, R, M1, M2, M3, PREC) * scale
-    xr, xi = tl.split(x)
+    xr, xi = tl.split(tl.where(_kept(_frequency(M1, M2, M3), N, KEEP)[:, :, :, :, None], x, 0.0))
     s = spec_ptr + (h.to(tl.int64) * M + _spectral(M1, M2, M3)) * 2
     tl.store(s, xr, mask=h < H)
     tl.store(s + 1, xi, mask=h < H)
@@ -379,7 +396,7 @@ def _gz_spectrum(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t, ok, second
 def fftconv_bwd_kernel(
     gy_ptr, u_ptr, pre_ptr, post_ptr, d_ptr, spec_ptr, du_ptr, dpre_ptr, dk_ptr, dd_ptr,
     g1, g2, g3, tw,
-    B, H, L, Lk, N, C, W, iters,
+    B, H, L, Lk, N, C, W, iters, KEEP,
     sg_b, sg_h, sg_t, su_b, su_h, su_t, sp_b, sp_h, sp_t, sq_b, sq_h, sq_t,
     R: tl.constexpr, M1: tl.constexpr, M2: tl.constexpr, M3: tl.constexpr, PREC: tl.constexpr,
     HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_D: tl.constexpr, WRAP: tl.constexpr,
@@ -389,7 +406,8 @@ def fftconv_bwd_kernel(
     R signals), with v = u·pregate, gz = grad_y·postgate (frames as in the forward):
     dv = corr(gz, k) (the product with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv;
     this group's share of dk = Σ corr(gz, v) (the products Gz·conj V summed over the group
-    in frequency, one inverse at the end) into dk_ptr (groups, H, Lk), and of dD = Σ grad_y·u
+    in frequency, zero where keep_frequencies = KEEP drops, one inverse at the end) into
+    dk_ptr (groups, H, Lk), and of dD = Σ grad_y·u
     into dd_ptr (groups, H). At most two spectra and the sum are live at a time."""
     M: tl.constexpr = M1 * M2 * M3
     acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
@@ -454,6 +472,7 @@ def fftconv_bwd_kernel(
             y0, y1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok & row, second, acc)
             dd += tl.sum(tl.sum(tl.sum(u0 * y0 + u1 * y1, 3, keep_dims=True), 2, keep_dims=True), 1, keep_dims=True)
     if NEED_DK:
+        cross = tl.where(_kept(_frequency(M1, M2, M3), N, KEEP)[:, :, :, :, None], cross, 0.0)
         c, _ = tl.split(_ifft(cross, g1, g2, g3, tw, 1, M1, M2, M3, PREC))
         j = n + C
         j = tl.where(j >= N, j - N, j)
@@ -509,25 +528,26 @@ def fftconv_outer_kernel(
 
 @triton.jit
 def fftconv_inner_kernel(
-    src_ptr, dst_ptr, spec_ptr, g1, g2, g3, tw, h0, nh, scale,
+    src_ptr, dst_ptr, spec_ptr, g1, g2, g3, tw, h0, nh, scale, keep, kept_tiles, lo_tiles, hi_first,
     R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr, P: tl.constexpr,
     PREC: tl.constexpr, MODE: tl.constexpr,
 ):
-    """Phase B: rows k_p of scratch row c = pid // (P/R) of src, R at a time, Q-point DFTs,
-    then by MODE: 0, times the spectrum of channel h0 + c % nh and the inverse DFTs into dst;
-    1, scaled by ``scale`` into the spectrum of filter row h0 + c; 2, as 0 with the
+    """Phase B: R rows k_p of scratch row c of src (``_row_tile``: only tiles holding
+    frequencies that keep_frequencies = ``keep`` keeps), Q-point DFTs, then by MODE: 0, times
+    the spectrum of channel h0 + c % nh and the inverse DFTs into dst; 1, scaled by ``scale``
+    (zero where ``keep`` drops) into the spectrum of filter row h0 + c; 2, as 0 with the
     conjugate spectrum (a correlation); 3, the spectrum itself into dst (k_p·Q + the tile's
     spectral offset)."""
     Q: tl.constexpr = Q1 * Q2 * Q3
     M: tl.constexpr = P * Q
-    pid = tl.program_id(0)
-    c = pid // (P // R)
-    kp = (pid % (P // R)) * R + tl.arange(0, R)[:, None, None, None]
+    c, tile = _row_tile(tl.program_id(0), kept_tiles, lo_tiles, hi_first)
+    kp = tile * R + tl.arange(0, R)[:, None, None, None]
     row = (c.to(tl.int64) * M + kp * Q + _natural(Q1, Q2, Q3)) * 2
     x = _fft(tl.join(tl.load(src_ptr + row), tl.load(src_ptr + row + 1)), g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
     pos = kp * Q + _spectral(Q1, Q2, Q3)
     if MODE == 1:
-        xr, xi = tl.split(x * scale)
+        x = tl.where(_kept(kp + P * _frequency(Q1, Q2, Q3), M, keep)[:, :, :, :, None], x * scale, 0.0)
+        xr, xi = tl.split(x)
         dst = spec_ptr + ((h0 + c).to(tl.int64) * M + pos) * 2
     elif MODE == 3:
         xr, xi = tl.split(x)
@@ -543,25 +563,25 @@ def fftconv_inner_kernel(
 
 @triton.jit
 def fftconv_cross_kernel(
-    bx_ptr, bg_ptr, dst_ptr, g1, g2, g3, tw, nh, nbp, scale,
+    bx_ptr, bg_ptr, dst_ptr, g1, g2, g3, tw, nh, nbp, scale, keep, kept_tiles, lo_tiles, hi_first,
     R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
 ):
-    """dk's share of a chunk: for channel pid // (P/R), rows k_p from (pid % (P/R))·R, the sum
-    over its nbp batch pairs of G·conj X (spectra stored by mode 3 above), inverted (Q-point)
-    and scaled by ``scale`` (1/N) into row pid // (P/R) of dst."""
+    """dk's share of a chunk: for channel hl and R rows k_p (``_row_tile``), the sum over its
+    nbp batch pairs of G·conj X (spectra stored by mode 3 above), zero where keep_frequencies
+    = ``keep`` drops, inverted (Q-point) and scaled by ``scale`` (1/N) into row hl of dst."""
     Q: tl.constexpr = Q1 * Q2 * Q3
     M: tl.constexpr = P * Q
     acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
-    pid = tl.program_id(0)
-    hl = pid // (P // R)
-    kp = (pid % (P // R)) * R + tl.arange(0, R)[:, None, None, None]
+    hl, tile = _row_tile(tl.program_id(0), kept_tiles, lo_tiles, hi_first)
+    kp = tile * R + tl.arange(0, R)[:, None, None, None]
     pos = kp * Q + _spectral(Q1, Q2, Q3)
     cross = tl.zeros((R, Q1, Q2, Q3, 2), acc)
     for b in range(nbp):
         offs = ((b * nh + hl).to(tl.int64) * M + pos) * 2
         x = tl.join(tl.load(bg_ptr + offs), tl.load(bg_ptr + offs + 1))
         cross += _cmul(x, tl.load(bx_ptr + offs), tl.load(bx_ptr + offs + 1), True)
-    zr, zi = tl.split(_ifft(cross, g1, g2, g3, tw, R, Q1, Q2, Q3, PREC) * scale)
+    cross = tl.where(_kept(kp + P * _frequency(Q1, Q2, Q3), M, keep)[:, :, :, :, None], cross * scale, 0.0)
+    zr, zi = tl.split(_ifft(cross, g1, g2, g3, tw, R, Q1, Q2, Q3, PREC))
     dst = dst_ptr + (hl.to(tl.int64) * M + kp * Q + _natural(Q1, Q2, Q3)) * 2
     tl.store(dst, zr)
     tl.store(dst + 1, zi)
@@ -570,13 +590,14 @@ def fftconv_cross_kernel(
 @triton.jit
 def fftconv_outer_inv_kernel(
     buf_ptr, out_ptr, out2_ptr, u_ptr, a_ptr, b_ptr, d_ptr, g1, g2, g3, tw, tw_lo, tw_hi,
-    B, H, L, SHIFT, Lk, N, C, bp0, h0, nh,
+    B, H, L, SHIFT, Lk, N, C, bp0, h0, nh, keep,
     su_b, su_h, su_t, sa_b, sa_h, sa_t, sb_b, sb_h, sb_t,
     T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, Q: tl.constexpr,
     G_BITS: tl.constexpr, PREC: tl.constexpr, EPILOGUE: tl.constexpr, HAS_A: tl.constexpr, HAS_D: tl.constexpr,
     NEED_1: tl.constexpr, NEED_2: tl.constexpr,
 ):
-    """Phase C: buf row c = pid // (Q/T), columns n_q from (pid % (Q/T))·T: times
+    """Phase C: buf row c = pid // (Q/T), columns n_q from (pid % (Q/T))·T (the rows k_p
+    without a frequency that keep_frequencies = ``keep`` keeps read as zero): times
     ω_M^(−n_q·k_p), inverse P-point DFTs, natural order, then the epilogue at t = n − SHIFT:
     0: y = z·a + D·u (a: postgate if HAS_A);
     2: du = z·a + D·b (a: pregate if HAS_A, b: grad_y) if NEED_1, dpregate = z·u if NEED_2;
@@ -589,7 +610,9 @@ def fftconv_outer_inv_kernel(
     nq = (pid % (Q // T)) * T + tl.arange(0, T)[:, None, None, None]
     kp = _frequency(P1, P2, P3)
     src = buf_ptr + (c.to(tl.int64) * M + kp * Q + nq) * 2
-    x = _omega_mul(tl.join(tl.load(src), tl.load(src + 1)), tw_lo, tw_hi, nq * kp, M - 1, G_BITS, True)
+    row = _kept(kp, P, keep)
+    x = tl.join(tl.load(src, mask=row, other=0.0), tl.load(src + 1, mask=row, other=0.0))
+    x = _omega_mul(x, tw_lo, tw_hi, nq * kp, M - 1, G_BITS, True)
     z0, z1 = tl.split(_ifft(x, g1, g2, g3, tw, T, P1, P2, P3, PREC))
     n = _natural(P1, P2, P3) * Q + nq
     if EPILOGUE == 3:
@@ -627,7 +650,7 @@ def fftconv_outer_inv_kernel(
 
 
 def _factors(m: int) -> tuple[int, int, int]:
-    """(m1, m2, m3) with m1·m2·m3 = m (a power of two, 64 ≤ m ≤ 32768), each axis 8..32,
+    """(m1, m2, m3) with m1·m2·m3 = m (a power of two, 64 ≤ m ≤ 4096), each axis 8 or 16,
     m1 = 1 for m ≤ 256 (two stages), as even as possible."""
     e = m.bit_length() - 1
     if e <= 8:
@@ -804,39 +827,53 @@ def _outer_call(p, prec, src, gate, buf, chunk: _Chunk, frame, B, H, L, filter_t
     return fftconv_outer_kernel, (chunk.nbp * chunk.nh * (meta["Q"] // meta["T"]),), args, meta
 
 
-def _outer_inv_call(p, prec, buf, chunk: _Chunk, epilogue, outs, u, a, b, D, B, H, L, shift, taps=0):
+def _outer_inv_call(p, prec, buf, chunk: _Chunk, epilogue, outs, u, a, b, D, B, H, L, shift, taps=0, keep=0):
     """Phase C over a chunk: ``outs`` (out, out2) of the epilogue (fftconv_outer_inv_kernel)."""
     outer, _, tables, meta, _ = _two_level(p, prec, buf.device)
     out, out2 = (t if t is not None else buf for t in outs)
     ua, aa, ba = (t if t is not None else buf for t in (u, a, b))
     strides = [t.stride() if t is not None and t.dim() == 3 else (0, 0, 0) for t in (u, a, b)]
     args = (buf, out, out2, ua, aa, ba, D.contiguous() if D is not None else buf, *outer, *tables, B, H, L, shift,
-            taps, p.n, p.centre, chunk.bp0, chunk.h0, chunk.nh, *strides[0], *strides[1], *strides[2])
+            taps, p.n, p.centre, chunk.bp0, chunk.h0, chunk.nh, keep, *strides[0], *strides[1], *strides[2])
     meta = {**meta, "EPILOGUE": epilogue, "HAS_A": a is not None, "HAS_D": D is not None,
             "NEED_1": outs[0] is not None, "NEED_2": outs[1] is not None}
     rows = chunk.nh if epilogue == 3 else chunk.nbp * chunk.nh
     return fftconv_outer_inv_kernel, (rows * (meta["Q"] // meta["T"]),), args, meta
 
 
-def _inner_call(p, prec, src, dst, spec, chunk: _Chunk, mode: int):
-    """Phase B over a chunk's rows (fftconv_inner_kernel's MODE)."""
+def _kept_tiles(p: Plan, keep: int) -> tuple[int, int, int]:
+    """(row tiles, tiles from 0, first tile of the rest) of phase B that hold a frequency
+    keep_frequencies = ``keep`` keeps: the rows k_p with min(k_p, P − k_p) < keep, as
+    frequency k_p + P·k_q with k_q = 0 or the last is then below keep or above N − keep."""
+    P, R = math.prod(p.outer), MAX_TILE // math.prod(p.inner)
+    tiles = P // R
+    lo, hi = triton.cdiv(keep, R), (P - keep + 1) // R
+    if not keep or hi < lo:
+        return tiles, tiles, 0
+    return lo + tiles - hi, lo, hi
+
+
+def _inner_call(p, prec, src, dst, spec, chunk: _Chunk, mode: int, keep: int):
+    """Phase B over a chunk's rows (fftconv_inner_kernel's MODE), the row tiles ``keep`` needs."""
     _, inner, _, _, meta = _two_level(p, prec, src.device)
-    args = (src, dst, spec, *inner, chunk.h0, chunk.nh, 1.0 / p.n)
-    return fftconv_inner_kernel, (chunk.nbp * chunk.nh * (meta["P"] // meta["R"]),), args, {**meta, "MODE": mode}
+    tiles = _kept_tiles(p, keep)
+    args = (src, dst, spec, *inner, chunk.h0, chunk.nh, 1.0 / p.n, keep, *tiles)
+    return fftconv_inner_kernel, (chunk.nbp * chunk.nh * tiles[0],), args, {**meta, "MODE": mode}
 
 
 def _scratch(rows: int, p: Plan, prec: int, device) -> torch.Tensor:
     return torch.empty(rows, p.n, 2, dtype=_acc(prec), device=device)
 
 
-def spectrum_calls(k: torch.Tensor, p: Plan, dtype: torch.dtype, spec: torch.Tensor):
+def spectrum_calls(k: torch.Tensor, p: Plan, dtype: torch.dtype, spec: torch.Tensor, keep: int = 0):
     """Launches writing the spectrum of k (H, Lk) for plan p into spec (H, n, 2), with the dots
-    of ``dtype`` (k's)."""
+    of ``dtype`` (k's), zero at the frequencies keep_frequencies = ``keep`` drops (n = L)."""
     H, Lk = k.shape
     prec = _PREC[dtype]
     if p.outer is None:
         R = _tile_rows(p, H)
-        args = (k, spec, *_consts(p.inner, prec, k.device), H, Lk, p.n, p.centre, k.stride(0), k.stride(1), 1.0 / p.n)
+        args = (k, spec, *_consts(p.inner, prec, k.device), H, Lk, p.n, p.centre, k.stride(0), k.stride(1), 1.0 / p.n,
+                keep)
         meta = {"R": R, **_tile_meta("M", p.inner), "PREC": prec, "num_warps": _warps(R * p.n)}
         return [(fftconv_spectrum_kernel, (triton.cdiv(H, R),), args, meta)]
     chunks = _chunks(1, H, p.n * spec.element_size() * 2)
@@ -844,22 +881,25 @@ def spectrum_calls(k: torch.Tensor, p: Plan, dtype: torch.dtype, spec: torch.Ten
     calls = []
     for chunk in chunks:
         calls.append(_outer_call(p, prec, k, None, buf, chunk, (0, 0, False), 1, H, Lk, filter_taps=Lk))
-        calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 1))
+        calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 1, keep))
     return calls
 
 
-def spectrum(k: torch.Tensor, p: Plan, dtype: torch.dtype) -> torch.Tensor:
+def spectrum(k: torch.Tensor, p: Plan, dtype: torch.dtype, keep: int = 0) -> torch.Tensor:
     """k's spectrum for plan p, computed with the dots of ``dtype``: (H, n, 2) in float32
-    (float64 for float64), in the order the convolution kernels read it."""
+    (float64 for float64), in the order the convolution kernels read it; ``keep`` as in
+    ``spectrum_calls``. Where ``keep`` drops a row tile of the two-level path entirely, that
+    part is never written: the kernels never read it."""
     spec = torch.empty(k.shape[0], p.n, 2, dtype=_acc(_PREC[dtype]), device=k.device)
     if spec.numel():
-        for kernel, grid, args, meta in spectrum_calls(k, p, dtype, spec):
+        for kernel, grid, args, meta in spectrum_calls(k, p, dtype, spec, keep):
             kernel[grid](*args, **meta)
     return spec
 
 
-def forward_calls(u, spec, pregate, postgate, D, p: Plan, y):
-    """Launches computing y (B, H, L) contiguous from u (B, H, L) and the spectrum."""
+def forward_calls(u, spec, pregate, postgate, D, p: Plan, y, keep: int = 0):
+    """Launches computing y (B, H, L) contiguous from u (B, H, L) and the spectrum; with
+    keep_frequencies = ``keep`` (n = L) the two-level path skips the rows it drops."""
     B, H, L = u.shape
     prec = _PREC[u.dtype]
     half = (B + 1) // 2
@@ -879,16 +919,18 @@ def forward_calls(u, spec, pregate, postgate, D, p: Plan, y):
     calls = []
     for chunk in chunks:
         calls.append(_outer_call(p, prec, u, pregate, buf, chunk, (p.wrap, L + p.wrap, p.wrap > 0), B, H, L))
-        calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 0))
-        calls.append(_outer_inv_call(p, prec, buf, chunk, 0, (y, None), u, postgate, None, D, B, H, L, p.wrap))
+        calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 0, keep))
+        calls.append(_outer_inv_call(p, prec, buf, chunk, 0, (y, None), u, postgate, None, D, B, H, L, p.wrap,
+                                     keep=keep))
     return calls
 
 
-def forward(u, spec, pregate, postgate, D, p: Plan) -> torch.Tensor:
-    """y = postgate·conv(u·pregate, k) + D·u, (B, H, L) contiguous in u's dtype; spec from ``spectrum``."""
+def forward(u, spec, pregate, postgate, D, p: Plan, keep: int = 0) -> torch.Tensor:
+    """y = postgate·conv(u·pregate, k) + D·u, (B, H, L) contiguous in u's dtype; spec from
+    ``spectrum`` (of the same ``keep``)."""
     y = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     if y.numel():
-        for kernel, grid, args, meta in forward_calls(u, spec, pregate, postgate, D, p, y):
+        for kernel, grid, args, meta in forward_calls(u, spec, pregate, postgate, D, p, y, keep):
             kernel[grid](*args, **meta)
     return y
 
@@ -904,13 +946,13 @@ def _groups(B: int, H: int, p: Plan) -> int:
     return max(1, min(tiles, TARGET_PROGRAMS // max(H, 1)))
 
 
-def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, outs, prec: int):
+def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, outs, prec: int, keep: int = 0):
     """Launches of the backward for du, dk, dpregate and dD (``needs`` as the op's; dpostgate is
     the forward with grad_y as postgate: ``backward``), dots of precision ``prec`` (_PREC).
     One tile: ``outs`` = (du, dpre, dk_parts (groups, H, taps), dd_parts (groups, H)), None
     where not needed. Two levels: (du, dpre, dk (H, taps)); the dk of each chunk goes to a
     (channels, taps) buffer that an ``_add`` entry (grid None: a host call) adds to dk, chunk
-    by chunk in a fixed order; dD is left to ``backward``."""
+    by chunk in a fixed order; dD is left to ``backward``. ``keep``: keep_frequencies (n = L)."""
     B, H, L = u.shape
     need_du, need_dk, need_dpre, _, need_dd = needs
     half = (B + 1) // 2
@@ -922,7 +964,7 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
         post = postgate if postgate is not None else u
         du, dpre, dk, dd = (t if t is not None else u for t in outs)
         args = (grad_y, u, pre, post, D.contiguous() if D is not None else u, spec, du, dpre, dk, dd,
-                *_consts(p.inner, prec, u.device), B, H, L, taps, p.n, p.centre, p.wrap, iters,
+                *_consts(p.inner, prec, u.device), B, H, L, taps, p.n, p.centre, p.wrap, iters, keep,
                 *grad_y.stride(), *u.stride(), *pre.stride(), *post.stride())
         meta = {"R": R, **_tile_meta("M", p.inner), "PREC": prec, "HAS_PRE": pregate is not None,
                 "HAS_POST": postgate is not None, "HAS_D": D is not None, "WRAP": p.wrap > 0,
@@ -956,19 +998,20 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
             calls.append(_outer_call(p, prec, grad_y, postgate, bg, chunk, dv_in, B, H, L))
         if need_dk:
             calls.append(_outer_call(p, prec, u, pregate, bx, chunk, v_in, B, H, L))
-            calls.append(_inner_call(p, prec, bx, bx, spec, chunk, 3))
+            calls.append(_inner_call(p, prec, bx, bx, spec, chunk, 3, keep))
             if not shared:
                 calls.append(_outer_call(p, prec, grad_y, postgate, bk, chunk, y_out, B, H, L))
-            calls.append(_inner_call(p, prec, bg if shared else bk, bk, spec, chunk, 3))
-            args = (bx, bk, bdk, *inner, chunk.nh, chunk.nbp, 1.0 / p.n)
-            meta = {**inner_meta, "num_stages": 1}
-            calls.append((fftconv_cross_kernel, (chunk.nh * (meta["P"] // meta["R"]),), args, meta))
+            calls.append(_inner_call(p, prec, bg if shared else bk, bk, spec, chunk, 3, keep))
+            tiles = _kept_tiles(p, keep)
+            args = (bx, bk, bdk, *inner, chunk.nh, chunk.nbp, 1.0 / p.n, keep, *tiles)
+            calls.append((fftconv_cross_kernel, (chunk.nh * tiles[0],), args, {**inner_meta, "num_stages": 1}))
             calls.append(_outer_inv_call(p, prec, bdk, _Chunk(0, 1, 0, chunk.nh), 3, (dk_chunk, None), None, None,
-                                         None, None, B, H, L, 0, taps))
+                                         None, None, B, H, L, 0, taps, keep))
             calls.append((_add, None, (dk, dk_chunk, chunk), None))
         if need_dv:
-            calls.append(_inner_call(p, prec, bg, bg, spec, chunk, 2))
-            calls.append(_outer_inv_call(p, prec, bg, chunk, 2, (du, dpre), u, pregate, grad_y, D, B, H, L, 0))
+            calls.append(_inner_call(p, prec, bg, bg, spec, chunk, 2, keep))
+            calls.append(_outer_inv_call(p, prec, bg, chunk, 2, (du, dpre), u, pregate, grad_y, D, B, H, L, 0,
+                                         keep=keep))
     return calls
 
 
@@ -987,11 +1030,12 @@ def _dot_rows(a: torch.Tensor, b: torch.Tensor, acc: torch.dtype) -> torch.Tenso
     return total.to(acc)
 
 
-def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k_dtype: torch.dtype):
+def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k_dtype: torch.dtype, keep: int = 0):
     """(du, dk, dpregate, dpostgate, dD) for the five ``needs`` (None where not needed): du and
     the gates' gradients in u's dtype, dk (H, taps) and dD (H,) in float32 (float64 for
     float64), the batch summed in a fixed order (no atomics). A float32 filter under half
-    precision u gets a float32-accurate dk: the dots are then those of float32 input."""
+    precision u gets a float32-accurate dk: the dots are then those of float32 input.
+    ``keep``: keep_frequencies where the plan's FFT is the L-point one (spec made with it)."""
     B, H, L = u.shape
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
     prec = min(_PREC[u.dtype], _PREC[k_dtype]) if need_dk else _PREC[u.dtype]
@@ -999,7 +1043,7 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
     new = lambda need: torch.empty(u.shape, dtype=u.dtype, device=u.device) if need else None  # noqa: E731
     du, dpre = new(need_du), new(need_dpre)
     # dpostgate = grad_y·conv(u·pregate, k): the forward, grad_y in the postgate's place
-    dpost = forward(u, spec, pregate, grad_y, None, p) if need_dpost else None
+    dpost = forward(u, spec, pregate, grad_y, None, p, keep) if need_dpost else None
     if p.outer is None:
         groups = _groups(B, H, p)
         dk = torch.zeros(groups, H, taps, dtype=acc, device=u.device) if need_dk else None
@@ -1012,7 +1056,8 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
         outs = (du, dpre, dk)
         work = need_du or need_dk or need_dpre
     if B and work:
-        for kernel, grid, args, meta in backward_calls(grad_y, u, spec, pregate, postgate, D, p, taps, needs, outs, prec):
+        for kernel, grid, args, meta in backward_calls(grad_y, u, spec, pregate, postgate, D, p, taps, needs, outs, prec,
+                                                       keep):
             if grid is None:
                 kernel(*args)
             else:

@@ -8,6 +8,11 @@ per channel, u and the gates (B, H, L), k (H, Lk), D (H,); with v = u · pregate
 - ``bidirectional``: y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, c = (Lk−1)/2 (Lk odd, ≤ 2L−1;
   Lk = 2L−1 is M2-BERT's and Hyena's two-sided filter with lag 0 at index L−1)
 
+``keep_frequencies=n`` (circular only, FlashFFTConv's frequency-sparse convolution): the
+filter's L-point DFT keeps the bins f with min(f, L − f) < n and is zero at the others, so
+k is replaced by the real L-tap filter k_n = IDFT_L(mask_n · DFT_L(k)) (``truncated_filter``
+in fastspec/reference, ``project_filter`` here); n ≥ 1, and n > L/2 keeps every bin.
+
 ``fft_conv2d(u, k, mode)`` is the depthwise 2D convolution, u (B, C, H, W), k (C, kh, kw):
 ``circular`` y[i,j] = Σ k[a,b]·u[(i−a) mod H, (j−b) mod W] (kh ≤ H, kw ≤ W); ``same`` the
 zero-padded linear convolution cropped to u's size, y[i,j] = Σ k[a,b]·u[i−a+ch, j−b+cw] with
@@ -37,6 +42,9 @@ what it needs) and returns new tensors:
   its input's shape and dtype.
 - ``spectrum(k, mode, shape) -> Tensor``: k prepared for inputs of spatial ``shape``, in
   whatever layout ``forward`` takes.
+- ``keeps(mode, shape, kshape) -> bool`` (default False): whether the backend truncates the
+  spectrum itself for ``keep_frequencies``; then each of the three above takes a trailing
+  ``keep`` ≥ 1 in such calls. ``fft_conv`` hands the other backends the projected filter.
 - ``unsupported(dtype, mode, shape, kshape) -> str | None``: why the backend cannot take
   this call (u's dtype and spatial shape, k's taps), or None.
 
@@ -45,8 +53,8 @@ u is (B, H, L) from ``fft_conv`` (gates and D optional) or (B, C, H, W) from
 
 The op computes the spectrum of a filter that does not require grad once while it is
 unchanged (``cached_spectrum``: the same tensor object, alive, with the same version
-counter, for the same backend, mode, shapes and dtype) and hands it to ``forward``;
-backends may use it in ``backward`` too.
+counter, for the same backend, mode, shapes, dtype and keep_frequencies) and hands it to
+``forward``; backends may use it in ``backward`` too.
 """
 from __future__ import annotations
 
@@ -168,23 +176,30 @@ def _channel_column(t: torch.Tensor, ndim: int) -> torch.Tensor:
     return t.reshape(-1, *([1] * ndim))
 
 
-def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+def _keep_bins(spectrum: torch.Tensor, keep: int) -> torch.Tensor:
+    """An rfft of size L (circular) with the bins f ≥ keep zeroed (min(f, L − f) = f there)."""
+    if keep:
+        spectrum[..., keep:] = 0
+    return spectrum
+
+
+def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
     """rfft of the wrapped filter over the plan's sizes: complex (C, *sizes[:-1], sizes[-1]//2 + 1)."""
     p = plan(mode, shape, k.shape[1:])
     k = k.to(_acc(k.dtype))
     if not any(p.centres):  # lag 0 at index 0 already: rfftn zero-pads
-        return torch.fft.rfftn(k, s=p.sizes, dim=p.dims)
-    return torch.fft.rfftn(_wrap(k, p), dim=p.dims)
+        return _keep_bins(torch.fft.rfftn(k, s=p.sizes, dim=p.dims), keep)
+    return _keep_bins(torch.fft.rfftn(_wrap(k, p), dim=p.dims), keep)
 
 
-def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
+def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
     """The torch backend's forward (contract in the module docstring). Per block of rows:
     rfft of v (zero-padded to the plan's size), product with k's spectrum (D folded into it
     when there are no gates), inverse rfft, and one fused pass for the gates and D into the
     output: five passes a block, each in cache."""
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = torch_spectrum(k, mode, shape) if k_spectrum is None else k_spectrum
+    spectrum = torch_spectrum(k, mode, shape, keep) if k_spectrum is None else k_spectrum
     fold_d = D is not None and pregate is None and postgate is None
     if fold_d:  # D·u = conv(u, D·δ): lag 0 adds D to every frequency
         spectrum = spectrum + _channel_column(D.to(acc), nd)
@@ -206,15 +221,15 @@ def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode):
     return out
 
 
-def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
+def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
     """The torch backend's backward (contract in the module docstring). With v = u·pregate,
     z = conv(v, k) and gz = grad_y·postgate: dpostgate = grad_y·z, dv = corr(gz, k)
     (irfft of GZ·conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
-    (the batch summed in frequency), dD = Σ grad_y·u."""
+    (the batch summed in frequency, the bins ``keep`` drops zeroed), dD = Σ grad_y·u."""
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = cached_spectrum("torch", k, mode, shape)
+    spectrum = cached_spectrum("torch", k, mode, shape, keep)
     # conj_physical, not the lazy conj(): a conjugate bit is lost when the op runs under
     # AOTAutograd's dispatch (opcheck's test_aot_dispatch_dynamic shows it)
     spectrum_conj = torch.conj_physical(spectrum)
@@ -222,7 +237,8 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
     dpre = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_dpre else None
     dpost = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_dpost else None
     dk_freq = torch.zeros_like(spectrum) if need_dk else None
-    dd = torch.zeros(u.shape[1], dtype=acc, device=u.device) if need_dd else None
+    # float64: a float32 sum of B·L products cancels to ~1e-6 of its terms (flaky dD tests)
+    dd = torch.zeros(u.shape[1], dtype=torch.float64, device=u.device) if need_dd else None
     need_dv = need_du or need_dpre
     row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
@@ -249,18 +265,23 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
         if need_dk:
             dk_freq[hs] += gz_freq.mul_(v_freq.conj_physical_()).sum(0)
         if need_dd:
-            dd[hs] += (gc.to(acc) * uc).sum(0).sum(-1)
+            dd[hs] += (gc.double() * uc.double()).sum(0).sum(-1)
+    if need_dk:
+        dk_freq = _keep_bins(dk_freq, keep)
     dk = _unwrap(torch.fft.irfftn(dk_freq, s=p.sizes, dim=p.dims), p, k.shape[1:]).to(k.dtype).contiguous() if need_dk else None
     return du, dk, dpre, dpost, dd.to(D.dtype) if need_dd else None
 
 
-def _differentiable_forward(u, k, pregate, postgate, D, mode):
+def _differentiable_forward(u, k, pregate, postgate, D, mode, keep=0):
     """The op in plain differentiable PyTorch (autograd records every step), for double
     backward: the first backward differentiates this instead of calling the backward op."""
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
     v = u.to(acc) if pregate is None else u.to(acc) * pregate
-    freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims) * torch.fft.rfftn(_wrap(k.to(acc), p), dim=p.dims)
+    spectrum = torch.fft.rfftn(_wrap(k.to(acc), p), dim=p.dims)
+    if keep:
+        spectrum = spectrum * (torch.arange(spectrum.shape[-1], device=u.device) < keep)
+    freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims) * spectrum
     y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
     if postgate is not None:
         y = y * postgate
@@ -277,6 +298,7 @@ class Implementation:
     backward: Callable[..., tuple]
     spectrum: Callable[..., torch.Tensor]
     unsupported: Callable[..., str | None] = lambda dtype, mode, shape, kshape: None
+    keeps: Callable[..., bool] = lambda mode, shape, kshape: False
 
 
 # ---------------------------------------------------------------------------- triton backend
@@ -300,34 +322,42 @@ def triton_unsupported(dtype, mode, shape, kshape) -> str | None:
     return None
 
 
-def triton_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
+def triton_keeps(mode, shape, kshape) -> bool:
+    """The Triton kernels truncate their own spectrum where their FFT is the L-point one."""
+    return len(shape) == 1 and _triton_kernels().plan(mode, shape[0], kshape[0]).n == shape[0]
+
+
+def triton_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
     """k's spectrum by the Triton spectrum kernel: (H, n, 2) real, n the plan's power of two,
     in the kernels' digit-reversed order; float64 for float64 k, else float32."""
     kernels = _triton_kernels()
-    return kernels.spectrum(k, kernels.plan(mode, shape[0], k.shape[1]), k.dtype)
+    return kernels.spectrum(k, kernels.plan(mode, shape[0], k.shape[1]), k.dtype, keep)
 
 
-def triton_forward(u, k, k_spectrum, pregate, postgate, D, mode):
+def triton_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
     """The Triton backend's forward (contract in the module docstring)."""
     kernels = _triton_kernels()
     p = kernels.plan(mode, u.shape[2], k.shape[1])
-    spectrum = cached_spectrum("triton", k, mode, u.shape[2:]) if k_spectrum is None else k_spectrum
-    return kernels.forward(u, spectrum, pregate, postgate, D, p)
+    spectrum = triton_spectrum(k, mode, u.shape[2:], keep) if k_spectrum is None else k_spectrum
+    return kernels.forward(u, spectrum, pregate, postgate, D, p, keep)
 
 
-def triton_backward(grad_y, u, k, pregate, postgate, D, mode, needs):
-    """The Triton backend's backward (contract in the module docstring): one fused kernel."""
+def triton_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
+    """The Triton backend's backward (contract in the module docstring): one fused kernel
+    (or two, see triton_kernels/fftconv.py), dpostgate by the forward kernel."""
     kernels = _triton_kernels()
     p = kernels.plan(mode, u.shape[2], k.shape[1])
-    spectrum = cached_spectrum("triton", k, mode, u.shape[2:])
-    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, k.shape[1], needs, k.dtype)
+    spectrum = cached_spectrum("triton", k, mode, u.shape[2:], keep)
+    du, dk, dpre, dpost, dd = kernels.backward(grad_y, u, spectrum, pregate, postgate, D, p, k.shape[1], needs,
+                                               k.dtype, keep)
     return du, None if dk is None else dk.to(k.dtype), dpre, dpost, None if dd is None else dd.to(D.dtype)
 
 
 _IMPLS: dict[str, Implementation] = {
-    "torch": Implementation(forward=torch_forward, backward=torch_backward, spectrum=torch_spectrum),
+    "torch": Implementation(forward=torch_forward, backward=torch_backward, spectrum=torch_spectrum,
+                            keeps=lambda mode, shape, kshape: len(shape) == 1),  # circular: its FFT is L's
     "triton": Implementation(forward=triton_forward, backward=triton_backward, spectrum=triton_spectrum,
-                             unsupported=triton_unsupported),
+                             unsupported=triton_unsupported, keeps=triton_keeps),
 }
 
 
@@ -338,172 +368,41 @@ SPECTRUM_CACHE_BYTES = 256 << 20
 _spectra: collections.OrderedDict = collections.OrderedDict()
 
 
-def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int]) -> torch.Tensor:
-    """``_IMPLS[backend].spectrum(k, mode, shape)``, reused while k is the same tensor object
-    (held by a weak reference: an entry goes when k does) with the same version counter
-    (an in-place edit or load_state_dict changes it), for the same backend, mode, shapes,
-    dtype and device. Not cached: a k that requires grad (an edit through ``k.data``, as
-    optimizers and gradcheck make, leaves the version counter as it was; and a trained
-    filter changes every step anyway), while torch.compile traces, inference tensors (no
-    version counter), and spectra larger than SPECTRUM_CACHE_BYTES."""
+def clear_spectrum_cache() -> None:
+    """Forget every cached spectrum (after editing a filter through ``.data``, say)."""
+    _spectra.clear()
+
+
+def _with_keep(keep: int) -> tuple:
+    """The trailing ``keep`` argument of a backend function: only where it is not 0."""
+    return (keep,) if keep else ()
+
+
+def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[int], keep: int = 0) -> torch.Tensor:
+    """``_IMPLS[backend].spectrum(k, mode, shape[, keep])``, reused while k is the same tensor
+    object (held by a weak reference: an entry goes when k does) with the same version
+    counter (an in-place edit or load_state_dict changes it), for the same backend, mode,
+    shapes, dtype, device and ``keep``. Not cached: a k that requires grad (an edit through
+    ``k.data``, as optimizers and gradcheck make, leaves the version counter as it was; and a
+    trained filter changes every step anyway), while torch.compile traces, inference tensors
+    (no version counter), and spectra larger than SPECTRUM_CACHE_BYTES. An untracked filter
+    edited through ``.data`` needs ``clear_spectrum_cache``."""
     shape = tuple(shape)
     if (torch.compiler.is_compiling() or k.requires_grad or k.is_inference()
             or k.device.type == "meta"):
-        return _IMPLS[backend].spectrum(k, mode, shape)
-    key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device)
+        return _IMPLS[backend].spectrum(k, mode, shape, *_with_keep(keep))
+    key = (id(k), backend, mode, shape, tuple(k.shape), k.dtype, k.device, keep)
     entry = _spectra.get(key)
     if entry is not None and entry[0]() is k and entry[1] == k._version:
         _spectra.move_to_end(key)
         return entry[2]
-    spectrum = _IMPLS[backend].spectrum(k, mode, shape)
+    spectrum = _IMPLS[backend].spectrum(k, mode, shape, *_with_keep(keep))
     size = spectrum.numel() * spectrum.element_size()
     if size <= SPECTRUM_CACHE_BYTES:
         _spectra[key] = (weakref.ref(k, lambda _, key=key: _spectra.pop(key, None)), k._version, spectrum)
         while sum(e[2].numel() * e[2].element_size() for e in _spectra.values()) > SPECTRUM_CACHE_BYTES:
             _spectra.popitem(last=False)
     return spectrum
-
-
-# ---------------------------------------------------------------------------- cuda backend
-
-CUDA_LOG2N = (7, 15)
-"""FFT sizes of the CUDA kernel (csrc/fftconv/fftconv.h): powers of two N = 2^7 ... 2^15."""
-
-
-def cuda_fft_size(mode: str, length: int, taps: int) -> int | None:
-    """The CUDA kernel's FFT size for a call, or None outside its range: ``circular`` uses L
-    itself (a power of two), the other modes the plan's room for every lag rounded up to a
-    power of two, at least 2^7."""
-    lo, hi = CUDA_LOG2N
-    if mode == "circular":
-        return length if length & (length - 1) == 0 and 1 << lo <= length <= 1 << hi else None
-    centre = (taps - 1) // 2 if mode == "bidirectional" else 0
-    n = max(1 << (length + max(centre, taps - 1 - centre) - 1).bit_length(), 1 << lo)
-    return n if n <= 1 << hi else None
-
-
-def _cuda_frequency_order(log2m: int, device) -> torch.Tensor:
-    """The frequency at each storage position of the kernel's FFT of 2^log2m points
-    (fftconv_detail::frequency_of: s = ceil(log2m/4) stages, radix 16 first, then radix 8;
-    stage j's digit is digit j of the frequency from the bottom, of the position from the top)."""
-    stages = (log2m + 3) // 4
-    radices = [4] * (stages - (4 * stages - log2m)) + [3] * (4 * stages - log2m)
-    p = torch.arange(1 << log2m, device=device)
-    k = torch.zeros_like(p)
-    shift_p, shift_k = log2m, 0
-    for r in radices:
-        shift_p -= r
-        k |= ((p >> shift_p) & ((1 << r) - 1)) << shift_k
-        shift_k += r
-    return k
-
-
-def cuda_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], *, correlate: bool = False) -> torch.Tensor:
-    """The CUDA kernel's records of k: float32 (H, M, 4), M = N/2, per storage position the
-    (α, β) of its spectrum step W[k] = α Z[k] + β conj Z[-k] (csrc/fftconv/fftconv.cu, step 3):
-    Z is the half-size FFT of v[2m] + i·v[2m+1]; W that of y[2m] + i·y[2m+1], 1/M included.
-    Computed in float64 from the FFT of the wrapped filter K (its conjugate with ``correlate``:
-    y[t] = Σ_s k[s]·v[t+s], for the backward): E = (Z + conj Z[-k])/2, O = (Z - conj Z[-k])/2i,
-    Y[k] = K[k](E + ω O), Y[k+M] = K[k+M](E - ω O), ω = e^{-2πik/N},
-    W = (Y[k] + Y[k+M])/2 + i·conj(ω)(Y[k] - Y[k+M])/2."""
-    taps = k.shape[1]
-    n = cuda_fft_size(mode, shape[0], taps)
-    m = n // 2
-    p = Plan((n,), ((taps - 1) // 2 if mode == "bidirectional" else 0,))
-    spectrum = torch.fft.fft(_wrap(k.to(torch.float64), p), dim=-1)
-    if correlate:
-        spectrum = spectrum.conj_physical()
-    w = torch.polar(torch.ones(m, dtype=torch.float64, device=k.device),
-                    torch.arange(m, dtype=torch.float64, device=k.device) * (-2 * math.pi / n))
-    low, high = spectrum[:, :m], spectrum[:, m:]
-
-    def coefficient(z, z_conj):  # W for Z[k] = z, conj Z[-k] = z_conj
-        even, odd = (z + z_conj) / 2, (z - z_conj) / 2j
-        y_low, y_high = low * (even + w * odd), high * (even - w * odd)
-        return ((y_low + y_high) / 2 + 1j * w.conj() * (y_low - y_high) / 2) / m
-
-    alpha, beta = coefficient(1, 0), coefficient(0, 1)
-    records = torch.stack([alpha.real, alpha.imag, beta.real, beta.imag], dim=-1)
-    return records[:, _cuda_frequency_order(m.bit_length() - 1, k.device)].to(torch.float32).contiguous()
-
-
-def cuda_unsupported(dtype, mode, shape, kshape) -> str | None:
-    """Why the CUDA kernel cannot take a call, or None: 1D, float16/bfloat16, FFT sizes
-    2^7 ... 2^15 (circular: L itself a power of two in that range)."""
-    if len(shape) != 1:
-        return "the cuda backend has no fft_conv2d (backend='torch' has)"
-    if dtype not in (torch.float16, torch.bfloat16):
-        return f"the cuda backend takes float16 and bfloat16 u, got {dtype} (backend='torch' takes every dtype)"
-    if cuda_fft_size(mode, shape[0], kshape[0]) is None:
-        lo, hi = CUDA_LOG2N
-        if mode == "circular":
-            return f"the cuda backend's circular mode takes L = 2^k, {1 << lo} <= L <= {1 << hi}; got L = {shape[0]}"
-        centre = (kshape[0] - 1) // 2 if mode == "bidirectional" else 0
-        return (f"the cuda backend takes FFT sizes up to {1 << hi}: mode={mode!r} with L = {shape[0]} and "
-                f"Lk = {kshape[0]} needs {shape[0] + max(centre, kshape[0] - 1 - centre)} points")
-    return None
-
-
-def _cuda_kernel():
-    import fastspec._C  # noqa: F401  (registers the CUDA kernel of fastspec::fft_conv_cuda)
-
-    return torch.ops.fastspec.fft_conv_cuda
-
-
-def _contiguous(t):
-    return None if t is None else t.contiguous()
-
-
-def cuda_forward(u, k, k_spectrum, pregate, postgate, D, mode, *, kernel=None):
-    """The cuda backend's forward (contract in the module docstring): one kernel for FFT,
-    spectrum product, inverse, gates and D (csrc/fftconv/fftconv.cu). ``kernel`` replaces
-    fastspec::fft_conv_cuda (the tests pass the CPU-emulated one)."""
-    kernel = kernel or _cuda_kernel()
-    n = cuda_fft_size(mode, u.shape[2], k.shape[1])
-    records = cuda_spectrum(k, mode, u.shape[2:]) if k_spectrum is None else k_spectrum
-    d = None if D is None else D.float().contiguous()
-    return kernel(u.contiguous(), _contiguous(pregate), _contiguous(postgate), d, records, n.bit_length() - 1)
-
-
-def cuda_backward(grad_y, u, k, pregate, postgate, D, mode, needs, *, kernel=None):
-    """The cuda backend's backward (contract in the module docstring). With gz = grad_y·postgate
-    and dv = corr(gz, k) (y[t] = Σ_s k[s]·gz[t+s]), three gradients are the forward kernel with
-    other arguments: du = pregate·dv + D·grad_y (u := grad_y, pregate := postgate,
-    postgate := pregate, the conjugate spectrum), dpregate = u·dv (postgate := u, no D),
-    dpostgate = grad_y·conv(u·pregate, k) (postgate := grad_y, no D). dk and dD come from the
-    torch backend's backward (the kernel has no batch reduction)."""
-    kernel = kernel or _cuda_kernel()
-    need_du, need_dk, need_dpre, need_dpost, need_dd = needs
-    log2n = cuda_fft_size(mode, u.shape[2], k.shape[1]).bit_length() - 1
-    grad_y, u, pregate, postgate = map(_contiguous, (grad_y, u, pregate, postgate))
-    du = dpre = dpost = None
-    if need_du or need_dpre:
-        correlation = cuda_spectrum(k, mode, u.shape[2:], correlate=True)
-        if need_du:
-            d = None if D is None else D.float().contiguous()
-            du = kernel(grad_y, postgate, pregate, d, correlation, log2n)
-        if need_dpre:
-            dpre = kernel(grad_y, postgate, u, None, correlation, log2n)
-    if need_dpost:
-        dpost = kernel(u, pregate, grad_y, None, cuda_spectrum(k, mode, u.shape[2:]), log2n)
-    dk = dd = None
-    if need_dk or need_dd:
-        only = [False, need_dk, False, False, need_dd]
-        _, dk, _, _, dd = torch_backward(grad_y, u, k, pregate, postgate, D, mode, only)
-    return du, dk, dpre, dpost, dd
-
-
-_IMPLS["cuda"] = Implementation(forward=cuda_forward, backward=cuda_backward, spectrum=cuda_spectrum,
-                                unsupported=cuda_unsupported)
-
-# u, pregate, postgate (B, H, L) float16/bfloat16 contiguous; D float32 (H,); records from cuda_spectrum.
-torch.library.define("fastspec::fft_conv_cuda",
-                     "(Tensor u, Tensor? pregate, Tensor? postgate, Tensor? D, Tensor records, int log2n) -> Tensor")
-
-
-@torch.library.register_fake("fastspec::fft_conv_cuda")
-def _(u, pregate, postgate, D, records, log2n):
-    return u.new_empty(u.shape)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -552,7 +451,20 @@ def _check_filter(op: str, k, channels: int, shape: Sequence[int], dtype: torch.
                          f"{2 * shape[1] - 1}, got k of shape {tuple(k.shape)}")
 
 
-def _validate(op: str, u, k, pregate, postgate, D, mode) -> None:
+def _check_keep(op: str, keep, mode: str, zero_ok: bool = False) -> None:
+    """keep_frequencies: None (every bin; the registered ops: 0) or an int ≥ 1, with mode
+    'circular' only."""
+    if keep is None or (zero_ok and keep == 0):
+        return
+    if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+        raise (ValueError if isinstance(keep, int) and not isinstance(keep, bool) else TypeError)(
+            f"{op}: keep_frequencies must be None or an int >= 1, got {keep!r}")
+    if mode != "circular":
+        raise ValueError(f"{op}: keep_frequencies needs mode='circular' (it truncates the filter's L-point DFT), "
+                         f"got mode={mode!r}")
+
+
+def _validate(op: str, u, k, pregate, postgate, D, mode, keep=0) -> None:
     """Every argument of ``op`` ('fft_conv': u (B, H, L); 'fft_conv2d': u (B, C, H, W), no
     gates or D), before any kernel sees it: TypeError for a wrong type or dtype, ValueError
     for a wrong shape, mode or device, each saying what is allowed."""
@@ -572,6 +484,9 @@ def _validate(op: str, u, k, pregate, postgate, D, mode) -> None:
     _check_filter(op, k, u.shape[1], shape, u.dtype, mode)
     if op == "fft_conv2d" and not (pregate is None and postgate is None and D is None):
         raise ValueError("fft_conv2d: takes no gates and no D")
+    if op == "fft_conv2d" and keep:
+        raise ValueError("fft_conv2d: takes no keep_frequencies")
+    _check_keep(op, keep, mode, zero_ok=True)
     for name, gate in (("pregate", pregate), ("postgate", postgate)):
         if gate is None:
             continue
@@ -600,6 +515,20 @@ def _check_backend(op: str, backend: str, dtype: torch.dtype, mode: str, shape, 
         raise ValueError(f"{op}: {reason}")
 
 
+def _check_keeps(backend: str, keep: int, mode: str, shape, kshape) -> None:
+    """The registered ops take keep_frequencies only for a backend that truncates itself."""
+    if keep and not _IMPLS[backend].keeps(mode, tuple(shape), tuple(kshape)):
+        raise ValueError(f"fft_conv: the {backend!r} backend does not truncate the spectrum for this call; "
+                         f"fastspec.fft_conv hands it the projected filter (project_filter) instead")
+
+
+def project_filter(k: torch.Tensor, length: int, keep: int) -> torch.Tensor:
+    """k (H, Lk) truncated to the bins min(f, L − f) < keep of its L-point DFT: the real (H, L)
+    filter of keep_frequencies, float32 (float64 for float64 k), differentiable."""
+    spectrum = torch.fft.rfft(k.to(_acc(k.dtype)), n=length)
+    return torch.fft.irfft(spectrum * (torch.arange(spectrum.shape[-1], device=k.device) < keep), n=length)
+
+
 def _auto_choice(device: torch.device, dtype: torch.dtype, mode: str, shape, kshape) -> str:
     if device.type != "cuda":
         return "torch"
@@ -623,41 +552,47 @@ def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, mode:
 
 @torch.library.custom_op("fastspec::fft_conv", mutates_args=())
 def fft_conv_op(u: torch.Tensor, k: torch.Tensor, pregate: torch.Tensor | None, postgate: torch.Tensor | None,
-                D: torch.Tensor | None, k_spectrum: torch.Tensor | None, mode: str, backend: str) -> torch.Tensor:
+                D: torch.Tensor | None, k_spectrum: torch.Tensor | None, mode: str, backend: str,
+                keep_frequencies: int = 0) -> torch.Tensor:
     """Registered op: fft_conv (u (B, H, L)) or fft_conv2d (u (B, C, H, W), no gates or D)
-    on a concrete backend; ``k_spectrum`` None or that backend's ``spectrum`` of k."""
-    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+    on a concrete backend; ``k_spectrum`` None or that backend's ``spectrum`` of k;
+    ``keep_frequencies`` 0 or fft_conv's (mode 'circular')."""
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
     _check_backend(_op_name(u), backend, u.dtype, mode, u.shape[2:], k.shape[1:])
+    _check_keeps(backend, keep_frequencies, mode, u.shape[2:], k.shape[1:])
     if k_spectrum is None:
-        k_spectrum = cached_spectrum(backend, k, mode, u.shape[2:])
-    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode)
+        k_spectrum = cached_spectrum(backend, k, mode, u.shape[2:], keep_frequencies)
+    return _IMPLS[backend].forward(u, k, k_spectrum, pregate, postgate, D, mode, *_with_keep(keep_frequencies))
 
 
 @fft_conv_op.register_fake
-def _(u, k, pregate, postgate, D, k_spectrum, mode, backend):
-    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
+def _(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies=0):
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
     return u.new_empty(u.shape)
 
 
 @torch.library.custom_op(
     "fastspec::fft_conv_backward", mutates_args=(),
     schema="(Tensor grad_y, Tensor u, Tensor k, Tensor? pregate, Tensor? postgate, Tensor? D, str mode, "
-           "bool[] needs, str backend) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)")
-def fft_conv_backward_op(grad_y, u, k, pregate, postgate, D, mode, needs, backend):
+           "bool[] needs, str backend, int keep_frequencies=0) -> (Tensor?, Tensor?, Tensor?, Tensor?, Tensor?)")
+def fft_conv_backward_op(grad_y, u, k, pregate, postgate, D, mode, needs, backend, keep_frequencies=0):
     """Registered op: the gradients (du, dk, dpregate, dpostgate, dD) of fastspec::fft_conv
     for the five ``needs``, None where not needed."""
-    _validate(_op_name(u), u, k, pregate, postgate, D, mode)
-    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs))
+    _validate(_op_name(u), u, k, pregate, postgate, D, mode, keep_frequencies)
+    _check_keeps(backend, keep_frequencies, mode, u.shape[2:], k.shape[1:])
+    return _IMPLS[backend].backward(grad_y, u, k, pregate, postgate, D, mode, list(needs),
+                                    *_with_keep(keep_frequencies))
 
 
 @fft_conv_backward_op.register_fake
-def _(grad_y, u, k, pregate, postgate, D, mode, needs, backend):
+def _(grad_y, u, k, pregate, postgate, D, mode, needs, backend, keep_frequencies=0):
     inputs = (u, k, pregate, postgate, D)
     return tuple(t.new_empty(t.shape) if need else None for t, need in zip(inputs, needs, strict=True))
 
 
 def _setup_context(ctx, inputs, output):
-    u, k, pregate, postgate, D, _, ctx.mode, ctx.backend = inputs
+    u, k, pregate, postgate, D, _, ctx.mode, ctx.backend, *keep = inputs
+    ctx.keep = keep[0] if keep else 0
     ctx.save_for_backward(u, k, pregate, postgate, D)
 
 
@@ -667,12 +602,12 @@ def _backward(ctx, grad_y):
     if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch path
         wanted = [t for t, need in zip(inputs, needs) if need]
         with torch.enable_grad():
-            found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode), wanted, grad_y,
+            found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode, ctx.keep), wanted, grad_y,
                                              create_graph=True))
         grads = [next(found) if need else None for need in needs]
     else:
-        grads = fft_conv_backward_op(grad_y, *inputs, ctx.mode, needs, ctx.backend)
-    return (*grads, None, None, None)
+        grads = fft_conv_backward_op(grad_y, *inputs, ctx.mode, needs, ctx.backend, ctx.keep)
+    return (*grads, None, None, None, None)
 
 
 fft_conv_op.register_autograd(_backward, setup_context=_setup_context)
@@ -691,27 +626,36 @@ class FilterSpectrum:
     length: int
     dtype: torch.dtype
     tensor: torch.Tensor
+    keep_frequencies: int = 0
 
 
 def prepare_filter(k: torch.Tensor, length: int, *, mode: str = "causal", dtype: torch.dtype = torch.float32,
-                   backend: str = "auto") -> FilterSpectrum:
+                   keep_frequencies: int | None = None, backend: str = "auto") -> FilterSpectrum:
     """k (H, Lk) prepared by ``backend`` for ``fft_conv`` of u (B, H, ``length``) of ``dtype``
-    in ``mode`` (for the torch backend: its FFT); computed without autograd."""
+    in ``mode`` with ``keep_frequencies`` (for the torch backend: its FFT); computed without
+    autograd."""
     if mode not in MODES:
         raise ValueError(f"prepare_filter: mode must be one of {', '.join(map(repr, MODES))}; got {mode!r}")
     if dtype not in FLOAT_DTYPES:
         raise TypeError(f"prepare_filter: dtype must be float16, bfloat16, float32 or float64, got {dtype}")
     _check_tensor("prepare_filter", "k", k)
     _check_filter("prepare_filter", k, k.shape[0], (length,), dtype, mode)
+    _check_keep("prepare_filter", keep_frequencies, mode)
+    keep = keep_frequencies or 0
     chosen = choose_backend(backend, k.device, dtype, mode, (length,), tuple(k.shape[1:]))
     _check_backend("prepare_filter", chosen, dtype, mode, (length,), k.shape[1:])
     with torch.no_grad():
-        return FilterSpectrum(chosen, mode, length, dtype, _IMPLS[chosen].spectrum(k, mode, (length,)))
+        if keep and not _IMPLS[chosen].keeps(mode, (length,), tuple(k.shape[1:])):
+            return FilterSpectrum(chosen, mode, length, dtype,
+                                  _IMPLS[chosen].spectrum(project_filter(k, length, keep), mode, (length,)), keep)
+        return FilterSpectrum(chosen, mode, length, dtype,
+                              _IMPLS[chosen].spectrum(k, mode, (length,), *_with_keep(keep)), keep)
 
 
 def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate: torch.Tensor | None = None,
              postgate: torch.Tensor | None = None, D: torch.Tensor | None = None,
-             spectrum: FilterSpectrum | None = None, backend: str = "auto") -> torch.Tensor:
+             spectrum: FilterSpectrum | None = None, keep_frequencies: int | None = None,
+             backend: str = "auto") -> torch.Tensor:
     """Long convolution per channel: ``y = postgate · conv(u · pregate, k) + D · u``.
 
     u: (B, H, L), any L ≥ 1; float16, bfloat16 or float32 (float64 on the torch backend).
@@ -721,7 +665,13 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate:
       'bidirectional' y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, Lk odd ≤ 2L−1, c = (Lk−1)/2
                       (Lk = 2L−1: lag 0 at index L−1, as M2-BERT and Hyena's k_rev)
     pregate, postgate: (B, H, L) in u's dtype, optional. D: (H,), float32 or u's dtype, optional.
-    spectrum: ``prepare_filter(k, L, ...)`` of this same, unchanged k, or None.
+    spectrum: ``prepare_filter(k, L, ...)`` of this same, unchanged k, or None (then k's
+      spectrum is cached while k is unchanged, where autograd does not track k:
+      ``cached_spectrum``).
+    keep_frequencies: None, or n ≥ 1 with mode 'circular' (FlashFFTConv's frequency-sparse
+      convolution): only the bins f with min(f, L − f) < n of the filter's L-point DFT are
+      kept, i.e. k is replaced by the real L-tap filter IDFT_L(mask · DFT_L(k)); gradients
+      flow through that projection. n > L/2 keeps every bin.
     Returns y (B, H, L) in u's dtype, contiguous; accumulation in float32 (float64 for float64).
     Every argument may be non-contiguous or expanded. Autograd for u, k, the gates and D
     (double backward too); ``torch.compile(fullgraph=True)`` works.
@@ -729,19 +679,25 @@ def fft_conv(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal", pregate:
     Raises TypeError for a wrong type or dtype, ValueError for a wrong shape, mode or
     device (saying what is allowed), RuntimeError for a backend that cannot run here.
     """
-    _validate("fft_conv", u, k, pregate, postgate, D, mode)
+    _check_keep("fft_conv", keep_frequencies, mode)
+    keep = keep_frequencies or 0
+    _validate("fft_conv", u, k, pregate, postgate, D, mode, keep)
     shape, kshape = (int(u.shape[2]),), (int(k.shape[1]),)
     if spectrum is None:
         chosen = choose_backend(backend, u.device, u.dtype, mode, shape, kshape)
     else:
         chosen = spectrum.backend if backend == "auto" else backend
-        made_for = (spectrum.backend, spectrum.mode, spectrum.length, spectrum.dtype, spectrum.tensor.device)
-        call = (chosen, mode, shape[0], u.dtype, u.device)
+        made_for = (spectrum.backend, spectrum.mode, spectrum.length, spectrum.dtype, spectrum.tensor.device,
+                    spectrum.keep_frequencies)
+        call = (chosen, mode, shape[0], u.dtype, u.device, keep)
         if made_for != call:
-            raise ValueError(f"fft_conv: spectrum was prepared for (backend, mode, L, dtype, device) = {made_for}, "
-                             f"this call is {call}")
+            raise ValueError(f"fft_conv: spectrum was prepared for (backend, mode, L, dtype, device, "
+                             f"keep_frequencies) = {made_for}, this call is {call}")
     _check_backend("fft_conv", chosen, u.dtype, mode, shape, kshape)
-    return fft_conv_op(u, k, pregate, postgate, D, None if spectrum is None else spectrum.tensor, mode, chosen)
+    if keep and not _IMPLS[chosen].keeps(mode, shape, kshape):
+        k, keep = project_filter(k, shape[0], keep), 0  # autograd differentiates the projection
+        _check_backend("fft_conv", chosen, u.dtype, mode, shape, (shape[0],))
+    return fft_conv_op(u, k, pregate, postgate, D, None if spectrum is None else spectrum.tensor, mode, chosen, keep)
 
 
 def fft_conv2d(u: torch.Tensor, k: torch.Tensor, *, mode: str = "circular", backend: str = "auto") -> torch.Tensor:

@@ -27,23 +27,37 @@ def _add_shifted(y: torch.Tensor, tap: torch.Tensor, v: torch.Tensor, lags: tupl
     y[(..., *dst)] += tap * v[(..., *src)]
 
 
+def truncated_filter(k: torch.Tensor, length: int, keep: int) -> torch.Tensor:
+    """k (H, Lk ≤ length) as the float64 filter of ``length`` taps whose ``length``-point DFT
+    is k's at the bins f with min(f, length − f) < keep and zero at the others: the DFT by its
+    sum at the kept bins, then the inverse DFT's sum over them (no FFT). Differentiable."""
+    f = torch.arange(length)
+    kept = f[torch.minimum(f, length - f) < keep]
+    j = torch.arange(k.shape[-1])
+    forward = torch.polar(torch.ones((), dtype=torch.float64), -2 * torch.pi * (torch.outer(j, kept) % length).double() / length)
+    t = torch.arange(length)
+    inverse = torch.polar(torch.ones((), dtype=torch.float64), 2 * torch.pi * (torch.outer(kept, t) % length).double() / length)
+    return (k.to(torch.complex128) @ forward @ inverse).real / length
+
+
 def fft_conv_reference(u: torch.Tensor, k: torch.Tensor, *, mode: str = "causal",
                        pregate: torch.Tensor | None = None, postgate: torch.Tensor | None = None,
-                       D: torch.Tensor | None = None) -> torch.Tensor:
+                       D: torch.Tensor | None = None, keep_frequencies: int | None = None) -> torch.Tensor:
     """float64 ``y = postgate · conv(u · pregate, k) + D · u``; u, gates (B, H, L), k (H, Lk), D (H,).
 
     causal:        y[t] = Σ_{0≤s≤t} k[s]·v[t−s]              (k zero beyond Lk ≤ L)
     circular:      y[t] = Σ_{0≤s<Lk} k[s]·v[(t−s) mod L]     (Lk ≤ L)
     bidirectional: y[t] = Σ_s k[s+c]·v[t−s] over 0 ≤ t−s < L, c = (Lk−1)/2 (Lk odd ≤ 2L−1;
                    Lk = 2L−1 puts lag 0 at index L−1)
-    with v = u · pregate. Returns float64.
+    with v = u · pregate; ``keep_frequencies`` n (circular): k replaced by
+    ``truncated_filter(k, L, n)``. Returns float64.
     """
     u64 = u.to(torch.float64)
     v = u64 * pregate.to(torch.float64) if pregate is not None else u64
-    k64 = k.to(torch.float64)
+    k64 = k.to(torch.float64) if not keep_frequencies else truncated_filter(k, u.shape[-1], keep_frequencies)
     centre = (k.shape[-1] - 1) // 2 if mode == "bidirectional" else 0
     y = torch.zeros_like(v)
-    for j in range(k.shape[-1]):
+    for j in range(k64.shape[-1]):
         _add_shifted(y, k64[:, j, None], v, (j - centre,), mode == "circular")
     if postgate is not None:
         y = y * postgate.to(torch.float64)
