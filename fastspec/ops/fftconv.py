@@ -405,6 +405,148 @@ def cached_spectrum(backend: str, k: torch.Tensor, mode: str, shape: Sequence[in
     return spectrum
 
 
+# ---------------------------------------------------------------------------- cuda backend
+
+CUDA_LOG2N = (7, 15)
+"""FFT sizes of the CUDA kernel (csrc/fftconv/fftconv.h): powers of two N = 2^7 ... 2^15."""
+
+
+def cuda_fft_size(mode: str, length: int, taps: int) -> int | None:
+    """The CUDA kernel's FFT size for a call, or None outside its range: ``circular`` uses L
+    itself (a power of two), the other modes the plan's room for every lag rounded up to a
+    power of two, at least 2^7."""
+    lo, hi = CUDA_LOG2N
+    if mode == "circular":
+        return length if length & (length - 1) == 0 and 1 << lo <= length <= 1 << hi else None
+    centre = (taps - 1) // 2 if mode == "bidirectional" else 0
+    n = max(1 << (length + max(centre, taps - 1 - centre) - 1).bit_length(), 1 << lo)
+    return n if n <= 1 << hi else None
+
+
+def _cuda_frequency_order(log2m: int, device) -> torch.Tensor:
+    """The frequency at each storage position of the kernel's FFT of 2^log2m points
+    (fftconv_detail::frequency_of: s = ceil(log2m/4) stages, radix 16 first, then radix 8;
+    stage j's digit is digit j of the frequency from the bottom, of the position from the top)."""
+    stages = (log2m + 3) // 4
+    radices = [4] * (stages - (4 * stages - log2m)) + [3] * (4 * stages - log2m)
+    p = torch.arange(1 << log2m, device=device)
+    k = torch.zeros_like(p)
+    shift_p, shift_k = log2m, 0
+    for r in radices:
+        shift_p -= r
+        k |= ((p >> shift_p) & ((1 << r) - 1)) << shift_k
+        shift_k += r
+    return k
+
+
+def cuda_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], *, correlate: bool = False) -> torch.Tensor:
+    """The CUDA kernel's records of k: float32 (H, M, 4), M = N/2, per storage position the
+    (α, β) of its spectrum step W[k] = α Z[k] + β conj Z[-k] (csrc/fftconv/fftconv.cu, step 3):
+    Z is the half-size FFT of v[2m] + i·v[2m+1]; W that of y[2m] + i·y[2m+1], 1/M included.
+    Computed in float64 from the FFT of the wrapped filter K (its conjugate with ``correlate``:
+    y[t] = Σ_s k[s]·v[t+s], for the backward): E = (Z + conj Z[-k])/2, O = (Z - conj Z[-k])/2i,
+    Y[k] = K[k](E + ω O), Y[k+M] = K[k+M](E - ω O), ω = e^{-2πik/N},
+    W = (Y[k] + Y[k+M])/2 + i·conj(ω)(Y[k] - Y[k+M])/2."""
+    taps = k.shape[1]
+    n = cuda_fft_size(mode, shape[0], taps)
+    m = n // 2
+    p = Plan((n,), ((taps - 1) // 2 if mode == "bidirectional" else 0,))
+    spectrum = torch.fft.fft(_wrap(k.to(torch.float64), p), dim=-1)
+    if correlate:
+        spectrum = spectrum.conj_physical()
+    w = torch.polar(torch.ones(m, dtype=torch.float64, device=k.device),
+                    torch.arange(m, dtype=torch.float64, device=k.device) * (-2 * math.pi / n))
+    low, high = spectrum[:, :m], spectrum[:, m:]
+
+    def coefficient(z, z_conj):  # W for Z[k] = z, conj Z[-k] = z_conj
+        even, odd = (z + z_conj) / 2, (z - z_conj) / 2j
+        y_low, y_high = low * (even + w * odd), high * (even - w * odd)
+        return ((y_low + y_high) / 2 + 1j * w.conj() * (y_low - y_high) / 2) / m
+
+    alpha, beta = coefficient(1, 0), coefficient(0, 1)
+    records = torch.stack([alpha.real, alpha.imag, beta.real, beta.imag], dim=-1)
+    return records[:, _cuda_frequency_order(m.bit_length() - 1, k.device)].to(torch.float32).contiguous()
+
+
+def cuda_unsupported(dtype, mode, shape, kshape) -> str | None:
+    """Why the CUDA kernel cannot take a call, or None: 1D, float16/bfloat16, FFT sizes
+    2^7 ... 2^15 (circular: L itself a power of two in that range)."""
+    if len(shape) != 1:
+        return "the cuda backend has no fft_conv2d (backend='torch' has)"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"the cuda backend takes float16 and bfloat16 u, got {dtype} (backend='torch' takes every dtype)"
+    if cuda_fft_size(mode, shape[0], kshape[0]) is None:
+        lo, hi = CUDA_LOG2N
+        if mode == "circular":
+            return f"the cuda backend's circular mode takes L = 2^k, {1 << lo} <= L <= {1 << hi}; got L = {shape[0]}"
+        centre = (kshape[0] - 1) // 2 if mode == "bidirectional" else 0
+        return (f"the cuda backend takes FFT sizes up to {1 << hi}: mode={mode!r} with L = {shape[0]} and "
+                f"Lk = {kshape[0]} needs {shape[0] + max(centre, kshape[0] - 1 - centre)} points")
+    return None
+
+
+def _cuda_kernel():
+    import fastspec._C  # noqa: F401  (registers the CUDA kernel of fastspec::fft_conv_cuda)
+
+    return torch.ops.fastspec.fft_conv_cuda
+
+
+def _contiguous(t):
+    return None if t is None else t.contiguous()
+
+
+def cuda_forward(u, k, k_spectrum, pregate, postgate, D, mode, *, kernel=None):
+    """The cuda backend's forward (contract in the module docstring): one kernel for FFT,
+    spectrum product, inverse, gates and D (csrc/fftconv/fftconv.cu). ``kernel`` replaces
+    fastspec::fft_conv_cuda (the tests pass the CPU-emulated one)."""
+    kernel = kernel or _cuda_kernel()
+    n = cuda_fft_size(mode, u.shape[2], k.shape[1])
+    records = cuda_spectrum(k, mode, u.shape[2:]) if k_spectrum is None else k_spectrum
+    d = None if D is None else D.float().contiguous()
+    return kernel(u.contiguous(), _contiguous(pregate), _contiguous(postgate), d, records, n.bit_length() - 1)
+
+
+def cuda_backward(grad_y, u, k, pregate, postgate, D, mode, needs, *, kernel=None):
+    """The cuda backend's backward (contract in the module docstring). With gz = grad_y·postgate
+    and dv = corr(gz, k) (y[t] = Σ_s k[s]·gz[t+s]), three gradients are the forward kernel with
+    other arguments: du = pregate·dv + D·grad_y (u := grad_y, pregate := postgate,
+    postgate := pregate, the conjugate spectrum), dpregate = u·dv (postgate := u, no D),
+    dpostgate = grad_y·conv(u·pregate, k) (postgate := grad_y, no D). dk and dD come from the
+    torch backend's backward (the kernel has no batch reduction)."""
+    kernel = kernel or _cuda_kernel()
+    need_du, need_dk, need_dpre, need_dpost, need_dd = needs
+    log2n = cuda_fft_size(mode, u.shape[2], k.shape[1]).bit_length() - 1
+    grad_y, u, pregate, postgate = map(_contiguous, (grad_y, u, pregate, postgate))
+    du = dpre = dpost = None
+    if need_du or need_dpre:
+        correlation = cuda_spectrum(k, mode, u.shape[2:], correlate=True)
+        if need_du:
+            d = None if D is None else D.float().contiguous()
+            du = kernel(grad_y, postgate, pregate, d, correlation, log2n)
+        if need_dpre:
+            dpre = kernel(grad_y, postgate, u, None, correlation, log2n)
+    if need_dpost:
+        dpost = kernel(u, pregate, grad_y, None, cuda_spectrum(k, mode, u.shape[2:]), log2n)
+    dk = dd = None
+    if need_dk or need_dd:
+        only = [False, need_dk, False, False, need_dd]
+        _, dk, _, _, dd = torch_backward(grad_y, u, k, pregate, postgate, D, mode, only)
+    return du, dk, dpre, dpost, dd
+
+
+_IMPLS["cuda"] = Implementation(forward=cuda_forward, backward=cuda_backward, spectrum=cuda_spectrum,
+                                unsupported=cuda_unsupported)
+
+# u, pregate, postgate (B, H, L) float16/bfloat16 contiguous; D float32 (H,); records from cuda_spectrum.
+torch.library.define("fastspec::fft_conv_cuda",
+                     "(Tensor u, Tensor? pregate, Tensor? postgate, Tensor? D, Tensor records, int log2n) -> Tensor")
+
+
+@torch.library.register_fake("fastspec::fft_conv_cuda")
+def _(u, pregate, postgate, D, records, log2n):
+    return u.new_empty(u.shape)
+
+
 # ---------------------------------------------------------------------------- validation
 
 
