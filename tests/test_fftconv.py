@@ -247,6 +247,27 @@ def test_empty_batch(backend, mode):
     assert torch.equal(leaves[1].grad, torch.zeros_like(k)) and torch.equal(leaves[-1].grad, torch.zeros(3))
 
 
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@pytest.mark.parametrize("tracked", [False, True])
+def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch, backend, tracked):
+    """Without autograd to record, an eager fft_conv runs the op's body directly; with it
+    (or under torch.compile, or with tensor subclasses) it goes through fastspec::fft_conv.
+    Both give the registered op's result bit for bit."""
+    u, k, kwargs = _case(2, 3, 100, "causal", torch.float32, ("pregate", "postgate", "D"))
+    through_op = torch.ops.fastspec.fft_conv(u, k, kwargs["pregate"], kwargs["postgate"], kwargs["D"], None,
+                                             "causal", backend)
+    calls = []
+    monkeypatch.setattr(ops, "fft_conv_op", lambda *args: calls.append(args) or through_op)
+    if tracked:
+        k = k.clone().requires_grad_()
+    out = fastspec.fft_conv(u, k, backend=backend, **kwargs)
+    assert len(calls) == int(tracked)
+    assert torch.equal(out, through_op)
+    with torch.no_grad():
+        assert len(calls) == int(tracked) and torch.equal(fastspec.fft_conv(u, k, backend=backend, **kwargs),
+                                                           through_op)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_blocks_split_channels_and_batches(monkeypatch, mode):
     """The torch backend works through the rows in blocks: a block of a few channels of one
