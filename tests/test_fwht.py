@@ -536,3 +536,17 @@ def test_property_any_batch_and_scale(n, batch, scale, transpose):
     out = fastspec.fwht(x, scale, backend="torch")
     assert out.shape == x.shape
     torch.testing.assert_close(out.cpu(), fwht_reference(x.cpu(), scale), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch, backend):
+    """Without autograd to record, an eager fwht runs the op's body directly; with it, it goes
+    through fastspec::fwht. Both give the registered op's result bit for bit."""
+    from fastspec.ops import fwht as ops
+    x = random_input((3, 12 * 16), torch.float32)
+    through_op = torch.ops.fastspec.fwht(x, 0.5, True, "", backend)
+    calls = []
+    monkeypatch.setattr(ops, "fwht_op", lambda *args: calls.append(args) or through_op)
+    assert torch.equal(fastspec.fwht(x, 0.5, transpose=True, backend=backend), through_op) and not calls
+    assert torch.equal(fastspec.fwht(x.requires_grad_(), 0.5, transpose=True, backend=backend), through_op)
+    assert len(calls) == 1

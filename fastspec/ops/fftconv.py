@@ -725,15 +725,9 @@ def _forward(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequen
 
 
 def _call(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies=0):
-    """fastspec::fft_conv for arguments the public functions have validated. In eager mode,
-    with nothing for autograd to record and plain tensors only, the body runs directly: the
-    custom op's Python dispatch costs more than a small convolution (about 140 µs a call on
-    the 2-core development CPU against 30 µs for the FFTs of a (1, 1, 8) call). Traced calls,
-    autograd and tensor subclasses (fake tensors among them) go through the op."""
-    tensors = [t for t in (u, k, pregate, postgate, D) if t is not None]
-    plain = all(type(t) is torch.Tensor for t in tensors)
-    tracked = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-    if torch.compiler.is_compiling() or tracked or not plain:
+    """fastspec::fft_conv for arguments the public functions have validated; its body
+    directly where ``_backend.eager_untracked`` allows."""
+    if not _backend.eager_untracked(u, k, pregate, postgate, D):
         return fft_conv_op(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies)
     return _forward(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies)
 

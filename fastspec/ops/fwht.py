@@ -280,6 +280,9 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False, backen
     (naming the nearest supported sizes), RuntimeError for a named backend that cannot
     run here.
     """
-    m, _ = _validate(x, scale, transpose, "", "auto")
+    m, p = _validate(x, scale, transpose, "", "auto")
     chosen = choose_backend(backend, x.device, x.dtype, int(x.shape[-1]), m)
+    if _backend.eager_untracked(x):  # the op's body, without its dispatch
+        m, p = _validate(x, scale, transpose, "", chosen)
+        return _IMPLS[chosen](x, float(scale), p, Base(m, "", transpose))
     return fwht_op(x, float(scale), transpose, "", chosen)
