@@ -184,11 +184,16 @@ def _for_device(table: dict, device: torch.device):
     return table["cuda" if device.type == "cuda" else "cpu"]
 
 
-def self_check(device: torch.device, quick: bool) -> list[dict]:
+def family_op(fam: Family) -> str:
+    """The op a family exercises: its name's first word ('fft_conv gated' -> 'fft_conv')."""
+    return fam.name.split()[0]
+
+
+def self_check(device: torch.device, quick: bool, families: list[Family]) -> list[dict]:
     """Each family x usable backend x shape x dtype against its float64 reference; a
     combination the op rejects as unsupported (ValueError) is a SKIP."""
     cases = []
-    for fam in FAMILIES:
+    for fam in families:
         shapes = _for_device(fam.check_shapes, device)
         for backend in filter(fam.runs_on, _timing.usable_backends(device, timing=False)):
             for shape in shapes[:2] if quick else shapes:
@@ -208,13 +213,13 @@ def self_check(device: torch.device, quick: bool) -> list[dict]:
     return rows
 
 
-def bench(device: torch.device, quick: bool) -> list[dict]:
+def bench(device: torch.device, quick: bool, families: list[Family]) -> list[dict]:
     """Each family's bench cases: every timeable backend against the family's baseline
     (a backend that rejects the size gets ms None and a "skip:" note; one that fails
     otherwise gets the error as note, and fails the run)."""
     timing = {"warmup_ms": 10, "rep_ms": 30} if quick else {"warmup_ms": 25, "rep_ms": 100}
     info = _timing.run_info(device)
-    cases = [(fam, shape, dtype) for fam in FAMILIES
+    cases = [(fam, shape, dtype) for fam in families
              for shape, dtype in _for_device(fam.bench_cases, device)]
     records = []
     for fam, shape, dtype in _timing.progress(cases, "bench", lambda c: f"{c[0].name} {c[1]} {c[2]}"):
@@ -243,7 +248,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer sizes and shorter timing")
     parser.add_argument("--no-bench", action="store_true", help="self-check only")
     parser.add_argument("--json", metavar="PATH", help="also write checks and timings as JSON here")
+    ops = sorted({family_op(f) for f in FAMILIES})
+    parser.add_argument("--op", action="append", choices=ops, metavar="OP",
+                        help=f"only this op's families (repeatable; default all: {', '.join(ops)})")
     args = parser.parse_args(argv)
+    families = [f for f in FAMILIES if args.op is None or family_op(f) in args.op]
 
     device = _timing.default_device()
     info = _timing.run_info(device)
@@ -251,7 +260,7 @@ def main(argv=None) -> int:
     for name, b in fastspec.backends().items():
         print(f"  backend {name:7s} {'available' if b.available else 'unavailable'}: {b.reason}")
 
-    checks = self_check(device, args.quick)
+    checks = self_check(device, args.quick, families)
     print("\nSelf-check (relative error vs float64 reference):")
     print(_timing.format_table(checks, ["op", "backend", "shape", "dtype", "rel_err", "tol", "status", "note"]))
     failed = sum(r["status"] == "FAIL" for r in checks)
@@ -259,7 +268,7 @@ def main(argv=None) -> int:
 
     records = []
     if not args.no_bench:
-        records = bench(device, args.quick)
+        records = bench(device, args.quick, families)
         print("\nBenchmark (median ms; speedup = baseline ms / ms):")
         print(_timing.format_table(records, ["op", "shape", "dtype", "backend", "ms", "baseline", "baseline_ms",
                                              "speedup", "note"]))
