@@ -244,3 +244,83 @@ def test_triton_rejects_what_it_does_not_run(backend):
         fastspec.gaunt_tensor_product(x, x, method="fourier", backend="triton")
     with pytest.raises(ValueError, match="float64"):
         fastspec.gaunt_tensor_product(x.double(), x.double(), backend="triton")
+
+
+# --------------------------------------------------------------------------- gaunt_power
+
+
+@pytest.mark.parametrize("nu", [1, 2, 3, 4])
+def test_gaunt_power_is_the_power_on_the_sphere(nu):
+    x = random_input((2, 3, 9), torch.float64)
+    out = fastspec.gaunt_power(x, nu)
+    assert out.shape == (2, 3, num_coefficients(2 * nu))
+    points = random_input((40, 3), torch.float64)
+    power = evaluate(x, points) ** nu
+    assert (evaluate(out, points) - power).abs().max() <= 1e-10 * power.abs().max()
+
+
+def test_gaunt_power_truncated_matches_chained_products():
+    """lmax_out below ν·L: the truncation of the full product (not of each factor)."""
+    x = random_input((4, 2, 16), torch.float64)
+    full = fastspec.gaunt_tensor_product(fastspec.gaunt_tensor_product(x, x), x, method="dense")
+    torch.testing.assert_close(fastspec.gaunt_power(x, 3, 4), full[..., :25], rtol=1e-10, atol=1e-12)
+    for dtype in HALF_AND_SINGLE:
+        xd = x.to(dtype)
+        _check(fastspec.gaunt_power(xd, 3, 4), gaunt_reference(gaunt_reference(xd, xd), xd, 4))
+
+
+@pytest.mark.parametrize("nu", [1, 3])
+def test_gaunt_power_gradcheck_opcheck(nu):
+    x = random_input((2, 4), torch.float64).requires_grad_()
+    lmax_out = min(2, nu)  # ν = 3: truncated
+    assert torch.autograd.gradcheck(lambda a: fastspec.gaunt_power(a, nu, lmax_out), (x,))
+    assert torch.autograd.gradgradcheck(lambda a: fastspec.gaunt_power(a, nu, lmax_out), (x,))
+    torch.library.opcheck(torch.ops.fastspec.gaunt_power.default, (x, nu, lmax_out))
+
+
+def test_gaunt_power_errors():
+    x = random_input((2, 4), torch.float64)
+    with pytest.raises(ValueError, match="nu must be an int in 1..8"):
+        fastspec.gaunt_power(x, 0)
+    with pytest.raises(ValueError, match=r"lmax_out must be an int in 0..nu·L = 0..3"):
+        fastspec.gaunt_power(x, 3, 4)
+    with pytest.raises(ValueError, match=r"\(L\+1\)²"):
+        fastspec.gaunt_power(x[..., :3], 2)
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def test_gaunt_tensor_product_module():
+    layer = fastspec.nn.GauntTensorProduct(2, 1, 3, channels=4, dtype=torch.float64)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    x1, x2 = random_input((5, 4, 9), torch.float64), random_input((5, 1, 4), torch.float64)
+    out = layer(x1, x2)
+    deg = [torch.cat([torch.full((2 * l + 1,), l) for l in range(lmax + 1)]) for lmax in (2, 1, 3)]
+    want = gaunt_reference(x1 * layer.weight1[:, deg[0]], x2 * layer.weight2[:, deg[1]], 3) * layer.weight_out[:, deg[2]]
+    torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
+    out.square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in layer.parameters())
+    with pytest.raises(ValueError, match="lmax_out must be at most"):
+        fastspec.nn.GauntTensorProduct(1, 1, 3, channels=2)
+    with pytest.raises(ValueError, match="channels must be a positive int"):
+        fastspec.nn.GauntTensorProduct(1, 1, 2, channels=0)
+
+
+def test_gaunt_self_interaction_module():
+    layer = fastspec.nn.GauntSelfInteraction(2, 3, 2, channels=3, dtype=torch.float64)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    x = random_input((4, 3, 9), torch.float64)
+    deg = torch.cat([torch.full((2 * l + 1,), l) for l in range(3)])
+    a = x * layer.weight_in[:, deg]
+    powers = [a, gaunt_reference(a, a, 2), gaunt_reference(gaunt_reference(a, a), a, 2)]
+    want = sum(layer.weight_out[i][:, deg] * powers[i] for i in range(3))
+    torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match=r"x must be \(\.\.\., 3, 9\)"):
+        layer(x[..., :4])
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(x), want, rtol=1e-10, atol=1e-12)

@@ -364,14 +364,61 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
 # ---------------------------------------------------------------------------- gaunt_power
 
 
+@functools.lru_cache(maxsize=32)
+def power_tables(lmax: int, nu: int, lmax_out: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y (d, P), proj (P, d_out)) float64 on the CPU: the grid exact to degree ν·L + lmax_out."""
+    points, weights = sphere_quadrature(nu * lmax + lmax_out)
+    y = spherical_harmonics(max(lmax, lmax_out), points)
+    return y[:, :num_coefficients(lmax)].T.contiguous(), (y[:, :num_coefficients(lmax_out)] * weights[:, None]).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _power_cast(lmax: int, nu: int, lmax_out: int, dtype: torch.dtype, device: torch.device):
+    return tuple(t.to(device=device, dtype=dtype) for t in power_tables(lmax, nu, lmax_out))
+
+
+@torch.library.custom_op("fastspec::gaunt_power", mutates_args=())
+def gaunt_power_op(x: torch.Tensor, nu: int, lmax_out: int) -> torch.Tensor:
+    """Registered op: x (..., (L+1)²) -> the degree-≤lmax_out coefficients of f^ν (torch
+    ops, any device; half precision in float32)."""
+    acc = _acc(x.dtype)
+    y, proj = _power_cast(degree_of(x.shape[-1]), nu, lmax_out, acc, x.device)
+    return (((x.to(acc) @ y) ** nu) @ proj).to(x.dtype)
+
+
+@gaunt_power_op.register_fake
+def _(x, nu, lmax_out):
+    return x.new_empty(*x.shape[:-1], num_coefficients(lmax_out))
+
+
+def _power_setup(ctx, inputs, output):
+    x, ctx.nu, ctx.lmax_out = inputs
+    ctx.save_for_backward(x)
+
+
+def _power_backward(ctx, grad):
+    # ∂out_k/∂x_i = ν ∫ f^(ν−1) Y_i Y_k dΩ: grad_x = ν · gaunt(f^(ν−1), grad) at degree L, with
+    # f^(ν−1) exact at degree (ν−1)·L (f^0 = 1 = √(4π)·Y_00). Both are registered ops.
+    (x,) = ctx.saved_tensors
+    lmax, nu = degree_of(x.shape[-1]), ctx.nu
+    if nu == 1:
+        lower = torch.full((*x.shape[:-1], 1), math.sqrt(4 * math.pi), dtype=x.dtype, device=x.device)
+    else:
+        lower = gaunt_power_op(x, nu - 1, (nu - 1) * lmax)
+    return nu * gaunt_op(lower, grad, lmax, "grid", "torch"), None, None
+
+
+gaunt_power_op.register_autograd(_power_backward, setup_context=_power_setup)
+
+
 def gaunt_power(x: torch.Tensor, nu: int, lmax_out: int | None = None) -> torch.Tensor:
     """The ν-fold Gaunt product x·x·…·x (MACE-Gaunt's many-body terms): the SH coefficients
     (degrees ≤ lmax_out, default ν·L) of f^ν, f = Σ x_i Y_i, computed on one quadrature grid
     exact to degree ν·L + lmax_out: f at the nodes, its ν-th power, one projection (the
     factors never leave the grid). x: (..., (L+1)²), float16/bfloat16/float32 (computed in
-    float32) or float64; nu: 1..8. Plain differentiable PyTorch ops on any device (autograd,
-    double backward and torch.compile through them).
-    Raises TypeError/ValueError for a bad x, nu out of 1..8 or lmax_out outside 0..ν·L."""
+    float32) or float64, L ≤ MAX_INPUT_DEGREE; nu: 1..8. Torch ops on any device; autograd
+    (the backward is a Gaunt product with f^(ν−1), so double backward works) and torch.compile.
+    Raises TypeError/ValueError for a bad x, nu outside 1..8 or lmax_out outside 0..ν·L."""
     op = "gaunt_power"
     _check_tensor(op, "x", x)
     lmax = _degree(op, "x", x)
@@ -380,14 +427,4 @@ def gaunt_power(x: torch.Tensor, nu: int, lmax_out: int | None = None) -> torch.
     lmax_out = nu * lmax if lmax_out is None else lmax_out
     if isinstance(lmax_out, bool) or not isinstance(lmax_out, int) or not 0 <= lmax_out <= nu * lmax:
         raise ValueError(f"{op}: lmax_out must be an int in 0..nu·L = 0..{nu * lmax}, got {lmax_out!r}")
-    acc = _acc(x.dtype)
-    y, proj = _power_tables(lmax, nu, lmax_out, acc, x.device)
-    return (((x.to(acc) @ y) ** nu) @ proj).to(x.dtype)
-
-
-@functools.lru_cache(maxsize=32)
-def _power_tables(lmax: int, nu: int, lmax_out: int, dtype: torch.dtype, device: torch.device):
-    points, weights = sphere_quadrature(nu * lmax + lmax_out)
-    y = spherical_harmonics(max(lmax, lmax_out), points)
-    return (y[:, :num_coefficients(lmax)].T.contiguous().to(device=device, dtype=dtype),
-            (y[:, :num_coefficients(lmax_out)] * weights[:, None]).to(device=device, dtype=dtype))
+    return gaunt_power_op(x, nu, lmax_out)
