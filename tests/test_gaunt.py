@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastspec
-from fastspec.ops.gaunt import AUTO_DENSE_MAX_DEGREE_CPU, MAX_INPUT_DEGREE, choose_method, gaunt_op
+from fastspec.ops.gaunt import MAX_INPUT_DEGREE, choose_method, gaunt_op
 from fastspec.reference.gaunt import evaluate, gaunt_reference
 from fastspec.spherical import num_coefficients, wigner_D
 
@@ -193,8 +193,7 @@ def test_torch_compile_fullgraph():
 
 
 def test_auto_method():
-    assert choose_method("auto", "torch", 2, 2, 2) == "dense"
-    assert choose_method("auto", "torch", AUTO_DENSE_MAX_DEGREE_CPU + 1, 1, 1) == "grid"
+    assert choose_method("auto", "torch", 2, 2, 2) == "grid"
     assert choose_method("auto", "triton", 1, 1, 1) == "grid"
     assert choose_method("fourier", "torch", 6, 6, 6) == "fourier"
 

@@ -86,19 +86,29 @@ def padded_tables(l1: int, l2: int, lmax_out: int, device: torch.device) -> tupl
     return pad(y1, _padded(d1), p), pad(y2, _padded(d2), p), pad(proj, p, _padded(d3))
 
 
+def _num_warps(d_max: int) -> int:
+    return 4 if d_max <= 64 else 8
+
+
+def gaunt_grid_call(a: torch.Tensor, b: torch.Tensor, y1: torch.Tensor, y2: torch.Tensor, proj: torch.Tensor,
+                    out: torch.Tensor):
+    """The launch (kernel, grid, args, meta) that writes out (rows, d3) from a (rows, d1) and
+    b (rows, d2), contiguous, with the padded tables; also used to compile it ahead of time."""
+    rows, (d1, d2, d3) = a.shape[0], (a.shape[1], b.shape[1], out.shape[1])
+    block_r = _block_rows(max(d1, d2, d3))
+    meta = dict(D1=d1, D2=d2, D3=d3, D1P=y1.shape[0], D2P=y2.shape[0], D3P=proj.shape[1], BLOCK_R=block_r,
+                BLOCK_P=BLOCK_P, num_warps=_num_warps(max(d1, d2, d3)))
+    return gaunt_grid_kernel, (triton.cdiv(rows, block_r),), (a, b, y1, y2, proj, out, rows, y1.shape[1]), meta
+
+
 def gaunt_grid(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int) -> torch.Tensor:
     """x1 (..., d1), x2 (..., d2) of one leading shape and dtype (float16, bfloat16, float32)
     -> (..., (lmax_out+1)²) in that dtype, lmax_out ≤ L1 + L2. Any strides (made contiguous)."""
     l1, l2 = degree_of(x1.shape[-1]), degree_of(x2.shape[-1])
-    d1, d2, d3 = x1.shape[-1], x2.shape[-1], num_coefficients(lmax_out)
-    a, b = x1.reshape(-1, d1).contiguous(), x2.reshape(-1, d2).contiguous()
-    rows = a.shape[0]
-    out = torch.empty(rows, d3, dtype=x1.dtype, device=x1.device)
-    if rows == 0:
-        return out.reshape(*x1.shape[:-1], d3)
-    y1, y2, proj = padded_tables(l1, l2, lmax_out, x1.device)
-    block_r = _block_rows(max(d1, d2, d3))
-    gaunt_grid_kernel[(triton.cdiv(rows, block_r),)](
-        a, b, y1, y2, proj, out, rows, y1.shape[1], D1=d1, D2=d2, D3=d3,
-        D1P=y1.shape[0], D2P=y2.shape[0], D3P=proj.shape[1], BLOCK_R=block_r, BLOCK_P=BLOCK_P)
+    d3 = num_coefficients(lmax_out)
+    a, b = x1.reshape(-1, x1.shape[-1]).contiguous(), x2.reshape(-1, x2.shape[-1]).contiguous()
+    out = torch.empty(a.shape[0], d3, dtype=x1.dtype, device=x1.device)
+    if a.shape[0]:
+        kernel, grid, args, meta = gaunt_grid_call(a, b, *padded_tables(l1, l2, lmax_out, x1.device), out)
+        kernel[grid](*args, **meta)
     return out.reshape(*x1.shape[:-1], d3)

@@ -39,10 +39,13 @@ DENSE_MAX_TABLE = 2**25
 """Largest Gaunt table (entries) the dense method contracts with (L1 = L2 = lmax_out = 16)."""
 _DENSE_CHUNK = 2**22
 """The dense method's intermediate (rows, d2, d3) holds at most this many entries at once."""
-AUTO_DENSE_MAX_DEGREE_CPU = 2
-"""``method="auto"`` on the torch backend: dense while max(L1, L2, lmax_out) ≤ this, else grid.
-Measured by bench/bench_gaunt.py on this project's 2-core CPU (README): the grid method is
-the faster from L = 2 or 4 on, fourier never beats it on CPU."""
+AUTO_METHOD = "grid"
+"""What ``method="auto"`` runs, on every backend and degree. Measured on this project's shared
+2-core CPU (bench/bench_gaunt.py, 1024 rows × 32 channels, float32, one thread, 2026-11-28):
+grid 5.5 ms against dense 7.4 ms at L = 1, 10.9 against 22.3 at L = 2, 0.5 s against 3.2 s at
+L = 8; fourier 10-70x slower than grid (its complex FFTs of (4L+1)² points a row cost more than
+the grid's real matmuls). Triton runs the grid method only. No GPU has measured the
+crossovers yet (bench/gpu_check.sh does): a dense path for small L on CUDA goes here."""
 
 # backend="auto": CUDA tensors take the Triton kernel (grid method; it passes its interpreter
 # tests, DESIGN.md) wherever it takes the call; no GPU has measured the crossovers yet.
@@ -258,13 +261,8 @@ def choose_backend(backend: str, device: torch.device, dtype: torch.dtype, metho
 
 
 def choose_method(method: str, backend: str, l1: int, l2: int, lmax_out: int) -> str:
-    """The concrete method: ``auto`` is grid on Triton, and on torch dense up to
-    AUTO_DENSE_MAX_DEGREE_CPU, grid above."""
-    if method != "auto":
-        return method
-    if backend == "triton" or max(l1, l2, lmax_out) > AUTO_DENSE_MAX_DEGREE_CPU:
-        return "grid"
-    return "dense"
+    """The concrete method: ``auto`` is AUTO_METHOD (the table above)."""
+    return AUTO_METHOD if method == "auto" else method
 
 
 # ---------------------------------------------------------------------------- the op
