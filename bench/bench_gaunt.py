@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     rows, channels = GPU_SIZE if device.type == "cuda" else CPU_SIZE
     if args.quick:
-        rows, channels, args.degrees = 64, 4, [1, 2]
+        rows, channels, args.degrees = 64, 4, [2]
     rows, channels = args.rows or rows, args.channels or channels
     dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
     rounds = args.rounds or (3 if device.type != "cuda" else 1)
