@@ -14,9 +14,10 @@ Flops per row: 2·P·(d1 + d2 + d3) against the dense contraction's 2·d1·d2·d
 The backward is this kernel again (fastspec.ops.gaunt: grad_x1 = op(x2, grad) at degree L1).
 
 Precision: the tables are float32 (rounded once from float64), the data is read in its
-dtype and widened to float32, every dot is float32 with ``input_precision="ieee"`` (no
-TF32: the float32 result is as accurate as the torch backend's) and float32 accumulation;
-the output is rounded once to the input dtype. Coefficient dims are padded to powers of two
+dtype and widened to float32, accumulation is float32 and the output is rounded once to the
+input dtype. The dots are IEEE float32 for float32 and float16 data (as accurate as the torch
+backend's) and TF32 for bfloat16 data (``dot_precision``; the interpreter truncates TF32
+operands as the GPU may, triton_kernels/_interpreter.py, so the tests see that error). Coefficient dims are padded to powers of two
 (at least 16, the smallest ``tl.dot``) and the node count to a multiple of BLOCK_P, with
 zeros in the tables, so padded lanes add nothing.
 """
@@ -44,7 +45,7 @@ def _block_rows(d_max: int) -> int:
 def gaunt_grid_kernel(x1_ptr, x2_ptr, y1_ptr, y2_ptr, proj_ptr, out_ptr, rows, P,
                       D1: tl.constexpr, D2: tl.constexpr, D3: tl.constexpr,
                       D1P: tl.constexpr, D2P: tl.constexpr, D3P: tl.constexpr,
-                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr):
+                      BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
     """x1 (rows, D1), x2 (rows, D2), out (rows, D3) contiguous; y1 (D1P, P), y2 (D2P, P),
     proj (P, D3P) float32, zero-padded, P a multiple of BLOCK_P."""
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -57,10 +58,10 @@ def gaunt_grid_kernel(x1_ptr, x2_ptr, y1_ptr, y2_ptr, proj_ptr, out_ptr, rows, P
     for p0 in range(0, P, BLOCK_P):
         y1 = tl.load(y1_ptr + c1[:, None] * P + (p0 + nodes)[None, :])
         y2 = tl.load(y2_ptr + c2[:, None] * P + (p0 + nodes)[None, :])
-        f1 = tl.dot(a, y1, input_precision="ieee")
-        f2 = tl.dot(b, y2, input_precision="ieee")
+        f1 = tl.dot(a, y1, input_precision=PRECISION)
+        f2 = tl.dot(b, y2, input_precision=PRECISION)
         proj = tl.load(proj_ptr + (p0 + nodes)[:, None] * D3P + c3[None, :])
-        acc = tl.dot(f1 * f2, proj, acc, input_precision="ieee")
+        acc = tl.dot(f1 * f2, proj, acc, input_precision=PRECISION)
     tl.store(out_ptr + r[:, None] * D3 + c3[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=in_rows & (c3[None, :] < D3))
 
@@ -86,6 +87,13 @@ def padded_tables(l1: int, l2: int, lmax_out: int, device: torch.device) -> tupl
     return pad(y1, _padded(d1), p), pad(y2, _padded(d2), p), pad(proj, p, _padded(d3))
 
 
+def dot_precision(dtype: torch.dtype) -> str:
+    """TF32 tensor cores for bfloat16 data (their 2^-11 relative error per product stays
+    below bfloat16's own rounding, 2^-9), IEEE float32 otherwise (float16's rounding, 2^-12,
+    is finer than TF32's)."""
+    return "tf32" if dtype == torch.bfloat16 else "ieee"
+
+
 def _num_warps(d_max: int) -> int:
     return 4 if d_max <= 64 else 8
 
@@ -97,7 +105,7 @@ def gaunt_grid_call(a: torch.Tensor, b: torch.Tensor, y1: torch.Tensor, y2: torc
     rows, (d1, d2, d3) = a.shape[0], (a.shape[1], b.shape[1], out.shape[1])
     block_r = _block_rows(max(d1, d2, d3))
     meta = dict(D1=d1, D2=d2, D3=d3, D1P=y1.shape[0], D2P=y2.shape[0], D3P=proj.shape[1], BLOCK_R=block_r,
-                BLOCK_P=BLOCK_P, num_warps=_num_warps(max(d1, d2, d3)))
+                BLOCK_P=BLOCK_P, PRECISION=dot_precision(a.dtype), num_warps=_num_warps(max(d1, d2, d3)))
     return gaunt_grid_kernel, (triton.cdiv(rows, block_r),), (a, b, y1, y2, proj, out, rows, y1.shape[1]), meta
 
 
