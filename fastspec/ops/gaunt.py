@@ -40,12 +40,12 @@ DENSE_MAX_TABLE = 2**25
 _DENSE_CHUNK = 2**22
 """The dense method's intermediate (rows, d2, d3) holds at most this many entries at once."""
 AUTO_METHOD = "grid"
-"""What ``method="auto"`` runs, on every backend and degree. Measured on this project's shared
-2-core CPU (bench/bench_gaunt.py, 1024 rows × 32 channels, float32, one thread, 2026-11-28):
-grid 5.5 ms against dense 7.4 ms at L = 1, 10.9 against 22.3 at L = 2, 0.5 s against 3.2 s at
-L = 8; fourier 10-70x slower than grid (its complex FFTs of (4L+1)² points a row cost more than
-the grid's real matmuls). Triton runs the grid method only. No GPU has measured the
-crossovers yet (bench/gpu_check.sh does): a dense path for small L on CUDA goes here."""
+"""What ``method="auto"`` runs, on every backend and degree. Measured by bench/bench_gaunt.py on
+this project's shared 2-core CPU (bench/results/gaunt-cpu.json, 1024 rows × 32 channels,
+float32, one thread, 2026-11-28): grid is 2.0-8.3x faster than dense at L = 1..8 and the
+fourier method 15-40x slower than grid (its complex FFTs over ~16L² torus points cost more
+than the grid's real matmuls over ~4.5L² nodes). Triton runs the grid method only. No GPU has
+measured the crossovers yet (bench/gpu_check.sh does): a dense path for small L on CUDA goes here."""
 
 # backend="auto": CUDA tensors take the Triton kernel (grid method; it passes its interpreter
 # tests, DESIGN.md) wherever it takes the call; no GPU has measured the crossovers yet.
