@@ -37,8 +37,9 @@ MAX_INPUT_DEGREE = 24
 """Largest L1, L2 the op takes (the grid tables of degree 24 hold ~3·10^6 numbers)."""
 DENSE_MAX_TABLE = 2**25
 """Largest Gaunt table (entries) the dense method contracts with (L1 = L2 = lmax_out = 16)."""
-_DENSE_CHUNK = 2**22
-"""The dense method's intermediate (rows, d2, d3) holds at most this many entries at once."""
+_DENSE_CHUNK = {"cpu": 2**22, "cuda": 2**26}
+"""The dense method's intermediate (rows, d2, d3) holds at most this many entries at once
+(16 MiB of float32 on CPU, to stay in cache; 256 MiB on CUDA, few launches)."""
 AUTO_METHOD = "grid"
 """What ``method="auto"`` runs, on every backend and degree. Measured by bench/bench_gaunt.py on
 this project's shared 2-core CPU (bench/results/gaunt-cpu.json, 1024 rows × 32 channels,
@@ -141,7 +142,7 @@ def _dense(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int) -> torch.Tensor:
     """x1 (n, d1), x2 (n, d2) in the compute dtype -> (n, d3): Σ_ij G_ijk x1_i x2_j in chunks."""
     (g,) = tables("dense", degree_of(x1.shape[1]), degree_of(x2.shape[1]), lmax_out, x1.dtype, x1.device)
     d1, d2, d3 = g.shape
-    rows = max(1, _DENSE_CHUNK // (d2 * d3))
+    rows = max(1, _DENSE_CHUNK.get(x1.device.type, _DENSE_CHUNK["cpu"]) // (d2 * d3))
     out = [(a @ g.view(d1, d2 * d3)).view(-1, d2, d3).mul_(b[:, :, None]).sum(1)
            for a, b in zip(x1.split(rows), x2.split(rows))]
     return torch.cat(out) if len(out) > 1 else out[0]
