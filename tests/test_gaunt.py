@@ -100,6 +100,14 @@ def test_broadcast_channels_and_strides(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_empty_batch(backend):
+    x1, x2 = random_input((0, 3, 9), torch.float32), random_input((0, 1, 4), torch.float32)
+    for method in _methods(backend):
+        out = fastspec.gaunt_tensor_product(x1, x2, method=method, backend=backend)
+        assert out.shape == (0, 3, 16) and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_rotation_equivariance(backend):
     """Rotating both inputs by the package's Wigner D rotates the output: gaunt(D x1, D x2) = D gaunt(x1, x2)."""
     l1, l2, lmax_out = 3, 2, 4
@@ -121,10 +129,11 @@ def test_rotation_equivariance(backend):
 # --------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("backend,method,degrees", _params([(2, 3, 4), (3, 1, 2)], [(2, 3, 4), (3, 1, 2)]))
+@pytest.mark.parametrize("backend,method,degrees", _params([(2, 3, 4), (3, 1, 2), (4, 1, 1)], [(2, 3, 4), (4, 1, 1)]))
 def test_gradients_match_reference(backend, method, degrees):
     """Both gradients against autograd of the float64 reference, with a random output gradient
-    and through .sum() (an expanded, stride-0 gradient)."""
+    and through .sum() (an expanded, stride-0 gradient). (4, 1, 1): L1 > L2 + lmax_out, so the
+    backward asks the op for degrees above what it can produce (zero)."""
     l1, l2, lmax_out = degrees
     dtype = torch.float32 if backend == "triton" else torch.float64
     x1, x2 = _inputs(l1, l2, dtype, requires_grad=True)
@@ -163,7 +172,8 @@ def test_gradcheck_and_gradgradcheck(method):
     def fn(a, b):
         return fastspec.gaunt_tensor_product(a, b, 2, method=method, backend="torch")
     assert torch.autograd.gradcheck(fn, (x1, x2))
-    assert torch.autograd.gradgradcheck(fn, (x1, x2))
+    if method != "fourier":  # the same autograd plumbing (the backward is the op); fourier's FFTs make it slow
+        assert torch.autograd.gradgradcheck(fn, (x1, x2))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -183,7 +193,7 @@ def test_torch_compile_fullgraph():
     def fn(a, b):
         return fastspec.gaunt_tensor_product(a, b, 3).square().sum()
 
-    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(fn, fullgraph=True)
     loss = compiled(x1, x2)
     grads = torch.autograd.grad(loss, (x1, x2))
     want = torch.autograd.grad(fn(x1, x2), (x1, x2))

@@ -275,6 +275,8 @@ def gaunt_op(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int, method: str, bac
     (lmax_out+1)²), concrete method and backend. Degrees above L1+L2 are zero (the backward
     asks for them)."""
     l1, l2 = _validate_op(x1, x2, lmax_out, method, backend)
+    if x1.shape[:-1].numel() == 0:  # no rows (torch.fft rejects empty batches)
+        return x1.new_empty(*x1.shape[:-1], num_coefficients(lmax_out))
     computed = min(lmax_out, l1 + l2)
     out = _IMPLS[backend](x1, x2, computed, method)
     if computed < lmax_out:
