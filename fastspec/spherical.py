@@ -52,8 +52,8 @@ def spherical_harmonics(lmax: int, xyz: torch.Tensor) -> torch.Tensor:
     (float32 or float64; half precision is evaluated in float32 and cast back).
 
     Polynomial recurrences in the unit vector (no angles), so autograd works everywhere
-    except at xyz = 0 (undefined direction: NaN). (x + iy)^m gives sin^mθ·e^{imφ}; P̄_l^m/sin^mθ
-    follows the three-term recurrence in z = cos θ.
+    except at xyz = 0 (undefined direction: NaN). (x + iy)^m gives sin^mθ·e^{imφ}; the
+    normalised P̄_l^m/sin^mθ follows the three-term recurrence in z = cos θ.
     """
     _check_degree("spherical_harmonics: lmax", lmax)
     if not isinstance(xyz, torch.Tensor) or not xyz.is_floating_point():
@@ -71,21 +71,23 @@ def spherical_harmonics(lmax: int, xyz: torch.Tensor) -> torch.Tensor:
         sin_m.append(s * x + c * y)
     columns: list[torch.Tensor | None] = [None] * num_coefficients(lmax)
     for m in range(lmax + 1):
-        # q_l = (-1)^m P̄_l^m(z) / sin^m θ: q_m = (-1)^m (2m-1)!!, q_{m+1} = (2m+1) z q_m,
-        # (l-m) q_l = (2l-1) z q_{l-1} - (l+m-1) q_{l-2}.
-        double_factorial = math.prod(range(1, 2 * m, 2))
-        q_prev, q = None, torch.full_like(z, (-1) ** m * double_factorial)
+        # q_l = (-1)^m N_lm P̄_l^m(z) / sin^m θ, normalised as it goes (no factorials, so no
+        # overflow at large m): q_m = (-1)^m √((2m+1)/4π · Π_k≤m (2k−1)/2k), q_{m+1} = √(2m+3) z q_m,
+        # q_l = a (z q_{l−1} − b q_{l−2}), a = √((4l²−1)/(l²−m²)), b = √(((l−1)²−m²)/(4(l−1)²−1)).
+        start = (-1) ** m * math.sqrt((2 * m + 1) / (4 * math.pi) * math.prod((2 * k - 1) / (2 * k) for k in range(1, m + 1)))
+        q_prev, q = None, torch.full_like(z, start)
         for l in range(m, lmax + 1):
             if l == m + 1:
-                q_prev, q = q, (2 * m + 1) * z * q
+                q_prev, q = q, math.sqrt(2 * m + 3) * z * q
             elif l > m + 1:
-                q_prev, q = q, ((2 * l - 1) * z * q - (l + m - 1) * q_prev) / (l - m)
-            norm = math.sqrt((2 * l + 1) / (4 * math.pi) / math.prod(range(l - m + 1, l + m + 1)))
+                a = math.sqrt((4 * l * l - 1) / (l * l - m * m))
+                b = math.sqrt(((l - 1) ** 2 - m * m) / (4 * (l - 1) ** 2 - 1))
+                q_prev, q = q, a * (z * q - b * q_prev)
             if m == 0:
-                columns[l * l + l] = norm * q
+                columns[l * l + l] = q
             else:
-                columns[l * l + l + m] = math.sqrt(2) * norm * q * cos_m[m]
-                columns[l * l + l - m] = math.sqrt(2) * norm * q * sin_m[m]
+                columns[l * l + l + m] = math.sqrt(2) * q * cos_m[m]
+                columns[l * l + l - m] = math.sqrt(2) * q * sin_m[m]
     return torch.stack(columns, dim=-1).to(xyz.dtype)
 
 

@@ -67,7 +67,8 @@ def test_product_on_the_sphere(backend, method, degrees):
 
 
 @pytest.mark.parametrize("method", TORCH_METHODS)
-@pytest.mark.parametrize("degrees", DEGREES, ids=str)
+@pytest.mark.parametrize("degrees", DEGREES + [pytest.param(d, marks=pytest.mark.slow) for d in [(12, 12, 12), (10, 12, 16), (24, 2, 20)]],
+                         ids=str)
 def test_float64_matches_dense_reference(method, degrees):
     """float64 on the torch backend (the only one that takes it)."""
     backend = "torch"
@@ -301,13 +302,13 @@ def test_gaunt_power_errors():
 
 
 def test_gaunt_tensor_product_module():
-    layer = fastspec.nn.GauntTensorProduct(2, 1, 3, channels=4, dtype=torch.float64)
+    layer = fastspec.nn.GauntTensorProduct(2, 1, 3, channels=4, dtype=torch.float64, device=DEVICE)
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_()
     x1, x2 = random_input((5, 4, 9), torch.float64), random_input((5, 1, 4), torch.float64)
     out = layer(x1, x2)
-    deg = [torch.cat([torch.full((2 * l + 1,), l) for l in range(lmax + 1)]) for lmax in (2, 1, 3)]
+    deg = [torch.cat([torch.full((2 * l + 1,), l) for l in range(lmax + 1)]).to(DEVICE) for lmax in (2, 1, 3)]
     want = gaunt_reference(x1 * layer.weight1[:, deg[0]], x2 * layer.weight2[:, deg[1]], 3) * layer.weight_out[:, deg[2]]
     torch.testing.assert_close(out, want, rtol=1e-10, atol=1e-12)
     out.square().sum().backward()
@@ -319,12 +320,12 @@ def test_gaunt_tensor_product_module():
 
 
 def test_gaunt_self_interaction_module():
-    layer = fastspec.nn.GauntSelfInteraction(2, 3, 2, channels=3, dtype=torch.float64)
+    layer = fastspec.nn.GauntSelfInteraction(2, 3, 2, channels=3, dtype=torch.float64, device=DEVICE)
     with torch.no_grad():
         for p in layer.parameters():
             p.normal_()
     x = random_input((4, 3, 9), torch.float64)
-    deg = torch.cat([torch.full((2 * l + 1,), l) for l in range(3)])
+    deg = torch.cat([torch.full((2 * l + 1,), l) for l in range(3)]).to(DEVICE)
     a = x * layer.weight_in[:, deg]
     powers = [a, gaunt_reference(a, a, 2), gaunt_reference(gaunt_reference(a, a), a, 2)]
     want = sum(layer.weight_out[i][:, deg] * powers[i] for i in range(3))
