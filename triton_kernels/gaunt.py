@@ -48,7 +48,7 @@ def gaunt_grid_kernel(x1_ptr, x2_ptr, y1_ptr, y2_ptr, proj_ptr, out_ptr, rows, P
                       BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PRECISION: tl.constexpr):
     """x1 (rows, D1), x2 (rows, D2), out (rows, D3) contiguous; y1 (D1P, P), y2 (D2P, P),
     proj (P, D3P) float32, zero-padded, P a multiple of BLOCK_P."""
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    r = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)  # rows·D may pass 2^31
     in_rows = r[:, None] < rows
     c1, c2, c3 = tl.arange(0, D1P), tl.arange(0, D2P), tl.arange(0, D3P)
     a = tl.load(x1_ptr + r[:, None] * D1 + c1[None, :], mask=in_rows & (c1[None, :] < D1), other=0.0).to(tl.float32)
