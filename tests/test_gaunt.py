@@ -245,6 +245,17 @@ def test_bad_inputs():
         f(random_input((1, 1, 18 ** 2), torch.float32), random_input((1, 1, 18 ** 2), torch.float32), method="dense")
 
 
+def test_backends_without_the_op(monkeypatch):
+    x = random_input((2, 3, 9), torch.float32)
+    with pytest.raises(NotImplementedError, match="'cpu' backend has no implementation of this op"):
+        gaunt_op(x, x, 4, "grid", "cpu")
+    with pytest.raises((NotImplementedError, RuntimeError), match="cpu"):  # RuntimeError: built without it, or CUDA data
+        fastspec.gaunt_tensor_product(x, x, backend="cpu")
+    monkeypatch.setenv("FASTSPEC_BACKEND", "cuda")
+    with pytest.raises((NotImplementedError, RuntimeError), match="cuda"):
+        fastspec.gaunt_tensor_product(x, x)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_triton_rejects_what_it_does_not_run(backend):
     if backend != "triton":

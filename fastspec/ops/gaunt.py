@@ -238,11 +238,17 @@ def _validate_op(x1, x2, lmax_out: int, method: str, backend: str) -> tuple[int,
         raise ValueError(f"{op}: lmax_out must be a non-negative int, got {lmax_out!r}")
     if method not in METHODS[1:]:
         raise ValueError(f"{op}: method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
-    if backend in _IMPLS:
-        reason = _unsupported(backend, method, x1.dtype, l1, l2, min(lmax_out, l1 + l2))
-        if reason:
-            raise ValueError(f"{op}: {reason}")
+    _check_implemented(backend)
+    reason = _unsupported(backend, method, x1.dtype, l1, l2, min(lmax_out, l1 + l2))
+    if reason:
+        raise ValueError(f"{op}: {reason}")
     return l1, l2
+
+
+def _check_implemented(backend: str) -> None:
+    if backend not in _IMPLS:
+        raise NotImplementedError(f"gaunt_tensor_product: the {backend!r} backend has no implementation of this op "
+                                  f"(implemented: {', '.join(_IMPLS)})")
 
 
 def _auto_backend(device: torch.device, dtype: torch.dtype, method: str) -> str:
@@ -325,7 +331,8 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
     env FASTSPEC_BACKEND replaces 'auto'. Autograd for both inputs (double backward too).
     Raises TypeError for a non-tensor or non-float input, ValueError for a last dim that is
     not (L+1)², channels that do not broadcast, lmax_out outside 0..L1+L2, an unknown
-    method, or a method the backend does not run; RuntimeError for a backend that cannot run here.
+    method, or a method the backend does not run; RuntimeError for a backend that cannot run here;
+    NotImplementedError for a backend without this op ('cuda', 'cpu', e.g. from FASTSPEC_BACKEND).
     """
     op = "gaunt_tensor_product"
     _check_tensor(op, "x1", x1)
@@ -353,6 +360,7 @@ def gaunt_tensor_product(x1: torch.Tensor, x2: torch.Tensor, lmax_out: int | Non
     if method not in METHODS:
         raise ValueError(f"{op}: method must be one of {', '.join(map(repr, METHODS))}, got {method!r}")
     chosen = choose_backend(backend, x1.device, x1.dtype, method)
+    _check_implemented(chosen)
     method = choose_method(method, chosen, l1, l2, lmax_out)
     reason = _unsupported(chosen, method, x1.dtype, l1, l2, lmax_out)
     if reason:
