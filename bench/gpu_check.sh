@@ -31,7 +31,8 @@ shift
 FAMILIES=("$@")
 cd "$(dirname "$0")/.."
 declare -A COMPAT_TESTS=([fwht]="tests/test_compat_fast_hadamard_transform.py tests/test_hadamard.py"
-                         [fftconv]="tests/test_compat_flashfftconv.py")
+                         [fftconv]="tests/test_compat_flashfftconv.py"
+                         [gaunt]="tests/test_spherical.py")
 PY=${PYTHON:-python3}
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
 export PYTHONUNBUFFERED=1

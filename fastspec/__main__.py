@@ -20,9 +20,11 @@ import fastspec
 from fastspec import _timing
 from fastspec.hippo import init_log_dt, s4d_init
 from fastspec.ops import fftconv as fftconv_ops
+from fastspec.ops import gaunt as gaunt_ops
 from fastspec.ops import ssm as ssm_ops
 from fastspec.reference.fftconv import fft_conv_pytorch, fft_conv_reference
 from fastspec.reference.fwht import fwht_dense, fwht_reference
+from fastspec.reference.gaunt import gaunt_reference
 from fastspec.reference.ssm import linear_scan_reference, selective_scan_reference, ssm_kernel_reference
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -96,6 +98,12 @@ def _selective_make(shape, dtype, device):
                    + math.log(1e-3))
     return u, delta * 0.5, A, B, C, torch.ones(channels, device=device, dtype=state), z, dt + torch.log(
         -torch.expm1(-dt))
+
+
+def _gaunt_make(shape, dtype, device):
+    """(x1, x2) of shape (rows, C, (L+1)²) for (rows, C, L)."""
+    rows, channels, lmax = shape
+    return tuple(torch.randn(rows, channels, (lmax + 1) ** 2, device=device).to(dtype) for _ in range(2))
 
 
 def _kernel_make(shape, dtype, device):
@@ -175,6 +183,17 @@ FAMILIES = [
         bench_cases={"cpu": [((16, 64, 16384), torch.float32)], "cuda": [((1024, 64, 16384), torch.float32)]},
         dtypes=(torch.float32, torch.float64),
         backends=lambda: ssm_ops._VANDERMONDE,
+    ),
+    Family(
+        name="gaunt_tensor_product",
+        make=_gaunt_make,
+        op=lambda x1, x2, backend: fastspec.gaunt_tensor_product(x1, x2, backend=backend),
+        reference=gaunt_reference,
+        baseline=lambda device: ("dense", lambda x1, x2: fastspec.gaunt_tensor_product(x1, x2, method="dense",
+                                                                                       backend="torch")),
+        check_shapes={"cpu": [(3, 2, 1), (4, 3, 4), (2, 2, 8)], "cuda": [(3, 2, 1), (64, 16, 4), (256, 32, 8)]},
+        bench_cases={"cpu": [((1024, 32, 4), torch.float32)], "cuda": [((4096, 128, 6), torch.float32)]},
+        backends=lambda: gaunt_ops._IMPLS,
     ),
 ]
 

@@ -96,3 +96,17 @@ def test_bench_ssm_writes_records(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" for r in records)
     assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "clone"}
     sys.modules.pop("bench_ssm", None)
+
+
+def test_bench_gaunt_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_gaunt
+
+    assert bench_gaunt.main(["--quick", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("gaunt-*.json")
+    records = json.loads(result.read_text())
+    assert {r["op"] for r in records} == {"gaunt_tensor_product", "gaunt_tensor_product fwd+bwd"}
+    assert all(r["status"] == "ok" and r["x_floor"] > 0 and r["note"] == "auto chose method='grid'" for r in records)
+    assert {r["baseline"] for r in records} >= {"dense", "clone"} | ({"e3nn"} if bench_gaunt._e3nn() else set())
+    sys.modules.pop("bench_gaunt", None)
