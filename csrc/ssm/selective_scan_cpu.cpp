@@ -1,0 +1,364 @@
+// Selective scan on the CPU: checks, work split, threads, instruction-set dispatch (the contract is
+// in selective_scan_cpu.h; this file also compiles the generic kernel).
+//
+// Cost: per (row, step, state) one exp, three multiply-adds forward; the backward recomputes the
+// chunk (one exp, stores x and exp(ΔA)) and then about ten multiply-adds. Bytes: u, Δ, z, out
+// once per row, B and C once per row of their group (from L2 for the rows after the first when
+// they fit), the state before each chunk of 64 steps (1/64 of the states) saved for the backward.
+// So the scan is bound by the exp: vectorised over n (W = 4, 8 or 16 float32 lanes, generic, AVX2,
+// AVX-512 chosen at run time as for fwht_cpu), a row's state stays in registers across the chunk.
+//
+// Threads (OpenMP, dynamic schedule: a thread whose core is shared takes fewer): the forward over
+// (batch, channel) rows. The backward over (batch, slice) units, a slice being a fixed run of
+// channels inside one group of every input-dependent B/C (at most 16 slices per batch element,
+// not depending on the thread count); a unit adds its channels' dB/dC into the slice's own partial
+// (batch, slices, N, L) buffer in channel order, then the slices of a group are added in order.
+// Parameter gradients: per-row float64 sums, added over the batch in order afterwards.
+#include "ssm/selective_scan_cpu.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <numeric>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ssm/selective_scan_cpu_kernel.h"
+
+namespace fastspec {
+namespace selective_cpu_detail {
+
+extern const Kernels kGenericKernels = make_kernels<16>();
+
+namespace {
+
+const Kernels& kernels_of(int isa) {
+#if FASTSPEC_CPU_X86
+  if (isa == kCpuAvx512) return kAvx512Kernels;
+  if (isa == kCpuAvx2) return kAvx2Kernels;
+#endif
+  (void)isa;
+  return kGenericKernels;
+}
+
+template <class T>
+RowFn<T> row_fn(const Kernels& k, bool backward) {
+  if constexpr (std::is_same_v<T, float>) {
+    return backward ? k.backward_f32 : k.forward_f32;
+  } else {
+    return backward ? k.backward_f64 : k.forward_f64;
+  }
+}
+
+constexpr int64_t kAlign = 64;
+constexpr int kMaxSlices = 16;  // slices of channels per batch element in the backward
+
+struct Free {
+  void operator()(char* p) const { std::free(p); }
+};
+
+// One thread's Scratch<T> for states padded to Np, carved from `space` (kAlign-aligned).
+template <class T>
+struct ScratchPlan {
+  int64_t Np, bytes;
+
+  explicit ScratchPlan(int64_t Np_) : Np(Np_) {
+    constexpr int64_t c = kSelectiveCpuChunk;
+    const int64_t elems = 3 * Np + 6 * c * Np + Np + Np + 7 * c + 2 * 16 * c;
+    bytes = (elems * static_cast<int64_t>(sizeof(T)) + 19 * kAlign + kAlign - 1) / kAlign * kAlign;
+  }
+
+  Scratch<T> carve(char* space) const {
+    constexpr int64_t c = kSelectiveCpuChunk;
+    auto next = [&](int64_t elems) {
+      T* p = reinterpret_cast<T*>(space);
+      std::memset(p, 0, elems * sizeof(T));
+      space += (elems * static_cast<int64_t>(sizeof(T)) + kAlign - 1) / kAlign * kAlign;
+      return p;
+    };
+    Scratch<T> s;
+    s.a = next(Np);
+    s.B = next(Np);
+    s.C = next(Np);
+    s.Bt = next(c * Np);
+    s.Ct = next(c * Np);
+    s.dBt = next(c * Np);
+    s.dCt = next(c * Np);
+    s.X = next((c + 1) * Np);
+    s.E = next(c * Np);
+    s.x = next(Np);
+    s.dt = next(c);
+    s.dtu = next(c);
+    s.gy = next(c);
+    s.raw = next(c);
+    s.us = next(c);
+    s.zs = next(c);
+    s.ys = next(c);
+    s.acc0 = next(16 * c);
+    s.acc1 = next(16 * c);
+    return s;
+  }
+};
+
+template <class T>
+struct Inputs {
+  const SelectiveScanCpuArgs& args;
+  int64_t chunks, Np;
+
+  const T* p(const void* v) const { return static_cast<const T*>(v); }
+
+  // The row (b, d) of the inputs, with A's row and fixed B, C copied into the scratch.
+  Row<T> row(int64_t b, int64_t d, const Scratch<T>& s) const {
+    const SelectiveScanCpuArgs& a = args;
+    const int64_t L = a.length, N = a.N, r = b * a.channels + d;
+    Row<T> row{};
+    row.L = L;
+    row.N = N;
+    row.Np = Np;
+    row.u = p(a.u) + r * L;
+    row.delta = p(a.delta) + r * L;
+    row.z = a.z != nullptr ? p(a.z) + r * L : nullptr;
+    row.b_var = a.b_groups > 0;
+    row.c_var = a.c_groups > 0;
+    row.softplus = a.softplus;
+    row.has_D = a.D != nullptr;
+    row.D = a.D != nullptr ? p(a.D)[d] : T(0);
+    row.bias = a.bias != nullptr ? p(a.bias)[d] : T(0);
+    row.x0 = a.x0 != nullptr ? p(a.x0) + r * N : nullptr;
+    for (int64_t k = 0; k < N; ++k) s.a[k] = p(a.A)[d * N + k];
+    const void* forms[2] = {a.B, a.C};
+    const int groups[2] = {a.b_groups, a.c_groups};
+    T* fixed[2] = {s.B, s.C};
+    const T** dst[2] = {&row.B, &row.C};
+    for (int i = 0; i < 2; ++i) {
+      if (groups[i] == 0) {
+        for (int64_t k = 0; k < N; ++k) fixed[i][k] = p(forms[i])[d * N + k];
+        *dst[i] = fixed[i];
+      } else {
+        const int64_t g = d / (a.channels / groups[i]);
+        *dst[i] = p(forms[i]) + (b * groups[i] + g) * N * L;
+      }
+    }
+    return row;
+  }
+};
+
+const char* check(const SelectiveScanCpuArgs& a) {
+  if (a.N < 1 || a.N > kSelectiveCpuMaxN) return "selective_scan_cpu: need 1 <= N <= 256";
+  if (a.batch < 0 || a.channels < 1 || a.length < 1) return "selective_scan_cpu: need batch >= 0, D >= 1, L >= 1";
+  for (const int g : {a.b_groups, a.c_groups}) {
+    if (g < 0 || (g > 0 && a.channels % g != 0)) return "selective_scan_cpu: groups must be 0 (fixed) or divide D";
+  }
+  if (a.batch > 0 && (a.u == nullptr || a.delta == nullptr || a.A == nullptr || a.B == nullptr || a.C == nullptr)) {
+    return "selective_scan_cpu: u, delta, A, B and C must not be null";
+  }
+  return nullptr;
+}
+
+int thread_count(int threads, int64_t units) {
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(std::max(threads, 1), units)));
+}
+
+int thread_id() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+template <class T>
+const char* forward(const SelectiveScanCpuArgs& a, T* out, T* last, T* starts, int threads) {
+  const Kernels& kern = kernels_of(cpu_isa_current());
+  const RowFn<T> fn = row_fn<T>(kern, false);
+  const int64_t lanes = kern.vector_bytes / static_cast<int64_t>(sizeof(T));
+  const int64_t rows = a.batch * a.channels, L = a.length, N = a.N;
+  const int64_t chunks = (L + kSelectiveCpuChunk - 1) / kSelectiveCpuChunk;
+  const Inputs<T> in{a, chunks, (N + lanes - 1) / lanes * lanes};
+  const ScratchPlan<T> plan(in.Np);
+  const int nt = thread_count(threads, rows);
+  std::unique_ptr<char, Free> space(static_cast<char*>(std::aligned_alloc(kAlign, nt * plan.bytes)));
+  if (!space) return "selective_scan_cpu: out of memory for the work space";
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const Scratch<T> s = plan.carve(space.get() + thread_id() * plan.bytes);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t r = 0; r < rows; ++r) {
+      Row<T> row = in.row(r / a.channels, r % a.channels, s);
+      row.out = out + r * L;
+      row.last = last + r * N;
+      row.starts = starts + r * N * chunks;
+      fn(row, s);
+    }
+  }
+  return nullptr;
+}
+
+template <class T>
+const char* backward(const SelectiveScanCpuArgs& a, const T* starts, const T* grad_out, const T* grad_last, T* du,
+                     T* ddelta, T* dz, T* dx0, double* dA, void* dB, void* dC, double* dD, double* dbias,
+                     int threads) {
+  const Kernels& kern = kernels_of(cpu_isa_current());
+  const RowFn<T> fn = row_fn<T>(kern, true);
+  const int64_t lanes = kern.vector_bytes / static_cast<int64_t>(sizeof(T));
+  const int64_t batch = a.batch, D = a.channels, L = a.length, N = a.N;
+  const int64_t chunks = (L + kSelectiveCpuChunk - 1) / kSelectiveCpuChunk;
+  const Inputs<T> in{a, chunks, (N + lanes - 1) / lanes * lanes};
+  const ScratchPlan<T> plan(in.Np);
+
+  // Slices: runs of S channels inside one group of every input-dependent B/C; S the smallest
+  // divisor of their common group size that leaves at most kMaxSlices slices.
+  int64_t common = D;
+  for (const int g : {a.b_groups, a.c_groups}) {
+    if (g > 0) common = std::gcd(common, D / g);
+  }
+  int64_t S = 1;
+  while (S < common && (common % S != 0 || D / S > kMaxSlices)) ++S;
+  const int64_t slices = D / S, units = batch * slices;
+
+  // Work space: per-row float64 sums (dA, fixed dB/dC: (batch, D, N); dD, dbias: (batch, D)), the
+  // slices' partial dB/dC (batch, slices, N, L) where a group has more than one slice, per-thread scratch.
+  const bool b_var = a.b_groups > 0, c_var = a.c_groups > 0;
+  const bool b_part = b_var && slices > a.b_groups, c_part = c_var && slices > a.c_groups;
+  const int64_t row_n = batch * D * N, part = batch * slices * N * L;
+  std::vector<double> sums(row_n * (1 + !b_var + !c_var) + 2 * batch * D, 0.0);
+  double* const rows_dA = sums.data();
+  double* const rows_dB = b_var ? nullptr : rows_dA + row_n;
+  double* const rows_dC = c_var ? nullptr : rows_dA + row_n * (1 + !b_var);
+  double* const rows_dD = rows_dA + row_n * (1 + !b_var + !c_var);
+  double* const rows_dbias = rows_dD + batch * D;
+  std::vector<T> partials((b_part ? part : 0) + (c_part ? part : 0), T(0));
+  T* const dB_slices = b_part ? partials.data() : b_var ? static_cast<T*>(dB) : nullptr;
+  T* const dC_slices = c_part ? partials.data() + (b_part ? part : 0) : c_var ? static_cast<T*>(dC) : nullptr;
+  if (b_var && !b_part) std::fill_n(dB_slices, batch * a.b_groups * N * L, T(0));
+  if (c_var && !c_part) std::fill_n(dC_slices, batch * a.c_groups * N * L, T(0));
+
+  const int nt = thread_count(threads, units);
+  std::unique_ptr<char, Free> space(static_cast<char*>(std::aligned_alloc(kAlign, nt * plan.bytes)));
+  if (!space) return "selective_scan_cpu: out of memory for the work space";
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const Scratch<T> s = plan.carve(space.get() + thread_id() * plan.bytes);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t unit = 0; unit < units; ++unit) {
+      const int64_t b = unit / slices, slice = unit % slices;
+      for (int64_t d = slice * S; d < (slice + 1) * S; ++d) {
+        const int64_t r = b * D + d;
+        Row<T> row = in.row(b, d, s);
+        row.starts = const_cast<T*>(starts) + r * N * chunks;
+        row.g = grad_out + r * L;
+        row.g_last = grad_last != nullptr ? grad_last + r * N : nullptr;
+        row.du = du + r * L;
+        row.ddelta = ddelta + r * L;
+        row.dz = a.z != nullptr ? dz + r * L : nullptr;
+        row.dx0 = dx0 != nullptr ? dx0 + r * N : nullptr;
+        row.dA = rows_dA + r * N;
+        row.dB_fixed = rows_dB != nullptr ? rows_dB + r * N : nullptr;
+        row.dC_fixed = rows_dC != nullptr ? rows_dC + r * N : nullptr;
+        // a group's own buffer (one slice per group) or the slice's partial
+        row.dB_var = !b_var ? nullptr
+                     : b_part ? dB_slices + unit * N * L
+                              : dB_slices + (b * a.b_groups + d / (D / a.b_groups)) * N * L;
+        row.dC_var = !c_var ? nullptr
+                     : c_part ? dC_slices + unit * N * L
+                              : dC_slices + (b * a.c_groups + d / (D / a.c_groups)) * N * L;
+        row.dD = rows_dD + r;
+        row.dbias = rows_dbias + r;
+        fn(row, s);
+      }
+    }
+    // the slices of each group in order
+    for (int i = 0; i < 2; ++i) {
+      const bool partial = i ? c_part : b_part;
+      if (!partial) continue;
+      const int64_t G = i ? a.c_groups : a.b_groups, per_group = slices / G;
+      const T* src = i ? dC_slices : dB_slices;
+      T* dst = static_cast<T*>(i ? dC : dB);
+#pragma omp for schedule(static)
+      for (int64_t bg = 0; bg < batch * G; ++bg) {
+        T* out = dst + bg * N * L;
+        const T* first = src + bg * per_group * N * L;
+        std::copy(first, first + N * L, out);
+        for (int64_t q = 1; q < per_group; ++q) {
+          const T* add = first + q * N * L;
+          for (int64_t e = 0; e < N * L; ++e) out[e] += add[e];
+        }
+      }
+    }
+  }
+  // parameters: the per-row sums over the batch, in order
+  for (int64_t e = 0; e < D * N; ++e) {
+    double sA = 0, sB = 0, sC = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      sA += rows_dA[b * D * N + e];
+      if (rows_dB != nullptr) sB += rows_dB[b * D * N + e];
+      if (rows_dC != nullptr) sC += rows_dC[b * D * N + e];
+    }
+    dA[e] = sA;
+    if (!b_var) static_cast<double*>(dB)[e] = sB;
+    if (!c_var) static_cast<double*>(dC)[e] = sC;
+  }
+  for (int64_t d = 0; d < D; ++d) {
+    double sD = 0, sb = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+      sD += rows_dD[b * D + d];
+      sb += rows_dbias[b * D + d];
+    }
+    if (dD != nullptr) dD[d] = sD;
+    if (dbias != nullptr) dbias[d] = sb;
+  }
+  return nullptr;
+}
+
+}  // namespace
+}  // namespace selective_cpu_detail
+
+const char* selective_scan_cpu_forward(const SelectiveScanCpuArgs& args, void* out, void* last, void* starts,
+                                       int threads) {
+  using namespace selective_cpu_detail;
+  if (const char* err = check(args)) return err;
+  if (args.batch == 0) return nullptr;
+  if (out == nullptr || last == nullptr || starts == nullptr) {
+    return "selective_scan_cpu: out, last and starts must not be null";
+  }
+  if (args.float64) {
+    return forward(args, static_cast<double*>(out), static_cast<double*>(last), static_cast<double*>(starts), threads);
+  }
+  return forward(args, static_cast<float*>(out), static_cast<float*>(last), static_cast<float*>(starts), threads);
+}
+
+const char* selective_scan_cpu_backward(const SelectiveScanCpuArgs& args, const void* starts, const void* grad_out,
+                                        const void* grad_last, void* du, void* ddelta, void* dz, void* dx0, double* dA,
+                                        void* dB, void* dC, double* dD, double* dbias, int threads) {
+  using namespace selective_cpu_detail;
+  if (const char* err = check(args)) return err;
+  if (dA == nullptr || dB == nullptr || dC == nullptr || (dz == nullptr) != (args.z == nullptr) ||
+      (dD == nullptr) != (args.D == nullptr) || (dbias == nullptr) != (args.bias == nullptr)) {
+    return "selective_scan_cpu: dA, dB, dC must be given, and dz, dD, dbias exactly when z, D, bias are";
+  }
+  if (args.batch == 0) {  // the parameter gradients are sums over nothing
+    std::fill_n(dA, args.channels * args.N, 0.0);
+    for (int i = 0; i < 2; ++i) {
+      if ((i ? args.c_groups : args.b_groups) == 0) std::fill_n(static_cast<double*>(i ? dC : dB), args.channels * args.N, 0.0);
+    }
+    if (dD != nullptr) std::fill_n(dD, args.channels, 0.0);
+    if (dbias != nullptr) std::fill_n(dbias, args.channels, 0.0);
+    return nullptr;
+  }
+  if (starts == nullptr || grad_out == nullptr || du == nullptr || ddelta == nullptr) {
+    return "selective_scan_cpu: starts, grad_out, du and ddelta must not be null";
+  }
+  if (args.float64) {
+    return backward(args, static_cast<const double*>(starts), static_cast<const double*>(grad_out),
+                    static_cast<const double*>(grad_last), static_cast<double*>(du), static_cast<double*>(ddelta),
+                    static_cast<double*>(dz), static_cast<double*>(dx0), dA, dB, dC, dD, dbias, threads);
+  }
+  return backward(args, static_cast<const float*>(starts), static_cast<const float*>(grad_out),
+                  static_cast<const float*>(grad_last), static_cast<float*>(du), static_cast<float*>(ddelta),
+                  static_cast<float*>(dz), static_cast<float*>(dx0), dA, dB, dC, dD, dbias, threads);
+}
+
+}  // namespace fastspec
