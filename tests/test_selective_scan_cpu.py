@@ -122,8 +122,8 @@ def test_exp_is_within_one_ulp(isa, name):
 @pytest.mark.parametrize("forms", [("var", "group"), ("fixed", "fixed")], ids="-".join)
 def test_thread_counts_give_the_same_bits(threads, forms):
     """Forward and backward: rows and slices are split the same way whatever the threads."""
-    kwargs = make_inputs(3, 12, 150, 5, torch.float32, forms, "all", groups=3)
-    grads = _grads(3, 12, 150, 5)
+    kwargs = make_inputs(3, 48, 150, 5, torch.float32, forms, "all", groups=4)
+    grads = _grads(3, 48, 150, 5)
     runs = []
     for count in (1, 2, 3):
         threads(count)
@@ -149,6 +149,14 @@ def test_every_instruction_set_matches_the_reference(isa, name):
 def test_lengths_around_the_chunk(L):
     kwargs = make_inputs(2, 3, L, 4, torch.float32, ("fixed", "var"), "all")
     _check(kwargs, _grads(2, 3, L, 4))
+
+
+@pytest.mark.parametrize("forms", [("var", "group"), ("fixed", "fixed")], ids="-".join)
+def test_units_of_several_channels(forms):
+    """D = 48 with 4 groups: units of 3 channels (16 per batch element), 4 units per group of C,
+    whose dC partials are added in order."""
+    kwargs = make_inputs(2, 48, 70, 5, torch.float32, forms, "all", groups=4)
+    _check(kwargs, _grads(2, 48, 70, 5))
 
 
 @pytest.mark.parametrize("N", [1, 7, 16, 256])

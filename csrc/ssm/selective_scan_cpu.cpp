@@ -3,17 +3,19 @@
 //
 // Cost: per (row, step, state) one exp, three multiply-adds forward; the backward recomputes the
 // chunk (one exp, stores x and exp(ΔA)) and then about ten multiply-adds. Bytes: u, Δ, z, out
-// once per row, B and C once per row of their group (from L2 for the rows after the first when
-// they fit), the state before each chunk of 64 steps (1/64 of the states) saved for the backward.
+// once per row, B and C once per unit of rows (below), the state before each chunk of 64 steps
+// (1/64 of the states) saved for the backward.
 // So the scan is bound by the exp: vectorised over n (W = 4, 8 or 16 float32 lanes, generic, AVX2,
 // AVX-512 chosen at run time as for fwht_cpu), a row's state stays in registers across the chunk.
 //
-// Threads (OpenMP, dynamic schedule: a thread whose core is shared takes fewer): the forward over
-// (batch, channel) rows. The backward over (batch, slice) units, a slice being a fixed run of
-// channels inside one group of every input-dependent B/C (at most 16 slices per batch element,
-// not depending on the thread count); a unit adds its channels' dB/dC into the slice's own partial
-// (batch, slices, N, L) buffer in channel order, then the slices of a group are added in order.
-// Parameter gradients: per-row float64 sums, added over the batch in order afterwards.
+// Threads (OpenMP, dynamic schedule: a thread whose core is shared takes fewer): forward and
+// backward over (batch, slice) units, a slice being a fixed run of channels inside one group of
+// every input-dependent B/C (at most 16 slices per batch element, not depending on the thread
+// count). A unit makes each chunk of its group's B and C time-major once for all its channels (the
+// transposition cost as much as the scan when done per row); in the backward it adds its channels'
+// dB/dC (in channel order) into its own partial (batch, slices, N, L) buffer, and the slices of a
+// group are added in order at the end. Parameter gradients: per-row float64 sums, added over the
+// batch in order afterwards. So the results do not depend on the thread count.
 #include "ssm/selective_scan_cpu.h"
 
 #include <algorithm>
@@ -45,7 +47,7 @@ const Kernels& kernels_of(int isa) {
 }
 
 template <class T>
-RowFn<T> row_fn(const Kernels& k, bool backward) {
+UnitFn<T> unit_fn(const Kernels& k, bool backward) {
   if constexpr (std::is_same_v<T, float>) {
     return backward ? k.backward_f32 : k.forward_f32;
   } else {
@@ -54,97 +56,108 @@ RowFn<T> row_fn(const Kernels& k, bool backward) {
 }
 
 constexpr int64_t kAlign = 64;
-constexpr int kMaxSlices = 16;  // slices of channels per batch element in the backward
+constexpr int kMaxSlices = 16;  // units of channels per batch element
 
 struct Free {
   void operator()(char* p) const { std::free(p); }
 };
 
-// One thread's Scratch<T> for states padded to Np, carved from `space` (kAlign-aligned).
-template <class T>
-struct ScratchPlan {
-  int64_t Np, bytes;
+// The work split: units (b, slice), a slice S channels inside one group of every input-dependent
+// B/C, S the smallest divisor of their common group size that leaves at most kMaxSlices slices
+// (not depending on the thread count).
+struct Split {
+  int64_t S, slices;
 
-  explicit ScratchPlan(int64_t Np_) : Np(Np_) {
-    constexpr int64_t c = kSelectiveCpuChunk;
-    const int64_t elems = 3 * Np + 6 * c * Np + Np + Np + 7 * c + 2 * 16 * c;
-    bytes = (elems * static_cast<int64_t>(sizeof(T)) + 19 * kAlign + kAlign - 1) / kAlign * kAlign;
+  explicit Split(const SelectiveScanCpuArgs& a) {
+    int64_t common = a.channels;
+    for (const int g : {a.b_groups, a.c_groups}) {
+      if (g > 0) common = std::gcd(common, a.channels / g);
+    }
+    S = 1;
+    while (S < common && (common % S != 0 || a.channels / S > kMaxSlices)) ++S;
+    slices = a.channels / S;
+  }
+};
+
+// One thread's work space: the Scratch<T>, then S rows' a, Bf, Cf, x (Np each), kAlign-aligned.
+template <class T>
+struct Space {
+  int64_t Np, S, bytes;
+
+  static int64_t aligned(int64_t elems) {
+    return (elems * static_cast<int64_t>(sizeof(T)) + kAlign - 1) / kAlign * kAlign;
   }
 
-  Scratch<T> carve(char* space) const {
+  Space(int64_t Np_, int64_t S_) : Np(Np_), S(S_) {
     constexpr int64_t c = kSelectiveCpuChunk;
+    bytes = 4 * aligned(c * Np) + aligned((c + 1) * Np) + aligned(c * Np) + 7 * aligned(c) + 2 * aligned(16 * c) +
+            4 * S * aligned(Np);
+  }
+
+  // The thread's Scratch, and its rows' buffers at rows_space (4·S pieces of Np).
+  Scratch<T> carve(char* space, T** row_buffers) const {
+    constexpr int64_t c = kSelectiveCpuChunk;
+    std::memset(space, 0, bytes);
     auto next = [&](int64_t elems) {
       T* p = reinterpret_cast<T*>(space);
-      std::memset(p, 0, elems * sizeof(T));
-      space += (elems * static_cast<int64_t>(sizeof(T)) + kAlign - 1) / kAlign * kAlign;
+      space += aligned(elems);
       return p;
     };
     Scratch<T> s;
-    s.a = next(Np);
-    s.B = next(Np);
-    s.C = next(Np);
-    s.Bt = next(c * Np);
-    s.Ct = next(c * Np);
-    s.dBt = next(c * Np);
-    s.dCt = next(c * Np);
+    for (T** p : {&s.Bt, &s.Ct, &s.dBt, &s.dCt}) *p = next(c * Np);
     s.X = next((c + 1) * Np);
     s.E = next(c * Np);
-    s.x = next(Np);
-    s.dt = next(c);
-    s.dtu = next(c);
-    s.gy = next(c);
-    s.raw = next(c);
-    s.us = next(c);
-    s.zs = next(c);
-    s.ys = next(c);
+    for (T** p : {&s.dt, &s.dtu, &s.gy, &s.raw, &s.us, &s.zs, &s.ys}) *p = next(c);
     s.acc0 = next(16 * c);
     s.acc1 = next(16 * c);
+    for (int64_t i = 0; i < 4 * S; ++i) row_buffers[i] = next(Np);
     return s;
   }
 };
 
 template <class T>
-struct Inputs {
-  const SelectiveScanCpuArgs& args;
-  int64_t chunks, Np;
+const T* typed(const void* v) {
+  return static_cast<const T*>(v);
+}
 
-  const T* p(const void* v) const { return static_cast<const T*>(v); }
-
-  // The row (b, d) of the inputs, with A's row and fixed B, C copied into the scratch.
-  Row<T> row(int64_t b, int64_t d, const Scratch<T>& s) const {
-    const SelectiveScanCpuArgs& a = args;
-    const int64_t L = a.length, N = a.N, r = b * a.channels + d;
-    Row<T> row{};
+// The rows of unit (b, slice): their slices of the inputs, A's row and fixed B, C rows copied
+// (zero-padded) into the thread's row buffers.
+template <class T>
+void fill_rows(const SelectiveScanCpuArgs& a, int64_t Np, int64_t b, int64_t d0, int64_t S, T* const* buffers,
+               Row<T>* rows) {
+  const int64_t L = a.length, N = a.N;
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t d = d0 + i, r = b * a.channels + d;
+    Row<T>& row = rows[i];
+    row = Row<T>{};
     row.L = L;
     row.N = N;
     row.Np = Np;
-    row.u = p(a.u) + r * L;
-    row.delta = p(a.delta) + r * L;
-    row.z = a.z != nullptr ? p(a.z) + r * L : nullptr;
+    row.u = typed<T>(a.u) + r * L;
+    row.delta = typed<T>(a.delta) + r * L;
+    row.z = a.z != nullptr ? typed<T>(a.z) + r * L : nullptr;
     row.b_var = a.b_groups > 0;
     row.c_var = a.c_groups > 0;
     row.softplus = a.softplus;
     row.has_D = a.D != nullptr;
-    row.D = a.D != nullptr ? p(a.D)[d] : T(0);
-    row.bias = a.bias != nullptr ? p(a.bias)[d] : T(0);
-    row.x0 = a.x0 != nullptr ? p(a.x0) + r * N : nullptr;
-    for (int64_t k = 0; k < N; ++k) s.a[k] = p(a.A)[d * N + k];
-    const void* forms[2] = {a.B, a.C};
-    const int groups[2] = {a.b_groups, a.c_groups};
-    T* fixed[2] = {s.B, s.C};
-    const T** dst[2] = {&row.B, &row.C};
-    for (int i = 0; i < 2; ++i) {
-      if (groups[i] == 0) {
-        for (int64_t k = 0; k < N; ++k) fixed[i][k] = p(forms[i])[d * N + k];
-        *dst[i] = fixed[i];
-      } else {
-        const int64_t g = d / (a.channels / groups[i]);
-        *dst[i] = p(forms[i]) + (b * groups[i] + g) * N * L;
-      }
+    row.D = a.D != nullptr ? typed<T>(a.D)[d] : T(0);
+    row.bias = a.bias != nullptr ? typed<T>(a.bias)[d] : T(0);
+    row.x0 = a.x0 != nullptr ? typed<T>(a.x0) + r * N : nullptr;
+    T* const own[3] = {buffers[4 * i], buffers[4 * i + 1], buffers[4 * i + 2]};
+    row.x = buffers[4 * i + 3];
+    const void* const from[3] = {a.A, a.B, a.C};
+    const bool copy[3] = {true, a.b_groups == 0, a.c_groups == 0};
+    for (int m = 0; m < 3; ++m) {
+      if (!copy[m]) continue;
+      for (int64_t k = 0; k < N; ++k) own[m][k] = typed<T>(from[m])[d * N + k];
     }
-    return row;
+    row.a = own[0];
+    row.Bf = own[1];
+    row.Cf = own[2];
+    if (row.b_var) row.B = typed<T>(a.B) + (b * a.b_groups + d / (a.channels / a.b_groups)) * N * L;
+    if (row.c_var) row.C = typed<T>(a.C) + (b * a.c_groups + d / (a.channels / a.c_groups)) * N * L;
   }
-};
+}
 
 const char* check(const SelectiveScanCpuArgs& a) {
   if (a.N < 1 || a.N > kSelectiveCpuMaxN) return "selective_scan_cpu: need 1 <= N <= 256";
@@ -173,25 +186,35 @@ int thread_id() {
 template <class T>
 const char* forward(const SelectiveScanCpuArgs& a, T* out, T* last, T* starts, int threads) {
   const Kernels& kern = kernels_of(cpu_isa_current());
-  const RowFn<T> fn = row_fn<T>(kern, false);
+  const UnitFn<T> fn = unit_fn<T>(kern, false);
   const int64_t lanes = kern.vector_bytes / static_cast<int64_t>(sizeof(T));
-  const int64_t rows = a.batch * a.channels, L = a.length, N = a.N;
+  const int64_t D = a.channels, L = a.length, N = a.N, Np = (N + lanes - 1) / lanes * lanes;
   const int64_t chunks = (L + kSelectiveCpuChunk - 1) / kSelectiveCpuChunk;
-  const Inputs<T> in{a, chunks, (N + lanes - 1) / lanes * lanes};
-  const ScratchPlan<T> plan(in.Np);
-  const int nt = thread_count(threads, rows);
-  std::unique_ptr<char, Free> space(static_cast<char*>(std::aligned_alloc(kAlign, nt * plan.bytes)));
+  const Split split(a);
+  const int64_t units = a.batch * split.slices;
+  const Space<T> space_of(Np, split.S);
+  const int nt = thread_count(threads, units);
+  std::unique_ptr<char, Free> space(static_cast<char*>(std::aligned_alloc(kAlign, nt * space_of.bytes)));
+  std::vector<Row<T>> all_rows(nt * split.S);
+  std::vector<T*> all_buffers(nt * 4 * split.S);
   if (!space) return "selective_scan_cpu: out of memory for the work space";
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const Scratch<T> s = plan.carve(space.get() + thread_id() * plan.bytes);
+    const int tid = thread_id();
+    T** const buffers = all_buffers.data() + tid * 4 * split.S;
+    Row<T>* const rows = all_rows.data() + tid * split.S;
+    const Scratch<T> s = space_of.carve(space.get() + tid * space_of.bytes, buffers);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t r = 0; r < rows; ++r) {
-      Row<T> row = in.row(r / a.channels, r % a.channels, s);
-      row.out = out + r * L;
-      row.last = last + r * N;
-      row.starts = starts + r * N * chunks;
-      fn(row, s);
+    for (int64_t unit = 0; unit < units; ++unit) {
+      const int64_t b = unit / split.slices, d0 = unit % split.slices * split.S;
+      fill_rows(a, Np, b, d0, split.S, buffers, rows);
+      for (int64_t i = 0; i < split.S; ++i) {
+        const int64_t r = b * D + d0 + i;
+        rows[i].out = out + r * L;
+        rows[i].last = last + r * N;
+        rows[i].starts = starts + r * N * chunks;
+      }
+      fn(rows, static_cast<int>(split.S), s);
     }
   }
   return nullptr;
@@ -202,25 +225,16 @@ const char* backward(const SelectiveScanCpuArgs& a, const T* starts, const T* gr
                      T* ddelta, T* dz, T* dx0, double* dA, void* dB, void* dC, double* dD, double* dbias,
                      int threads) {
   const Kernels& kern = kernels_of(cpu_isa_current());
-  const RowFn<T> fn = row_fn<T>(kern, true);
+  const UnitFn<T> fn = unit_fn<T>(kern, true);
   const int64_t lanes = kern.vector_bytes / static_cast<int64_t>(sizeof(T));
-  const int64_t batch = a.batch, D = a.channels, L = a.length, N = a.N;
+  const int64_t batch = a.batch, D = a.channels, L = a.length, N = a.N, Np = (N + lanes - 1) / lanes * lanes;
   const int64_t chunks = (L + kSelectiveCpuChunk - 1) / kSelectiveCpuChunk;
-  const Inputs<T> in{a, chunks, (N + lanes - 1) / lanes * lanes};
-  const ScratchPlan<T> plan(in.Np);
-
-  // Slices: runs of S channels inside one group of every input-dependent B/C; S the smallest
-  // divisor of their common group size that leaves at most kMaxSlices slices.
-  int64_t common = D;
-  for (const int g : {a.b_groups, a.c_groups}) {
-    if (g > 0) common = std::gcd(common, D / g);
-  }
-  int64_t S = 1;
-  while (S < common && (common % S != 0 || D / S > kMaxSlices)) ++S;
-  const int64_t slices = D / S, units = batch * slices;
+  const Split split(a);
+  const int64_t S = split.S, slices = split.slices, units = batch * slices;
+  const Space<T> space_of(Np, S);
 
   // Work space: per-row float64 sums (dA, fixed dB/dC: (batch, D, N); dD, dbias: (batch, D)), the
-  // slices' partial dB/dC (batch, slices, N, L) where a group has more than one slice, per-thread scratch.
+  // units' partial dB/dC (batch, slices, N, L) where a group has more than one slice.
   const bool b_var = a.b_groups > 0, c_var = a.c_groups > 0;
   const bool b_part = b_var && slices > a.b_groups, c_part = c_var && slices > a.c_groups;
   const int64_t row_n = batch * D * N, part = batch * slices * N * L;
@@ -231,23 +245,34 @@ const char* backward(const SelectiveScanCpuArgs& a, const T* starts, const T* gr
   double* const rows_dD = rows_dA + row_n * (1 + !b_var + !c_var);
   double* const rows_dbias = rows_dD + batch * D;
   std::vector<T> partials((b_part ? part : 0) + (c_part ? part : 0), T(0));
-  T* const dB_slices = b_part ? partials.data() : b_var ? static_cast<T*>(dB) : nullptr;
-  T* const dC_slices = c_part ? partials.data() + (b_part ? part : 0) : c_var ? static_cast<T*>(dC) : nullptr;
-  if (b_var && !b_part) std::fill_n(dB_slices, batch * a.b_groups * N * L, T(0));
-  if (c_var && !c_part) std::fill_n(dC_slices, batch * a.c_groups * N * L, T(0));
+  T* const dB_units = b_part ? partials.data() : b_var ? static_cast<T*>(dB) : nullptr;
+  T* const dC_units = c_part ? partials.data() + (b_part ? part : 0) : c_var ? static_cast<T*>(dC) : nullptr;
+  if (b_var && !b_part) std::fill_n(dB_units, batch * a.b_groups * N * L, T(0));
+  if (c_var && !c_part) std::fill_n(dC_units, batch * a.c_groups * N * L, T(0));
 
   const int nt = thread_count(threads, units);
-  std::unique_ptr<char, Free> space(static_cast<char*>(std::aligned_alloc(kAlign, nt * plan.bytes)));
+  std::unique_ptr<char, Free> space(static_cast<char*>(std::aligned_alloc(kAlign, nt * space_of.bytes)));
+  std::vector<Row<T>> all_rows(nt * S);
+  std::vector<T*> all_buffers(nt * 4 * S);
   if (!space) return "selective_scan_cpu: out of memory for the work space";
 #pragma omp parallel num_threads(nt) if (nt > 1)
   {
-    const Scratch<T> s = plan.carve(space.get() + thread_id() * plan.bytes);
+    const int tid = thread_id();
+    T** const buffers = all_buffers.data() + tid * 4 * S;
+    Row<T>* const rows = all_rows.data() + tid * S;
+    const Scratch<T> s = space_of.carve(space.get() + tid * space_of.bytes, buffers);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t unit = 0; unit < units; ++unit) {
-      const int64_t b = unit / slices, slice = unit % slices;
-      for (int64_t d = slice * S; d < (slice + 1) * S; ++d) {
-        const int64_t r = b * D + d;
-        Row<T> row = in.row(b, d, s);
+      const int64_t b = unit / slices, d0 = unit % slices * S;
+      fill_rows(a, Np, b, d0, S, buffers, rows);
+      // the unit's own partial (several slices per group) or its group's buffer (one slice per group)
+      T* const dB_unit = !b_var ? nullptr : b_part ? dB_units + unit * N * L
+                                                  : dB_units + (b * a.b_groups + d0 / (D / a.b_groups)) * N * L;
+      T* const dC_unit = !c_var ? nullptr : c_part ? dC_units + unit * N * L
+                                                  : dC_units + (b * a.c_groups + d0 / (D / a.c_groups)) * N * L;
+      for (int64_t i = 0; i < S; ++i) {
+        const int64_t r = b * D + d0 + i;
+        Row<T>& row = rows[i];
         row.starts = const_cast<T*>(starts) + r * N * chunks;
         row.g = grad_out + r * L;
         row.g_last = grad_last != nullptr ? grad_last + r * N : nullptr;
@@ -258,24 +283,19 @@ const char* backward(const SelectiveScanCpuArgs& a, const T* starts, const T* gr
         row.dA = rows_dA + r * N;
         row.dB_fixed = rows_dB != nullptr ? rows_dB + r * N : nullptr;
         row.dC_fixed = rows_dC != nullptr ? rows_dC + r * N : nullptr;
-        // a group's own buffer (one slice per group) or the slice's partial
-        row.dB_var = !b_var ? nullptr
-                     : b_part ? dB_slices + unit * N * L
-                              : dB_slices + (b * a.b_groups + d / (D / a.b_groups)) * N * L;
-        row.dC_var = !c_var ? nullptr
-                     : c_part ? dC_slices + unit * N * L
-                              : dC_slices + (b * a.c_groups + d / (D / a.c_groups)) * N * L;
+        row.dB_var = dB_unit;
+        row.dC_var = dC_unit;
         row.dD = rows_dD + r;
         row.dbias = rows_dbias + r;
-        fn(row, s);
       }
+      fn(rows, static_cast<int>(S), s);
     }
     // the slices of each group in order
     for (int i = 0; i < 2; ++i) {
       const bool partial = i ? c_part : b_part;
       if (!partial) continue;
       const int64_t G = i ? a.c_groups : a.b_groups, per_group = slices / G;
-      const T* src = i ? dC_slices : dB_slices;
+      const T* src = i ? dC_units : dB_units;
       T* dst = static_cast<T*>(i ? dC : dB);
 #pragma omp for schedule(static)
       for (int64_t bg = 0; bg < batch * G; ++bg) {

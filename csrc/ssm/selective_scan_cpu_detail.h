@@ -21,11 +21,12 @@ template <class T>
 struct Row {
   int64_t L, N, Np;  // length, state size, N rounded up to the vector lanes
   const T *u, *delta, *z;  // (L,); z may be nullptr
-  const T *a;              // A[d, :] (N,)
-  const T *B, *C;          // fixed: (N,); input-dependent: the row's group, (N, L)
+  const T *a, *Bf, *Cf;    // (Np,) zero-padded copies: A[d, :], fixed B[d, :] and C[d, :]
+  const T *B, *C;          // input-dependent: the row's group, (N, L)
   bool b_var, c_var, softplus, has_D;
-  T D, bias;  // 0 when absent
+  T D, bias;    // 0 when absent
   const T* x0;  // (N,) or nullptr
+  T* x;         // (Np,): the state between chunks (forward), the carried λ (backward)
   // forward
   T *out, *last, *starts;  // (L,), (N,), (N, chunks)
   // backward
@@ -33,29 +34,29 @@ struct Row {
   T *du, *ddelta, *dz, *dx0;  // (L,), (L,), (L,) or nullptr, (N,) or nullptr
   double* dA;                 // (N,): this row's sum over time
   double *dB_fixed, *dC_fixed;  // (N,): this row's sums (fixed forms)
-  T *dB_var, *dC_var;         // (N, L): its slice's partial sums, added to (input-dependent forms)
+  T *dB_var, *dC_var;         // (N, L): its unit's buffer, added to (input-dependent forms)
   double *dD, *dbias;         // this row's sums
 };
 
-// Per-thread work space, every piece 64-byte aligned; c = kSelectiveCpuChunk.
+// Per-thread work space (beside each row's own a, Bf, Cf, x), every piece 64-byte aligned;
+// c = kSelectiveCpuChunk.
 template <class T>
 struct Scratch {
-  T *a, *B, *C;      // (Np,): A's row, fixed B and C rows, zero-padded
   T *Bt, *Ct;        // (c, Np): a chunk of input-dependent B, C, time-major
-  T *dBt, *dCt;      // (c, Np): their gradients for the chunk
+  T *dBt, *dCt;      // (c, Np): their gradients for the chunk, summed over the unit's rows
   T *X, *E;          // (c + 1, Np), (c, Np): the chunk's states (X[0] the start) and decays
-  T *x;              // (Np,): the state / the carried λ
   T *dt, *dtu, *gy, *raw, *us, *zs, *ys;  // (c,): per step of the chunk
   T *acc0, *acc1;    // (c, 16): per-step lane sums (vectors of up to 16 lanes)
 };
 
+// The rows of one unit: count rows whose input-dependent B and C read the same group.
 template <class T>
-using RowFn = void (*)(const Row<T>& row, const Scratch<T>& s);
+using UnitFn = void (*)(const Row<T>* rows, int count, const Scratch<T>& s);
 
 struct Kernels {
   int vector_bytes;
-  RowFn<float> forward_f32, backward_f32;
-  RowFn<double> forward_f64, backward_f64;
+  UnitFn<float> forward_f32, backward_f32;
+  UnitFn<double> forward_f64, backward_f64;
 };
 
 extern const Kernels kGenericKernels;  // 16-byte vectors

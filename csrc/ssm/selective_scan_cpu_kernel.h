@@ -5,10 +5,12 @@
 // after it sets the target. Everything is in an unnamed namespace (each translation unit keeps its
 // own copy); the source exports make_kernels<vector bytes>() as its Kernels table.
 //
-// A row is scanned chunk by chunk (kSelectiveCpuChunk steps). Within a chunk, for each block of
-// W states the W recurrences run together over the chunk's steps, the block's state in one
-// register; what the steps share across n (Σ_n C·x, and in the backward the sums for du and Δ) is
-// accumulated per step as a W-lane vector and summed over the lanes once per chunk, in lane order.
+// A unit of rows (channels reading the same group of B and C) is scanned chunk by chunk
+// (kSelectiveCpuChunk steps), the chunk's input-dependent B and C made time-major once for all its
+// rows. Within a chunk and row, for each block of W states the W recurrences run together over
+// the chunk's steps, the block's state in one register; what the steps share across n (Σ_n C·x,
+// and in the backward the sums for du and Δ) is accumulated per step as a W-lane vector and summed
+// over the lanes once per chunk, in lane order.
 #pragma once
 
 #include "ssm/selective_scan_cpu_detail.h"
@@ -156,7 +158,8 @@ FS_INLINE int chunk_delta(const Row<T>& row, const Scratch<T>& s, int64_t t0, in
   return np;
 }
 
-// Input-dependent B, C of steps [t0, t0 + n) time-major (pads stay zero).
+// Input-dependent B, C of steps [t0, t0 + n) time-major (pads stay zero): once per chunk for all
+// the rows of a unit (they read the same group).
 template <class T>
 FS_INLINE void chunk_bc(const Row<T>& row, const Scratch<T>& s, int64_t t0, int n) {
   for (int which = 0; which < 2; ++which) {
@@ -169,169 +172,183 @@ FS_INLINE void chunk_bc(const Row<T>& row, const Scratch<T>& s, int64_t t0, int 
   }
 }
 
+// The rows of one unit (channels of one group of each input-dependent B/C), chunk by chunk: each
+// row's state in row.x between chunks.
 template <class T, int W>
-void forward_row(const Row<T>& row, const Scratch<T>& s) {
+void forward_unit(const Row<T>* rows, int count, const Scratch<T>& s) {
   using V = typename Vec<T, W>::type;
   constexpr int c = kSelectiveCpuChunk;
-  const int64_t Np = row.Np, chunks = (row.L + c - 1) / c;
-  const int64_t b_step = row.b_var ? Np : 0, c_step = row.c_var ? Np : 0;
-  const T* const Bt = row.b_var ? s.Bt : s.B;
-  const T* const Ct = row.c_var ? s.Ct : s.C;
-  for (int64_t k = 0; k < Np; ++k) s.x[k] = row.x0 != nullptr && k < row.N ? row.x0[k] : T(0);
+  const int64_t Np = rows[0].Np, N = rows[0].N, L = rows[0].L, chunks = (L + c - 1) / c;
+  const int64_t b_step = rows[0].b_var ? Np : 0, c_step = rows[0].c_var ? Np : 0;
+  for (int i = 0; i < count; ++i) {
+    for (int64_t k = 0; k < Np; ++k) rows[i].x[k] = rows[i].x0 != nullptr && k < N ? rows[i].x0[k] : T(0);
+  }
   for (int64_t j = 0; j < chunks; ++j) {
     const int64_t t0 = j * c;
-    const int n = static_cast<int>(std::min<int64_t>(c, row.L - t0));
-    for (int64_t k = 0; k < row.N; ++k) row.starts[k * chunks + j] = s.x[k];
-    const int np = chunk_delta<T, W>(row, s, t0, n);
-    chunk_bc(row, s, t0, n);
-    std::memset(s.acc0, 0, sizeof(T) * 16 * n);
-    for (int64_t k = 0; k < Np; k += W) {
-      const V a = load<V>(s.a + k);
-      V x = load<V>(s.x + k);
-      for (int t = 0; t < n; ++t) {
-        x = vexp<W>(s.dt[t] * a) * x + s.dtu[t] * load<V>(Bt + t * b_step + k);
-        store(s.acc0 + 16 * t, load<V>(s.acc0 + 16 * t) + load<V>(Ct + t * c_step + k) * x);
+    const int n = static_cast<int>(std::min<int64_t>(c, L - t0));
+    chunk_bc(rows[0], s, t0, n);
+    for (int i = 0; i < count; ++i) {
+      const Row<T>& row = rows[i];
+      const T* const Bt = row.b_var ? s.Bt : row.Bf;
+      const T* const Ct = row.c_var ? s.Ct : row.Cf;
+      for (int64_t k = 0; k < N; ++k) row.starts[k * chunks + j] = row.x[k];
+      const int np = chunk_delta<T, W>(row, s, t0, n);
+      std::memset(s.acc0, 0, sizeof(T) * 16 * n);
+      for (int64_t k = 0; k < Np; k += W) {
+        const V a = load<V>(row.a + k);
+        V x = load<V>(row.x + k);
+        for (int t = 0; t < n; ++t) {
+          x = vexp<W>(s.dt[t] * a) * x + s.dtu[t] * load<V>(Bt + t * b_step + k);
+          store(s.acc0 + 16 * t, load<V>(s.acc0 + 16 * t) + load<V>(Ct + t * c_step + k) * x);
+        }
+        store(row.x + k, x);
       }
-      store(s.x + k, x);
-    }
-    for (int t = 0; t < n; ++t) s.ys[t] = lane_sum<T, V, W>(load<V>(s.acc0 + 16 * t));
-    for (int t = 0; t < np; t += W) {
-      V y = load<V>(s.ys + t);
-      if (row.has_D) y += row.D * load<V>(s.us + t);
-      if (row.z != nullptr) {
-        const V z = load<V>(s.zs + t);
-        y *= z * vsigmoid<T, W>(z);
+      for (int t = 0; t < n; ++t) s.ys[t] = lane_sum<T, V, W>(load<V>(s.acc0 + 16 * t));
+      for (int t = 0; t < np; t += W) {
+        V y = load<V>(s.ys + t);
+        if (row.has_D) y += row.D * load<V>(s.us + t);
+        if (row.z != nullptr) {
+          const V z = load<V>(s.zs + t);
+          y *= z * vsigmoid<T, W>(z);
+        }
+        store(s.ys + t, y);
       }
-      store(s.ys + t, y);
+      std::memcpy(row.out + t0, s.ys, sizeof(T) * n);
     }
-    std::memcpy(row.out + t0, s.ys, sizeof(T) * n);
   }
-  for (int64_t k = 0; k < row.N; ++k) row.last[k] = s.x[k];
+  for (int i = 0; i < count; ++i) std::memcpy(rows[i].last, rows[i].x, sizeof(T) * N);
 }
 
-// The gradients of one row, chunks last first (the contract is in selective_scan_cpu.h). λ_t =
-// ∂loss/∂x_t = gy_t·C_t + exp(Δ_{t+1}A)·λ_{t+1}, gy = ∂loss/∂y; with x̃_t = exp(Δ_t A)·x_{t−1}:
+// The gradients of one unit's rows, chunks last first (the contract is in selective_scan_cpu.h).
+// λ_t = ∂loss/∂x_t = gy_t·C_t + exp(Δ_{t+1}A)·λ_{t+1}, gy = ∂loss/∂y; with x̃_t = exp(Δ_t A)·x_{t−1}:
 // dA += λ·x̃·Δ, dΔ_t = Σ_n λ·(B_t·u_t + x̃·A), du_t = Δ_t·Σ_n λ·B_t + gy·D, dB_t = λ·Δ_t·u_t,
-// dC_t = gy_t·x_t, dx0 = exp(Δ_0 A)·λ_0.
+// dC_t = gy_t·x_t, dx0 = exp(Δ_0 A)·λ_0. Each row's λ is carried between chunks in row.x;
+// input-dependent dB, dC are summed over the unit's rows (in order) time-major, then added to the
+// unit's (N, L) buffer once per chunk.
 template <class T, int W>
-void backward_row(const Row<T>& row, const Scratch<T>& s) {
+void backward_unit(const Row<T>* rows, int count, const Scratch<T>& s) {
   using V = typename Vec<T, W>::type;
   constexpr int c = kSelectiveCpuChunk;
-  const int64_t Np = row.Np, chunks = (row.L + c - 1) / c;
-  const int64_t b_step = row.b_var ? Np : 0, c_step = row.c_var ? Np : 0;
-  const T* const Bt = row.b_var ? s.Bt : s.B;
-  const T* const Ct = row.c_var ? s.Ct : s.C;
-  for (int64_t k = 0; k < Np; ++k) s.x[k] = row.g_last != nullptr && k < row.N ? row.g_last[k] : T(0);
-  double dD = 0, dbias = 0;
+  const int64_t Np = rows[0].Np, N = rows[0].N, L = rows[0].L, chunks = (L + c - 1) / c;
+  const int64_t b_step = rows[0].b_var ? Np : 0, c_step = rows[0].c_var ? Np : 0;
+  const bool b_var = rows[0].b_var, c_var = rows[0].c_var;
+  for (int i = 0; i < count; ++i) {
+    for (int64_t k = 0; k < Np; ++k) rows[i].x[k] = rows[i].g_last != nullptr && k < N ? rows[i].g_last[k] : T(0);
+  }
   for (int64_t j = chunks - 1; j >= 0; --j) {
     const int64_t t0 = j * c;
-    const int n = static_cast<int>(std::min<int64_t>(c, row.L - t0));
-    const int np = chunk_delta<T, W>(row, s, t0, n);
-    chunk_bc(row, s, t0, n);
-    // the chunk's states again, from the saved start
-    for (int64_t k = 0; k < Np; ++k) s.X[k] = k < row.N ? row.starts[k * chunks + j] : T(0);
-    std::memset(s.acc0, 0, sizeof(T) * 16 * n);
-    for (int64_t k = 0; k < Np; k += W) {
-      const V a = load<V>(s.a + k);
-      V x = load<V>(s.X + k);
-      for (int t = 0; t < n; ++t) {
-        const V e = vexp<W>(s.dt[t] * a);
-        store(s.E + t * Np + k, e);
-        x = e * x + s.dtu[t] * load<V>(Bt + t * b_step + k);
-        store(s.X + (t + 1) * Np + k, x);
-        store(s.acc0 + 16 * t, load<V>(s.acc0 + 16 * t) + load<V>(Ct + t * c_step + k) * x);
-      }
-    }
-    // gy = ∂loss/∂y through the gate out = y·silu(z); dz = g·y·silu'(z)
-    for (int t = 0; t < np; ++t) {
-      s.gy[t] = t < n ? row.g[t0 + t] : T(0);
-      s.ys[t] = t < n ? lane_sum<T, V, W>(load<V>(s.acc0 + 16 * t)) : T(0);
-    }
-    if (row.z != nullptr) {
-      for (int t = 0; t < np; t += W) {
-        const V z = load<V>(s.zs + t), sz = vsigmoid<T, W>(z), g = load<V>(s.gy + t);
-        V pre = load<V>(s.ys + t);
-        if (row.has_D) pre += row.D * load<V>(s.us + t);
-        store(s.ys + t, g * pre * sz * (T(1) + z * (T(1) - sz)));
-        store(s.gy + t, g * z * sz);
-      }
-      std::memcpy(row.dz + t0, s.ys, sizeof(T) * n);
-    }
-    T dD_chunk = 0;
-    for (int t = 0; t < n; ++t) dD_chunk += s.gy[t] * s.us[t];
-    dD += dD_chunk;
-    // λ from the chunk's last step back to its first
-    std::memset(s.acc0, 0, sizeof(T) * 16 * n);
-    std::memset(s.acc1, 0, sizeof(T) * 16 * n);
-    for (int64_t k = 0; k < Np; k += W) {
-      const V a = load<V>(s.a + k);
-      V lam_next = load<V>(s.x + k);  // exp(Δ A)·λ of the step after (the carry)
-      V dA = V{}, dB = V{}, dC = V{};
-      for (int t = n - 1; t >= 0; --t) {
-        const V Bv = load<V>(Bt + t * b_step + k), Cv = load<V>(Ct + t * c_step + k);
-        const V e = load<V>(s.E + t * Np + k);
-        const V lam = s.gy[t] * Cv + lam_next;
-        const V before = e * load<V>(s.X + t * Np + k);
-        dA += lam * before * s.dt[t];
-        store(s.acc0 + 16 * t, load<V>(s.acc0 + 16 * t) + lam * (Bv * s.us[t] + before * a));
-        store(s.acc1 + 16 * t, load<V>(s.acc1 + 16 * t) + lam * Bv);
-        const V db = lam * s.dtu[t], dc = s.gy[t] * load<V>(s.X + (t + 1) * Np + k);
-        if (row.b_var) {
-          store(s.dBt + t * Np + k, db);
-        } else {
-          dB += db;
+    const int n = static_cast<int>(std::min<int64_t>(c, L - t0));
+    chunk_bc(rows[0], s, t0, n);
+    if (b_var) std::memset(s.dBt, 0, sizeof(T) * n * Np);
+    if (c_var) std::memset(s.dCt, 0, sizeof(T) * n * Np);
+    for (int i = 0; i < count; ++i) {
+      const Row<T>& row = rows[i];
+      const T* const Bt = b_var ? s.Bt : row.Bf;
+      const T* const Ct = c_var ? s.Ct : row.Cf;
+      const int np = chunk_delta<T, W>(row, s, t0, n);
+      // the chunk's states again, from the saved start
+      for (int64_t k = 0; k < Np; ++k) s.X[k] = k < N ? row.starts[k * chunks + j] : T(0);
+      std::memset(s.acc0, 0, sizeof(T) * 16 * n);
+      for (int64_t k = 0; k < Np; k += W) {
+        const V a = load<V>(row.a + k);
+        V x = load<V>(s.X + k);
+        for (int t = 0; t < n; ++t) {
+          const V e = vexp<W>(s.dt[t] * a);
+          store(s.E + t * Np + k, e);
+          x = e * x + s.dtu[t] * load<V>(Bt + t * b_step + k);
+          store(s.X + (t + 1) * Np + k, x);
+          store(s.acc0 + 16 * t, load<V>(s.acc0 + 16 * t) + load<V>(Ct + t * c_step + k) * x);
         }
-        if (row.c_var) {
-          store(s.dCt + t * Np + k, dc);
-        } else {
-          dC += dc;
+      }
+      // gy = ∂loss/∂y through the gate out = y·silu(z); dz = g·y·silu'(z)
+      for (int t = 0; t < np; ++t) {
+        s.gy[t] = t < n ? row.g[t0 + t] : T(0);
+        s.ys[t] = t < n ? lane_sum<T, V, W>(load<V>(s.acc0 + 16 * t)) : T(0);
+      }
+      if (row.z != nullptr) {
+        for (int t = 0; t < np; t += W) {
+          const V z = load<V>(s.zs + t), sz = vsigmoid<T, W>(z), g = load<V>(s.gy + t);
+          V pre = load<V>(s.ys + t);
+          if (row.has_D) pre += row.D * load<V>(s.us + t);
+          store(s.ys + t, g * pre * sz * (T(1) + z * (T(1) - sz)));
+          store(s.gy + t, g * z * sz);
         }
-        lam_next = e * lam;
+        std::memcpy(row.dz + t0, s.ys, sizeof(T) * n);
       }
-      store(s.x + k, lam_next);
-      for (int i = 0; i < W && k + i < row.N; ++i) {
-        row.dA[k + i] += dA[i];
-        if (!row.b_var) row.dB_fixed[k + i] += dB[i];
-        if (!row.c_var) row.dC_fixed[k + i] += dC[i];
+      T dD = 0;
+      for (int t = 0; t < n; ++t) dD += s.gy[t] * s.us[t];
+      *row.dD += dD;
+      // λ from the chunk's last step back to its first
+      std::memset(s.acc0, 0, sizeof(T) * 16 * n);
+      std::memset(s.acc1, 0, sizeof(T) * 16 * n);
+      for (int64_t k = 0; k < Np; k += W) {
+        const V a = load<V>(row.a + k);
+        V lam_next = load<V>(row.x + k);  // exp(Δ A)·λ of the step after (the carry)
+        V dA = V{}, dB = V{}, dC = V{};
+        for (int t = n - 1; t >= 0; --t) {
+          const V Bv = load<V>(Bt + t * b_step + k), Cv = load<V>(Ct + t * c_step + k);
+          const V e = load<V>(s.E + t * Np + k);
+          const V lam = s.gy[t] * Cv + lam_next;
+          const V before = e * load<V>(s.X + t * Np + k);
+          dA += lam * before * s.dt[t];
+          store(s.acc0 + 16 * t, load<V>(s.acc0 + 16 * t) + lam * (Bv * s.us[t] + before * a));
+          store(s.acc1 + 16 * t, load<V>(s.acc1 + 16 * t) + lam * Bv);
+          const V db = lam * s.dtu[t], dc = s.gy[t] * load<V>(s.X + (t + 1) * Np + k);
+          if (b_var) {
+            store(s.dBt + t * Np + k, load<V>(s.dBt + t * Np + k) + db);
+          } else {
+            dB += db;
+          }
+          if (c_var) {
+            store(s.dCt + t * Np + k, load<V>(s.dCt + t * Np + k) + dc);
+          } else {
+            dC += dc;
+          }
+          lam_next = e * lam;
+        }
+        store(row.x + k, lam_next);
+        for (int l = 0; l < W && k + l < N; ++l) {
+          row.dA[k + l] += dA[l];
+          if (!b_var) row.dB_fixed[k + l] += dB[l];
+          if (!c_var) row.dC_fixed[k + l] += dC[l];
+        }
       }
-    }
-    for (int t = 0; t < np; ++t) {
-      s.ys[t] = t < n ? lane_sum<T, V, W>(load<V>(s.acc0 + 16 * t)) : T(0);  // ∂loss/∂Δ
-      const T du = t < n ? s.dt[t] * lane_sum<T, V, W>(load<V>(s.acc1 + 16 * t)) : T(0);
-      s.us[t] = row.has_D ? du + s.gy[t] * row.D : du;
-    }
-    std::memcpy(row.du + t0, s.us, sizeof(T) * n);
-    if (row.softplus) {  // d softplus / d raw as F.softplus computes it: 1 above the threshold 20
-      for (int t = 0; t < np; t += W) {
-        const V raw = load<V>(s.raw + t), ddt = load<V>(s.ys + t);
-        store(s.ys + t, raw > T(20) ? ddt : ddt * vsigmoid<T, W>(raw));
+      for (int t = 0; t < np; ++t) {
+        s.ys[t] = t < n ? lane_sum<T, V, W>(load<V>(s.acc0 + 16 * t)) : T(0);  // ∂loss/∂Δ
+        const T du = t < n ? s.dt[t] * lane_sum<T, V, W>(load<V>(s.acc1 + 16 * t)) : T(0);
+        s.us[t] = row.has_D ? du + s.gy[t] * row.D : du;
       }
+      std::memcpy(row.du + t0, s.us, sizeof(T) * n);
+      if (row.softplus) {  // d softplus / d raw as F.softplus computes it: 1 above the threshold 20
+        for (int t = 0; t < np; t += W) {
+          const V raw = load<V>(s.raw + t), ddt = load<V>(s.ys + t);
+          store(s.ys + t, raw > T(20) ? ddt : ddt * vsigmoid<T, W>(raw));
+        }
+      }
+      std::memcpy(row.ddelta + t0, s.ys, sizeof(T) * n);
+      T dbias = 0;
+      for (int t = 0; t < n; ++t) dbias += s.ys[t];
+      *row.dbias += dbias;
     }
-    std::memcpy(row.ddelta + t0, s.ys, sizeof(T) * n);
-    T dbias_chunk = 0;
-    for (int t = 0; t < n; ++t) dbias_chunk += s.ys[t];
-    dbias += dbias_chunk;
     for (int which = 0; which < 2; ++which) {
-      if (!(which ? row.c_var : row.b_var)) continue;
+      if (!(which ? c_var : b_var)) continue;
       const T* src = which ? s.dCt : s.dBt;
-      T* dst = (which ? row.dC_var : row.dB_var) + t0;
-      for (int64_t k = 0; k < row.N; ++k) {
-        for (int t = 0; t < n; ++t) dst[k * row.L + t] += src[t * Np + k];
+      T* dst = (which ? rows[0].dC_var : rows[0].dB_var) + t0;
+      for (int64_t k = 0; k < N; ++k) {
+        for (int t = 0; t < n; ++t) dst[k * L + t] += src[t * Np + k];
       }
     }
   }
-  if (row.dx0 != nullptr) {
-    for (int64_t k = 0; k < row.N; ++k) row.dx0[k] = s.x[k];
+  for (int i = 0; i < count; ++i) {
+    if (rows[i].dx0 != nullptr) std::memcpy(rows[i].dx0, rows[i].x, sizeof(T) * N);
   }
-  if (row.dD != nullptr) *row.dD += dD;
-  if (row.dbias != nullptr) *row.dbias += dbias;
 }
 
 // Vectors of `Bytes` bytes: W = Bytes / sizeof(T) lanes.
 template <int Bytes>
 constexpr Kernels make_kernels() {
-  return Kernels{Bytes, &forward_row<float, Bytes / 4>, &backward_row<float, Bytes / 4>,
-                 &forward_row<double, Bytes / 8>, &backward_row<double, Bytes / 8>};
+  return Kernels{Bytes, &forward_unit<float, Bytes / 4>, &backward_unit<float, Bytes / 4>,
+                 &forward_unit<double, Bytes / 8>, &backward_unit<double, Bytes / 8>};
 }
 
 #undef FS_INLINE
