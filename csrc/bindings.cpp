@@ -202,6 +202,61 @@ std::vector<at::Tensor> selective_scan_cpu_backward_op(
   TORCH_CHECK(err == nullptr, err, " (u of shape ", u.sizes(), ", N = ", args.N, ")");
   return {du, ddelta, dA, dB, dC, dD, dz, dbias, dx0};
 }
+
+// fastspec::selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> (new state, y):
+// state (B, H, D, N), x, dt, z (B, H, D), A (H, D, N), B, C (B, G, N), D, dt_bias (H, D); contiguous
+// CPU tensors of one dtype, float32 or float64 (the Python side converts and writes the state back).
+std::tuple<at::Tensor, at::Tensor> selective_state_update_cpu_op(
+    const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+  const auto st = state.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "selective_state_update_cpu: state must be float32 or float64, got ",
+              st);
+  TORCH_CHECK(state.dim() == 4 && B.dim() == 3 && B.size(1) >= 1 && state.size(1) % B.size(1) == 0,
+              "selective_state_update_cpu: state must be (B, H, D, N) and B (B, G, N) with G dividing H, got ",
+              state.sizes(), " and ", B.sizes());
+  const int64_t batch = state.size(0), heads = state.size(1), dim = state.size(2), N = state.size(3);
+  const auto same = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == st && t.is_contiguous() && t.sizes() == shape,
+                "selective_state_update_cpu: ", name, " must be a contiguous ", st, " CPU tensor of shape ", shape,
+                ", got ", t.scalar_type(), " ", t.device(), " of shape ", t.sizes(), " and strides ", t.strides());
+  };
+  same("state", state, state.sizes());
+  same("x", x, {batch, heads, dim});
+  same("dt", dt, {batch, heads, dim});
+  same("A", A, {heads, dim, N});
+  same("B", B, {batch, B.size(1), N});
+  same("C", C, {batch, B.size(1), N});
+  const auto optional = [&](const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef shape) {
+    if (!t.has_value()) return static_cast<const void*>(nullptr);
+    same(name, *t, shape);
+    return static_cast<const void*>(t->data_ptr());
+  };
+  at::Tensor new_state = state.clone();
+  at::Tensor y = at::empty_like(x);
+  StateUpdateCpuArgs args{};
+  args.batch = batch;
+  args.heads = heads;
+  args.dim = dim;
+  args.N = N;
+  args.groups = B.size(1);
+  args.softplus = dt_softplus;
+  args.float64 = st == at::kDouble;
+  args.state = new_state.data_ptr();
+  args.x = x.data_ptr();
+  args.dt = dt.data_ptr();
+  args.A = A.data_ptr();
+  args.B = B.data_ptr();
+  args.C = C.data_ptr();
+  args.D = optional("D", D, {heads, dim});
+  args.z = optional("z", z, {batch, heads, dim});
+  args.bias = optional("dt_bias", dt_bias, {heads, dim});
+  args.y = y.data_ptr();
+  const char* err = selective_state_update_cpu(args, at::get_num_threads());
+  TORCH_CHECK(err == nullptr, err, " (state of shape ", state.sizes(), ")");
+  return {new_state, y};
+}
 #endif
 
 #ifdef FASTSPEC_WITH_CUDA
@@ -331,6 +386,7 @@ TORCH_LIBRARY_IMPL(fastspec, CPU, m) {
   m.impl("fwht_cpu", &fastspec::fwht_cpu);
   m.impl("selective_scan_cpu", &fastspec::selective_scan_cpu_op);
   m.impl("selective_scan_cpu_backward", &fastspec::selective_scan_cpu_backward_op);
+  m.impl("selective_state_update_cpu", &fastspec::selective_state_update_cpu_op);
 }
 #endif
 

@@ -33,8 +33,6 @@ def assert_grad_close(name, grad, ref, kwargs):
     assert_close(grad.flatten() if summed else grad, ref.flatten() if summed else ref)
 
 BACKENDS = backend_params("torch", "triton", "cpu")
-STATE_UPDATE_BACKENDS = backend_params("torch", "triton")
-"""selective_state_update (and the layer's step) has no cpu backend: torch and Triton."""
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 FORMS = [("fixed", "fixed"), ("var", "var"), ("group", "group"), ("fixed", "var"), ("var", "group")]
 OPTIONS = {  # which optional inputs a call has
@@ -306,7 +304,7 @@ def test_compile_fullgraph(backend):
 # --------------------------------------------------------------------------- decoding step
 
 
-@pytest.mark.parametrize("backend", STATE_UPDATE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_state_update_continues_the_scan(backend, dtype):
     """selective_scan over L tokens, then selective_state_update with token L+1, gives the
@@ -326,7 +324,7 @@ def test_state_update_continues_the_scan(backend, dtype):
     torch.testing.assert_close(state, full_last, **tol)
 
 
-@pytest.mark.parametrize("backend", STATE_UPDATE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("heads", [None, (4, 2), (4, 1), (3, 3)], ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_state_update_matches_reference(backend, heads, dtype):
@@ -347,7 +345,7 @@ def test_state_update_matches_reference(backend, heads, dtype):
     assert_close(state, expect_state)
 
 
-@pytest.mark.parametrize("backend", STATE_UPDATE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_state_update_takes_an_expanded_a_and_half_state(backend):
     """Mamba-2 passes A (H,) expanded to (H, D, N) with stride 0, and may keep a bf16 state
     (here a strided view into a larger cache, written through in place)."""
@@ -363,7 +361,7 @@ def test_state_update_takes_an_expanded_a_and_half_state(backend):
     assert_close(cache[..., ::2], expect_state)
 
 
-@pytest.mark.parametrize("backend", STATE_UPDATE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_state_update_opcheck(backend):
     state, x, dt, z = torch.randn(2, 4, 3, device=DEVICE), torch.randn(2, 4, device=DEVICE), torch.rand(
         2, 4, device=DEVICE), torch.randn(2, 4, device=DEVICE)
@@ -494,7 +492,7 @@ def test_selective_ssm_forward_is_the_mamba_mixer(backend):
         torch.testing.assert_close(layer(hidden), _mamba_by_hand(layer, hidden), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", STATE_UPDATE_BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_selective_ssm_step_matches_forward_token_by_token(backend):
     """Decoding from empty states, and after a prompt (forward with a cache), gives the
     full forward's output at every position."""
@@ -532,15 +530,15 @@ def test_selective_ssm_init_and_training():
 
 def test_auto_table_on_cuda(monkeypatch):
     """CUDA tensors take Triton where it takes the call (N <= 256 for the scans, <= 1024 for
-    the S4D kernel), torch otherwise; CPU tensors take the C++ kernel for selective_scan
-    (N <= 256) and torch for the rest (checked as if every backend were here)."""
+    the S4D kernel), torch otherwise; CPU tensors take the C++ kernels for selective_scan
+    (N <= 256) and its decoding step, torch for the rest (checked as if every backend were here)."""
     from fastspec.ops import ssm
 
     monkeypatch.setattr(ssm._backend, "device_ok", lambda name, device: None)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for op in ("linear_scan", "selective_scan", "selective_state_update", "ssm_kernel"):
         assert ssm._auto_choice(op, cuda, 16) == "triton"
-        assert ssm._auto_choice(op, cpu, 16) == ("cpu" if op == "selective_scan" else "torch")
+        assert ssm._auto_choice(op, cpu, 16) == ("cpu" if op.startswith("selective") else "torch")
     assert ssm._auto_choice("selective_scan", cpu, 256) == "cpu"
     assert ssm._auto_choice("selective_scan", cpu, 257) == "torch"
     assert ssm._auto_choice("selective_scan", cuda, 257) == "torch"

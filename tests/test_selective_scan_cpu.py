@@ -1,12 +1,13 @@
-"""The C++ selective scan (backend "cpu", csrc/ssm/selective_scan_cpu*): what the backend-
-parametrised tests of test_selective_scan.py do not reach — its exp, thread counts and
-instruction sets, the chunk edges, N from 1 to its bound, large |Δ·A|, and its op's own
+"""The C++ selective scan and decoding step (backend "cpu", csrc/ssm/selective_scan_cpu*): what
+the backend-parametrised tests of test_selective_scan.py do not reach — its exp, thread counts
+and instruction sets, the chunk edges, N from 1 to its bound, large |Δ·A|, and its ops' own
 checks. CPU tensors throughout, so that on a GPU machine too (where the others run on CUDA)."""
 import pytest
 import torch
 
 import fastspec
 from fastspec.ops import ssm as ops
+from fastspec.reference.ssm import selective_state_update_reference
 
 from test_selective_scan import NAMES, assert_close, assert_grad_close, make_inputs, reference
 
@@ -269,3 +270,33 @@ def test_kernel_op_checks_its_arguments(change, message):
         args[name] = fn(args[name])
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fastspec.selective_scan_cpu(*(args[n] for n in NAMES), True)
+
+
+# --------------------------------------------------------------------------- decoding step
+
+
+@pytest.mark.parametrize("N", [1, 13, 300])
+@pytest.mark.parametrize("heads", [None, (4, 2)], ids=str)
+def test_state_update_sizes(N, heads):
+    """A last partial vector of states, and N above the scan's bound (the step has none)."""
+    batch, dim = 3, 5
+    lead = (batch, dim) if heads is None else (batch, heads[0], dim)
+    state = torch.randn(*lead, N)
+    x, dt, z = torch.randn(lead), torch.randn(lead), torch.randn(lead)
+    A = -torch.rand(*lead[1:], N) - 0.5
+    bc_shape = (batch, N) if heads is None else (batch, heads[1], N)
+    B, C = torch.randn(bc_shape), torch.randn(bc_shape)
+    D, dt_bias = torch.randn(lead[1:]), torch.randn(lead[1:])
+    expect_state, expect_y = selective_state_update_reference(state, x, dt, A, B, C, D, z, dt_bias, True)
+    y = fastspec.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, True, backend="cpu")
+    assert_close(y, expect_y)
+    assert_close(state, expect_state)
+
+
+def test_state_update_kernel_opcheck():
+    args = (torch.randn(2, 2, 3, 5), torch.randn(2, 2, 3), torch.rand(2, 2, 3), -torch.rand(2, 3, 5),
+            torch.randn(2, 1, 5), torch.randn(2, 1, 5), torch.randn(2, 3), torch.randn(2, 2, 3), torch.randn(2, 3), True)
+    torch.library.opcheck(torch.ops.fastspec.selective_state_update_cpu.default, args)
+    with pytest.raises(RuntimeError, match="x must be a contiguous"):
+        torch.ops.fastspec.selective_state_update_cpu(args[0], args[1].transpose(1, 2).contiguous().transpose(1, 2),
+                                                      *args[2:])

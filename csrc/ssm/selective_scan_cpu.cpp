@@ -381,4 +381,27 @@ const char* selective_scan_cpu_backward(const SelectiveScanCpuArgs& args, const 
                   static_cast<float*>(dz), static_cast<float*>(dx0), dA, dB, dC, dD, dbias, threads);
 }
 
+const char* selective_state_update_cpu(const StateUpdateCpuArgs& a, int threads) {
+  using namespace selective_cpu_detail;
+  if (a.N < 1 || a.batch < 0 || a.heads < 1 || a.dim < 1 || a.groups < 1 || a.heads % a.groups != 0) {
+    return "selective_state_update_cpu: need N >= 1, batch >= 0, heads, dim >= 1 and groups dividing heads";
+  }
+  const int64_t rows = a.batch * a.heads * a.dim;
+  if (rows == 0) return nullptr;
+  if (a.state == nullptr || a.x == nullptr || a.dt == nullptr || a.A == nullptr || a.B == nullptr ||
+      a.C == nullptr || a.y == nullptr) {
+    return "selective_state_update_cpu: state, x, dt, A, B, C and y must not be null";
+  }
+  const Kernels& kern = kernels_of(cpu_isa_current());
+  const StateUpdateFn fn = a.float64 ? kern.state_update_f64 : kern.state_update_f32;
+  constexpr int64_t kRowsPerTask = 64;
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const int nt = thread_count(threads, tasks * a.N / 512 + 1);  // threads only for large steps
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) {
+    fn(a, task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
+  }
+  return nullptr;
+}
+
 }  // namespace fastspec

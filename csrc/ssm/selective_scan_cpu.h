@@ -47,4 +47,21 @@ const char* selective_scan_cpu_backward(const SelectiveScanCpuArgs& args, const 
                                         const void* grad_last, void* du, void* ddelta, void* dz, void* dx0, double* dA,
                                         void* dB, void* dC, double* dD, double* dbias, int threads);
 
+// One decoding step (mamba_ssm's selective_state_update), rows (b, h, d) of heads·dim channels:
+//   Δ = softplus(dt + bias) (threshold 20) or dt + bias,  state ← exp(Δ·A)·state + Δ·x·B,
+//   y = (Σ_n C[n]·state[n] + D·x)·silu(z)
+// state (batch, heads, dim, N) is read and written in place; x, dt, z, y: (batch, heads, dim);
+// A: (heads, dim, N); B, C: (batch, groups, N), head h reading group h / (heads / groups);
+// D, bias: (heads, dim). Contiguous, in T (float32, or float64 when `float64`); z, D, bias may be
+// nullptr. Returns nullptr or a message that names the argument it cannot handle.
+struct StateUpdateCpuArgs {
+  int64_t batch, heads, dim, N, groups;
+  bool softplus, float64;
+  void* state;
+  const void *x, *dt, *z, *A, *B, *C, *D, *bias;
+  void* y;
+};
+
+const char* selective_state_update_cpu(const StateUpdateCpuArgs& args, int threads);
+
 }  // namespace fastspec

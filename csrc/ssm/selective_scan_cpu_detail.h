@@ -53,10 +53,13 @@ struct Scratch {
 template <class T>
 using UnitFn = void (*)(const Row<T>* rows, int count, const Scratch<T>& s);
 
+using StateUpdateFn = void (*)(const StateUpdateCpuArgs& args, int64_t r0, int64_t r1);
+
 struct Kernels {
   int vector_bytes;
   UnitFn<float> forward_f32, backward_f32;
   UnitFn<double> forward_f64, backward_f64;
+  StateUpdateFn state_update_f32, state_update_f64;
 };
 
 extern const Kernels kGenericKernels;  // 16-byte vectors

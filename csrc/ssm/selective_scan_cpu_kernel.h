@@ -344,11 +344,73 @@ void backward_unit(const Row<T>* rows, int count, const Scratch<T>& s) {
   }
 }
 
+// Decoding steps of rows [r0, r1) (selective_state_update, contract in selective_scan_cpu.h): the
+// state vectorised over n, a last partial vector through a zero-padded copy.
+template <class T, int W>
+void state_update_rows(const StateUpdateCpuArgs& a, int64_t r0, int64_t r1) {
+  using V = typename Vec<T, W>::type;
+  const int64_t N = a.N, hd = a.heads * a.dim, per_group = a.heads / a.groups;
+  const T* const p[] = {static_cast<const T*>(a.x), static_cast<const T*>(a.dt), static_cast<const T*>(a.z),
+                        static_cast<const T*>(a.A), static_cast<const T*>(a.B), static_cast<const T*>(a.C),
+                        static_cast<const T*>(a.D), static_cast<const T*>(a.bias)};
+  const T *x = p[0], *dtp = p[1], *zp = p[2], *A = p[3], *B = p[4], *C = p[5], *Dp = p[6], *bias = p[7];
+  T* const state = static_cast<T*>(a.state);
+  T* const yp = static_cast<T*>(a.y);
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t b = r / hd, hdi = r % hd, h = hdi / a.dim;
+    const T* const Ar = A + hdi * N;
+    const T* const Br = B + (b * a.groups + h / per_group) * N;
+    const T* const Cr = C + (b * a.groups + h / per_group) * N;
+    T* const st = state + r * N;
+    V raw = splat<V>(dtp[r] + (bias != nullptr ? bias[hdi] : T(0)));
+    const V dt = a.softplus ? vsoftplus<T, W>(raw) : raw;
+    const V dtx = dt * x[r];
+    V acc = V{};
+    for (int64_t k = 0; k < N; k += W) {
+      V av, bv, cv, sv;
+      const int64_t m = std::min<int64_t>(W, N - k);
+      if (m == W) {
+        av = load<V>(Ar + k);
+        bv = load<V>(Br + k);
+        cv = load<V>(Cr + k);
+        sv = load<V>(st + k);
+      } else {
+        av = bv = cv = sv = V{};
+        for (int64_t l = 0; l < m; ++l) {
+          av[l] = Ar[k + l];
+          bv[l] = Br[k + l];
+          cv[l] = Cr[k + l];
+          sv[l] = st[k + l];
+        }
+      }
+      sv = vexp<W>(dt * av) * sv + dtx * bv;
+      acc += cv * sv;
+      if (m == W) {
+        store(st + k, sv);
+      } else {
+        for (int64_t l = 0; l < m; ++l) st[k + l] = sv[l];
+      }
+    }
+    V y = splat<V>(lane_sum<T, V, W>(acc));
+    if (Dp != nullptr) y += Dp[hdi] * x[r];
+    if (zp != nullptr) {
+      const V z = splat<V>(zp[r]);
+      y *= z * vsigmoid<T, W>(z);
+    }
+    yp[r] = y[0];
+  }
+}
+
 // Vectors of `Bytes` bytes: W = Bytes / sizeof(T) lanes.
 template <int Bytes>
 constexpr Kernels make_kernels() {
-  return Kernels{Bytes, &forward_unit<float, Bytes / 4>, &backward_unit<float, Bytes / 4>,
-                 &forward_unit<double, Bytes / 8>, &backward_unit<double, Bytes / 8>};
+  return Kernels{Bytes,
+                 &forward_unit<float, Bytes / 4>,
+                 &backward_unit<float, Bytes / 4>,
+                 &forward_unit<double, Bytes / 8>,
+                 &backward_unit<double, Bytes / 8>,
+                 &state_update_rows<float, Bytes / 4>,
+                 &state_update_rows<double, Bytes / 8>};
 }
 
 #undef FS_INLINE

@@ -41,7 +41,8 @@ times 16 PyTorch calls per level, never a Python loop over all T steps, and O(T)
 # backend="auto" on a CUDA tensor: the first of these that takes the call (Triton passed its
 # tests on the interpreter, DESIGN.md; measured crossovers go here once a GPU has run
 # bench_ssm); on a CPU tensor the C++ kernel of fastspec._C where the op has one and it takes the
-# call (selective_scan: 4-5x faster than torch at every size bench_ssm runs, README), else torch.
+# call (selective_scan and its decoding step; faster than torch at every size bench_ssm runs,
+# README), else torch.
 AUTO_CUDA = ("triton", "torch")
 AUTO_CPU = ("cpu", "torch")
 
@@ -730,7 +731,9 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     through the last state too (double backward through the torch path);
     ``torch.compile(fullgraph=True)`` works. The Triton backward is deterministic (no float
     atomics) under ``torch.use_deterministic_algorithms(True)``.
-    backend: 'auto' | 'torch' | 'triton' (N ≤ 256) (env FASTSPEC_BACKEND replaces 'auto').
+    backend: 'auto' | 'torch' | 'triton' (N ≤ 256) | 'cpu' (CPU tensors, N ≤ 256; fastspec._C's
+    C++ kernel, which 'auto' picks for CPU tensors where it is built) (env FASTSPEC_BACKEND
+    replaces 'auto').
     Raises TypeError for a wrong type or dtype, ValueError for a wrong shape or device or a
     size the backend does not take, RuntimeError for a backend that cannot run here.
     """
@@ -774,7 +777,39 @@ def _state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, softplus):
     return kernels.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus)
 
 
-_STATE_UPDATE = {"torch": _state_update_torch, "triton": _state_update_triton}
+torch.library.define(
+    "fastspec::selective_state_update_cpu",
+    "(Tensor state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, "
+    "bool dt_softplus) -> (Tensor, Tensor)")
+
+
+@torch.library.register_fake("fastspec::selective_state_update_cpu")
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return state.new_empty(state.shape), x.new_empty(x.shape)
+
+
+@functools.cache
+def _cpu_state_update_op():
+    import fastspec._C  # noqa: F401  (registers the CPU kernel of fastspec::selective_state_update_cpu)
+
+    return torch.ops.fastspec.selective_state_update_cpu.default
+
+
+def _state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, softplus):
+    """The C++ step (csrc/ssm/selective_scan_cpu.h) on the multi-head layout (single-head as
+    one head), every tensor converted to a contiguous one of the computing dtype; the new state
+    is written back into ``state`` (in its dtype and strides)."""
+    acc = torch.float64 if torch.float64 in (state.dtype, x.dtype) else torch.float32
+    heads = state.dim() == 4
+    prepared = [None if t is None else (t if heads else t.unsqueeze(1 if lead else 0)).to(acc).contiguous()
+                for t, lead in ((state, True), (x, True), (dt, True), (A, False), (B, True), (C, True), (D, False),
+                                (z, True), (dt_bias, False))]
+    new_state, y = _cpu_state_update_op()(*prepared, softplus)
+    state.copy_(new_state.reshape(state.shape))
+    return y.reshape(x.shape).to(x.dtype)
+
+
+_STATE_UPDATE = {"torch": _state_update_torch, "triton": _state_update_triton, "cpu": _state_update_cpu}
 
 
 def _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus) -> None:
@@ -842,7 +877,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     state written back in its dtype. Returns y in x's dtype. After ``selective_scan(...,
     return_last_state=True)`` it continues that scan: a step with the next token gives
     the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch' | 'triton'
-    (N ≤ 256).
+    (N ≤ 256) | 'cpu' (CPU tensors; fastspec._C's C++ step).
     """
     _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     chosen = choose_backend("selective_state_update", backend, state.device, state.shape[-1])
