@@ -2,6 +2,8 @@
 the backend-parametrised tests of test_selective_scan.py do not reach — its exp, thread counts
 and instruction sets, the chunk edges, N from 1 to its bound, large |Δ·A|, and its ops' own
 checks. CPU tensors throughout, so that on a GPU machine too (where the others run on CUDA)."""
+import functools
+
 import pytest
 import torch
 
@@ -9,7 +11,10 @@ import fastspec
 from fastspec.ops import ssm as ops
 from fastspec.reference.ssm import selective_state_update_reference
 
-from test_selective_scan import NAMES, assert_close, assert_grad_close, make_inputs, reference
+from test_selective_scan import NAMES, assert_close, assert_grad_close, reference
+from test_selective_scan import make_inputs as _make_inputs
+
+make_inputs = functools.partial(_make_inputs, device="cpu")
 
 CPU = fastspec.backends()["cpu"]
 pytestmark = pytest.mark.skipif(not CPU.available, reason=f"cpu: {CPU.reason}")

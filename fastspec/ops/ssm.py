@@ -730,7 +730,7 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     x_{L−1} (B, D, N) in the state's dtype. Any strides. Autograd for every tensor input,
     through the last state too (double backward through the torch path);
     ``torch.compile(fullgraph=True)`` works. The Triton backward is deterministic (no float
-    atomics) under ``torch.use_deterministic_algorithms(True)``.
+    atomics) under ``torch.use_deterministic_algorithms(True)``, the cpu backward always.
     backend: 'auto' | 'torch' | 'triton' (N ≤ 256) | 'cpu' (CPU tensors, N ≤ 256; fastspec._C's
     C++ kernel, which 'auto' picks for CPU tensors where it is built) (env FASTSPEC_BACKEND
     replaces 'auto').
