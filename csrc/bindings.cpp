@@ -203,10 +203,10 @@ std::vector<at::Tensor> selective_scan_cpu_backward_op(
   return {du, ddelta, dA, dB, dC, dD, dz, dbias, dx0};
 }
 
-// fastspec::selective_state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> (new state, y):
-// state (B, H, D, N), x, dt, z (B, H, D), A (H, D, N), B, C (B, G, N), D, dt_bias (H, D); contiguous
-// CPU tensors of one dtype, float32 or float64 (the Python side converts and writes the state back).
-std::tuple<at::Tensor, at::Tensor> selective_state_update_cpu_op(
+// fastspec::selective_state_update_cpu(state!, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> y, the state
+// updated in place: state (B, H, D, N), x, dt, z (B, H, D), A (H, D, N), B, C (B, G, N), D, dt_bias
+// (H, D); contiguous CPU tensors of one dtype, float32 or float64 (the Python side converts).
+at::Tensor selective_state_update_cpu_op(
     const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
     const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
     const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
@@ -233,7 +233,6 @@ std::tuple<at::Tensor, at::Tensor> selective_state_update_cpu_op(
     same(name, *t, shape);
     return static_cast<const void*>(t->data_ptr());
   };
-  at::Tensor new_state = state.clone();
   at::Tensor y = at::empty_like(x);
   StateUpdateCpuArgs args{};
   args.batch = batch;
@@ -243,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> selective_state_update_cpu_op(
   args.groups = B.size(1);
   args.softplus = dt_softplus;
   args.float64 = st == at::kDouble;
-  args.state = new_state.data_ptr();
+  args.state = state.data_ptr();
   args.x = x.data_ptr();
   args.dt = dt.data_ptr();
   args.A = A.data_ptr();
@@ -255,7 +254,7 @@ std::tuple<at::Tensor, at::Tensor> selective_state_update_cpu_op(
   args.y = y.data_ptr();
   const char* err = selective_state_update_cpu(args, at::get_num_threads());
   TORCH_CHECK(err == nullptr, err, " (state of shape ", state.sizes(), ")");
-  return {new_state, y};
+  return y;
 }
 #endif
 

@@ -394,12 +394,11 @@ const char* selective_state_update_cpu(const StateUpdateCpuArgs& a, int threads)
   }
   const Kernels& kern = kernels_of(cpu_isa_current());
   const StateUpdateFn fn = a.float64 ? kern.state_update_f64 : kern.state_update_f32;
-  constexpr int64_t kRowsPerTask = 64;
-  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
+  const int64_t tasks = (rows + kStateUpdateRows - 1) / kStateUpdateRows;
   const int nt = thread_count(threads, tasks * a.N / 512 + 1);  // threads only for large steps
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
   for (int64_t task = 0; task < tasks; ++task) {
-    fn(a, task * kRowsPerTask, std::min(rows, (task + 1) * kRowsPerTask));
+    fn(a, task * kStateUpdateRows, std::min(rows, (task + 1) * kStateUpdateRows));
   }
   return nullptr;
 }

@@ -53,6 +53,7 @@ struct Scratch {
 template <class T>
 using UnitFn = void (*)(const Row<T>* rows, int count, const Scratch<T>& s);
 
+constexpr int kStateUpdateRows = 64;  // rows of one decoding-step task
 using StateUpdateFn = void (*)(const StateUpdateCpuArgs& args, int64_t r0, int64_t r1);
 
 struct Kernels {

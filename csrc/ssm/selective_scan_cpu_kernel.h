@@ -344,27 +344,43 @@ void backward_unit(const Row<T>* rows, int count, const Scratch<T>& s) {
   }
 }
 
-// Decoding steps of rows [r0, r1) (selective_state_update, contract in selective_scan_cpu.h): the
-// state vectorised over n, a last partial vector through a zero-padded copy.
+// Decoding steps of rows [r0, r1), at most kStateUpdateRows (selective_state_update, contract in
+// selective_scan_cpu.h): Δ and the gates vectorised over the rows, then each row's states
+// vectorised over n (a last partial vector through a zero-padded copy).
 template <class T, int W>
 void state_update_rows(const StateUpdateCpuArgs& a, int64_t r0, int64_t r1) {
   using V = typename Vec<T, W>::type;
   const int64_t N = a.N, hd = a.heads * a.dim, per_group = a.heads / a.groups;
-  const T* const p[] = {static_cast<const T*>(a.x), static_cast<const T*>(a.dt), static_cast<const T*>(a.z),
-                        static_cast<const T*>(a.A), static_cast<const T*>(a.B), static_cast<const T*>(a.C),
-                        static_cast<const T*>(a.D), static_cast<const T*>(a.bias)};
-  const T *x = p[0], *dtp = p[1], *zp = p[2], *A = p[3], *B = p[4], *C = p[5], *Dp = p[6], *bias = p[7];
+  const T *x = static_cast<const T*>(a.x), *dtp = static_cast<const T*>(a.dt), *zp = static_cast<const T*>(a.z);
+  const T *A = static_cast<const T*>(a.A), *B = static_cast<const T*>(a.B), *C = static_cast<const T*>(a.C);
+  const T *Dp = static_cast<const T*>(a.D), *bias = static_cast<const T*>(a.bias);
   T* const state = static_cast<T*>(a.state);
   T* const yp = static_cast<T*>(a.y);
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t b = r / hd, hdi = r % hd, h = hdi / a.dim;
+  const int rows = static_cast<int>(r1 - r0), padded = (rows + W - 1) / W * W;
+  alignas(64) T dt[kStateUpdateRows], gate[kStateUpdateRows];
+  for (int i = 0; i < padded; ++i) {
+    const int64_t r = r0 + i;
+    dt[i] = i < rows ? dtp[r] + (bias != nullptr ? bias[r % hd] : T(0)) : T(0);
+    gate[i] = i < rows && zp != nullptr ? zp[r] : T(0);
+  }
+  for (int i = 0; i < padded; i += W) {
+    const V raw = load<V>(dt + i);
+    store(dt + i, a.softplus ? vsoftplus<T, W>(raw) : raw);
+    const V z = load<V>(gate + i);
+    store(gate + i, z * vsigmoid<T, W>(z));  // silu(z)
+  }
+  int64_t hdi = r0 % hd, b = r0 / hd;
+  for (int i = 0; i < rows; ++i, ++hdi) {
+    if (hdi == hd) {
+      hdi = 0;
+      ++b;
+    }
+    const int64_t r = r0 + i, group = b * a.groups + hdi / a.dim / per_group;
     const T* const Ar = A + hdi * N;
-    const T* const Br = B + (b * a.groups + h / per_group) * N;
-    const T* const Cr = C + (b * a.groups + h / per_group) * N;
+    const T* const Br = B + group * N;
+    const T* const Cr = C + group * N;
     T* const st = state + r * N;
-    V raw = splat<V>(dtp[r] + (bias != nullptr ? bias[hdi] : T(0)));
-    const V dt = a.softplus ? vsoftplus<T, W>(raw) : raw;
-    const V dtx = dt * x[r];
+    const T dtx = dt[i] * x[r];
     V acc = V{};
     for (int64_t k = 0; k < N; k += W) {
       V av, bv, cv, sv;
@@ -383,7 +399,7 @@ void state_update_rows(const StateUpdateCpuArgs& a, int64_t r0, int64_t r1) {
           sv[l] = st[k + l];
         }
       }
-      sv = vexp<W>(dt * av) * sv + dtx * bv;
+      sv = vexp<W>(dt[i] * av) * sv + dtx * bv;
       acc += cv * sv;
       if (m == W) {
         store(st + k, sv);
@@ -391,13 +407,9 @@ void state_update_rows(const StateUpdateCpuArgs& a, int64_t r0, int64_t r1) {
         for (int64_t l = 0; l < m; ++l) st[k + l] = sv[l];
       }
     }
-    V y = splat<V>(lane_sum<T, V, W>(acc));
+    T y = lane_sum<T, V, W>(acc);
     if (Dp != nullptr) y += Dp[hdi] * x[r];
-    if (zp != nullptr) {
-      const V z = splat<V>(zp[r]);
-      y *= z * vsigmoid<T, W>(z);
-    }
-    yp[r] = y[0];
+    yp[r] = zp != nullptr ? y * gate[i] : y;
   }
 }
 

@@ -779,13 +779,13 @@ def _state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, softplus):
 
 torch.library.define(
     "fastspec::selective_state_update_cpu",
-    "(Tensor state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, "
-    "bool dt_softplus) -> (Tensor, Tensor)")
+    "(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, "
+    "bool dt_softplus) -> Tensor")
 
 
 @torch.library.register_fake("fastspec::selective_state_update_cpu")
 def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
-    return state.new_empty(state.shape), x.new_empty(x.shape)
+    return x.new_empty(x.shape)
 
 
 @functools.cache
@@ -797,15 +797,18 @@ def _cpu_state_update_op():
 
 def _state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, softplus):
     """The C++ step (csrc/ssm/selective_scan_cpu.h) on the multi-head layout (single-head as
-    one head), every tensor converted to a contiguous one of the computing dtype; the new state
-    is written back into ``state`` (in its dtype and strides)."""
+    one head), every tensor as a contiguous one of the computing dtype (a copy only where it is
+    not); the kernel updates a contiguous state of that dtype in place, any other through a copy
+    written back (in its dtype and strides)."""
     acc = torch.float64 if torch.float64 in (state.dtype, x.dtype) else torch.float32
     heads = state.dim() == 4
-    prepared = [None if t is None else (t if heads else t.unsqueeze(1 if lead else 0)).to(acc).contiguous()
-                for t, lead in ((state, True), (x, True), (dt, True), (A, False), (B, True), (C, True), (D, False),
-                                (z, True), (dt_bias, False))]
-    new_state, y = _cpu_state_update_op()(*prepared, softplus)
-    state.copy_(new_state.reshape(state.shape))
+    views = [None if t is None else t if heads else t.unsqueeze(1 if lead else 0)
+             for t, lead in ((state, True), (x, True), (dt, True), (A, False), (B, True), (C, True), (D, False),
+                             (z, True), (dt_bias, False))]
+    prepared = [None if t is None else t.to(acc).contiguous() for t in views]
+    y = _cpu_state_update_op()(*prepared, softplus)
+    if prepared[0] is not views[0]:
+        state.copy_(prepared[0].reshape(state.shape))
     return y.reshape(x.shape).to(x.dtype)
 
 
