@@ -106,10 +106,10 @@ def _params(lengths_torch, lengths_triton):
 
 def _float64_cases():
     """Every B/C form × option set at L = 1, 7, 64, 1000 on torch, and with every option at
-    4096 (the reference loop is slow); at L = 1, 7, 65 (one past a chunk), 1000 on cpu; plain
-    and all options at L = 1, 20 on Triton."""
+    4096 (the reference loop is slow); at L = 1, 7, 65 (one past a chunk) on cpu, and with every
+    option at 1000; plain and all options at L = 1, 20 on Triton."""
     lengths_of = {"torch": lambda options: [1, 7, 64, 1000] + [4096] * (options == "all"),
-                  "cpu": lambda options: [1, 7, 65, 1000], "triton": lambda options: [1, 20]}
+                  "cpu": lambda options: [1, 7, 65] + [1000] * (options == "all"), "triton": lambda options: [1, 20]}
     cases = []
     for p in BACKENDS:
         backend = p.values[0]
