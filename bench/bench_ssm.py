@@ -1,7 +1,8 @@
 """State-space-model benchmark: fastspec.selective_scan, linear_scan and ssm_kernel on every
 usable backend against their baselines, all in the same run.
 
-    python bench/bench_ssm.py [--out DIR] [--quick] [--ops selective_scan linear_scan ssm_kernel]
+    python bench/bench_ssm.py [--out DIR] [--quick] [--ops selective_scan linear_scan ssm_kernel
+                              selective_state_update]
                               [--lengths L ...] [--rounds R] [--threads T]
 
 Baselines (each where it applies and imports):
@@ -15,17 +16,22 @@ Baselines (each where it applies and imports):
   accelerated-scan's CUDA (warp) and Triton scans.
 - ssm_kernel: the materialised Vandermonde product in complex64 (S4D's
   ``log_vandermonde_naive``); peak memory on the GPU.
+- selective_state_update (one decoding step of a Mamba-1 layer, dt softplus, D, z): the PyTorch
+  formula (the torch backend's ``_state_update_torch``, as mamba's ``selective_state_update_ref``)
+  without the op layer.
 
 Sizes. GPU (the issue's): selective_scan batch 8, D = 2048, N = 16, L ∈ {512, 2K, 8K}, bf16
 and fp32; linear_scan (8, 1536, T), T ∈ {4096, 65536}, fp32; ssm_kernel H = 1024, N = 64,
-L = 16K. CPU (what fits a 2-core machine): selective_scan batch 2, D = 64, N = 16, L ∈
-{512, 2K}, fp32; linear_scan (2, 64, T), T ∈ {4096, 65536}; ssm_kernel H = 16, N = 64, L = 16K;
+L = 16K; selective_state_update (16, 4096, 16), bf16 and fp32. CPU (what fits a 2-core machine):
+selective_scan batch 2, D = 64, N = 16, L ∈ {512, 2K}, fp32; linear_scan (2, 64, T), T ∈
+{4096, 65536}; ssm_kernel H = 16, N = 64, L = 16K; selective_state_update (2, 2048, 16), fp32;
 three interleaved rounds.
 
 Targets (printed in each row's note, never asserted): GPU selective_scan fwd+bwd ≥ 30× over
 the PyTorch loop at L = 2K and at least mamba's speed; linear_scan ≥ 70% of the copy
-bandwidth at T = 65536; ssm_kernel ≥ 10× over the materialised product. CPU: the torch
-backend ≥ 10× over the PyTorch loop at L = 2K.
+bandwidth at T = 65536; ssm_kernel ≥ 10× over the materialised product. CPU: selective_scan
+≥ 10× over the PyTorch loop at L = 2K (by the cpu backend, fastspec._C's C++ kernel, where it
+is built; the torch backend does not reach it, README).
 """
 from __future__ import annotations
 
@@ -40,17 +46,20 @@ import torch
 from fastspec import _timing
 from fastspec.ops import ssm as ops
 from fastspec.reference.ssm import (linear_scan_reference, selective_scan_parallel_pytorch, selective_scan_reference,
-                                    ssm_kernel_reference)
+                                    selective_state_update_reference, ssm_kernel_reference)
 
 from harness import Case, Harness  # bench/harness.py
 
 GPU = {"selective_scan": ((8, 2048, 16), [512, 2048, 8192], ["bfloat16", "float32"]),
        "linear_scan": ((8, 1536), [4096, 65536], ["float32"]),
-       "ssm_kernel": ((1024, 64), [16384], ["float32"])}
+       "ssm_kernel": ((1024, 64), [16384], ["float32"]),
+       "selective_state_update": ((16, 4096, 16), [1], ["bfloat16", "float32"])}
 CPU = {"selective_scan": ((2, 64, 16), [512, 2048], ["float32"]),
        "linear_scan": ((2, 64), [4096, 65536], ["float32"]),
-       "ssm_kernel": ((16, 64), [16384], ["float32"])}
-"""op -> (sizes besides the length, lengths, dtypes)."""
+       "ssm_kernel": ((16, 64), [16384], ["float32"]),
+       "selective_state_update": ((2, 2048, 16), [1], ["float32"])}
+"""op -> (sizes besides the length, lengths, dtypes); selective_state_update: (batch, D, N), one
+step (its length is 1)."""
 LOOP_MAX_T = 4096
 """linear_scan's PyTorch loop runs up to this length (a Python step per time step)."""
 GPU_BASELINE_MAX_L = 2048
@@ -145,6 +154,37 @@ def selective_case(shape, L, dtype, device, backward) -> Case:
                 baselines={k: wrap(f) for k, f in baselines.items()}, check=selective_check, target=target)
 
 
+# ----------------------------------------------------------------------------- decoding step
+
+
+def state_update_inputs(shape, dtype, device):
+    """(state, x, dt, A, B, C, D, z, dt_bias) of one Mamba-1 decoding step: state (batch, D, N)."""
+    batch, channels, N = shape
+    state = torch.randn(batch, channels, N, device=device)
+    x, z = (torch.randn(batch, channels, device=device, dtype=dtype) for _ in range(2))
+    dt = (torch.randn(batch, channels, device=device) * 0.5).to(dtype)
+    A = -torch.arange(1, N + 1, device=device, dtype=torch.float32).expand(channels, N).contiguous()
+    B, C = (torch.randn(batch, N, device=device) for _ in range(2))
+    return state, x, dt, A, B, C, torch.ones(channels, device=device), z, torch.randn(channels, device=device) - 4
+
+
+def state_update_case(shape, dtype, device) -> Case:
+    """Each call updates a copy of the state (the copy is timed too, the same for every entry)."""
+
+    def step(fn):
+        return lambda state, *rest: fn(state.clone(), *rest)
+
+    def check(inputs, out):
+        return _timing.rel_error(out, selective_state_update_reference(*inputs, True)[1])
+
+    candidates = {b: step(functools.partial(lambda backend, *t: ops.selective_state_update(*t, True, backend=backend),
+                                            b))
+                  for b in _timing.usable_backends(device, timing=True) if b in ops._STATE_UPDATE}
+    return Case(op="selective_state_update", shape=shape, dtype=dtype,
+                make=lambda: state_update_inputs(shape, dtype, device), candidates=candidates,
+                baselines={"pytorch-step": step(lambda *t: ops._state_update_torch(*t, True))}, check=check)
+
+
 # ----------------------------------------------------------------------------- linear scan
 
 
@@ -221,13 +261,17 @@ def cases(ops_wanted, device, quick: bool, lengths=None):
         shape, default_lengths, dtypes = table[op]
         op_lengths = lengths or ([min(default_lengths)] if quick else default_lengths)
         if quick:
-            shape = tuple(min(s, 4) for s in shape[:-1]) + shape[-1:] if op == "selective_scan" else tuple(
+            shape = tuple(min(s, 4) for s in shape[:-1]) + shape[-1:] if op.startswith("selective") else tuple(
                 min(s, 4) for s in shape)
             op_lengths = [min(L, 256) for L in op_lengths]
+        if op == "selective_state_update":
+            op_lengths = [1]  # one step
         for dtype in (getattr(torch, d) for d in (dtypes[:1] if quick else dtypes)):
             for L in op_lengths:
                 if op == "selective_scan":
                     out += [selective_case(shape, L, dtype, device, backward) for backward in (False, True)]
+                elif op == "selective_state_update":
+                    out.append(state_update_case(shape, dtype, device))
                 elif op == "linear_scan":
                     out.append(linear_case(shape, L, dtype, device))
                 else:

@@ -5,7 +5,7 @@
 #   bench/gpu_check.sh OUTDIR [FAMILY ...]
 #
 # FAMILY (fwht, fftconv, ...) restricts the tests to that family's (tests/test_FAMILY*.py
-# and its drop-in's, see COMPAT_TESTS) and the benchmarks to bench/bench_FAMILY.py, so a
+# and its drop-in's or other tests, see COMPAT_TESTS) and the benchmarks to bench/bench_FAMILY.py, so a
 # second call can finish what a first could not; the FWHT profiler and sanitizer steps run
 # only with fwht (or no FAMILY), its tuning sweep only when fwht is named, the fft_conv
 # profiler step with fftconv (or no FAMILY).
@@ -32,7 +32,8 @@ FAMILIES=("$@")
 cd "$(dirname "$0")/.."
 declare -A COMPAT_TESTS=([fwht]="tests/test_compat_fast_hadamard_transform.py tests/test_hadamard.py"
                          [fftconv]="tests/test_compat_flashfftconv.py"
-                         [gaunt]="tests/test_spherical.py")
+                         [gaunt]="tests/test_spherical.py"
+                         [ssm]="tests/test_linear_scan.py tests/test_selective_scan.py tests/test_selective_scan_cpu.py")
 PY=${PYTHON:-python3}
 DEADLINE=$((SECONDS + ${GPU_CHECK_BUDGET_S:-500}))
 export PYTHONUNBUFFERED=1

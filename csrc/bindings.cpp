@@ -11,6 +11,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <tuple>
+#include <vector>
 
 #ifdef FASTSPEC_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -20,7 +22,9 @@
 #include "fwht/fwht.h"
 #endif
 #ifdef FASTSPEC_WITH_CPU
+#include "common/cpu_isa.h"
 #include "fwht/fwht_cpu.h"
+#include "ssm/selective_scan_cpu.h"
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
@@ -84,6 +88,173 @@ at::Tensor fwht_cpu(const at::Tensor& x, double scale, const std::optional<at::T
                                        dtype, at::get_num_threads());
   TORCH_CHECK(err == nullptr, err, " (shape ", x.sizes(), ", dtype ", st, ")");
   return out;
+}
+// The selective scan's arguments as selective_scan_cpu.h takes them, after checking that every
+// tensor is a contiguous CPU tensor of the scan's dtype (float32, or float64) with its shape.
+SelectiveScanCpuArgs selective_args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A,
+                                    const at::Tensor& B, const at::Tensor& C, const std::optional<at::Tensor>& D,
+                                    const std::optional<at::Tensor>& z, const std::optional<at::Tensor>& delta_bias,
+                                    const std::optional<at::Tensor>& initial_state, bool delta_softplus) {
+  const auto st = u.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "selective_scan_cpu: u must be float32 or float64, got ", st);
+  TORCH_CHECK(u.dim() == 3 && u.size(2) >= 1, "selective_scan_cpu: u must be (B, D, L) with L >= 1, got ", u.sizes());
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1) && A.size(1) >= 1 && A.size(1) <= kSelectiveCpuMaxN,
+              "selective_scan_cpu: A must be (D, N) with D = ", u.size(1), " and 1 <= N <= ", kSelectiveCpuMaxN,
+              ", got ", A.sizes());
+  const int64_t batch = u.size(0), channels = u.size(1), length = u.size(2), N = A.size(1);
+  const auto same = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == st && t.is_contiguous() && t.sizes() == shape,
+                "selective_scan_cpu: ", name, " must be a contiguous ", st, " CPU tensor of shape ", shape, ", got ",
+                t.scalar_type(), " ", t.device(), " of shape ", t.sizes(), " and strides ", t.strides());
+  };
+  same("u", u, u.sizes());
+  same("delta", delta, u.sizes());
+  same("A", A, A.sizes());
+  const auto groups = [&](const char* name, const at::Tensor& M) {
+    if (M.dim() == 2) {
+      same(name, M, {channels, N});
+      return 0;
+    }
+    TORCH_CHECK(M.dim() == 4 && M.size(1) >= 1 && channels % M.size(1) == 0,
+                "selective_scan_cpu: ", name, " must be (D, N) or (B, G, N, L) with G dividing D = ", channels,
+                ", got ", M.sizes());
+    same(name, M, {batch, M.size(1), N, length});
+    return static_cast<int>(M.size(1));
+  };
+  SelectiveScanCpuArgs args{};
+  args.batch = batch;
+  args.channels = channels;
+  args.length = length;
+  args.N = N;
+  args.b_groups = groups("B", B);
+  args.c_groups = groups("C", C);
+  args.softplus = delta_softplus;
+  args.float64 = st == at::kDouble;
+  args.u = u.data_ptr();
+  args.delta = delta.data_ptr();
+  args.A = A.data_ptr();
+  args.B = B.data_ptr();
+  args.C = C.data_ptr();
+  const auto optional = [&](const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef shape) {
+    if (!t.has_value()) return static_cast<const void*>(nullptr);
+    same(name, *t, shape);
+    return static_cast<const void*>(t->data_ptr());
+  };
+  args.D = optional("D", D, {channels});
+  args.z = optional("z", z, u.sizes());
+  args.bias = optional("delta_bias", delta_bias, {channels});
+  args.x0 = optional("initial_state", initial_state, {batch, channels, N});
+  return args;
+}
+
+// fastspec::selective_scan_cpu(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus)
+// -> (out (B, D, L), last (B, D, N), starts (B, D, N, ceil(L / 64))); B, C: (D, N) or (B, G, N, L).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> selective_scan_cpu_op(
+    const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& initial_state, bool delta_softplus) {
+  const SelectiveScanCpuArgs args = selective_args(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus);
+  const int64_t chunks = (args.length + kSelectiveCpuChunk - 1) / kSelectiveCpuChunk;
+  at::Tensor out = at::empty_like(u);
+  at::Tensor last = at::empty({args.batch, args.channels, args.N}, u.options());
+  at::Tensor starts = at::empty({args.batch, args.channels, args.N, chunks}, u.options());
+  const char* err = selective_scan_cpu_forward(args, out.data_ptr(), last.data_ptr(), starts.data_ptr(),
+                                               at::get_num_threads());
+  TORCH_CHECK(err == nullptr, err, " (u of shape ", u.sizes(), ", N = ", args.N, ")");
+  return {out, last, starts};
+}
+
+// fastspec::selective_scan_cpu_backward(grad_out, grad_last, u, ..., initial_state, starts, delta_softplus)
+// -> (du, ddelta, dA, dB, dC, dD, dz, dbias, dinitial): dA, fixed dB/dC, dD, dbias in float64,
+// the rest in u's dtype; dD, dz, dbias are empty (0,) tensors where D, z, delta_bias are absent.
+std::vector<at::Tensor> selective_scan_cpu_backward_op(
+    const at::Tensor& grad_out, const std::optional<at::Tensor>& grad_last, const at::Tensor& u,
+    const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B, const at::Tensor& C,
+    const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& delta_bias, const std::optional<at::Tensor>& initial_state,
+    const at::Tensor& starts, bool delta_softplus) {
+  const SelectiveScanCpuArgs args = selective_args(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus);
+  const auto st = u.scalar_type();
+  const int64_t chunks = (args.length + kSelectiveCpuChunk - 1) / kSelectiveCpuChunk;
+  const auto check = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == st && t.is_contiguous() && t.sizes() == shape,
+                "selective_scan_cpu_backward: ", name, " must be a contiguous ", st, " CPU tensor of shape ", shape,
+                ", got ", t.scalar_type(), " ", t.device(), " of shape ", t.sizes());
+  };
+  check("grad_out", grad_out, u.sizes());
+  check("starts", starts, {args.batch, args.channels, args.N, chunks});
+  if (grad_last.has_value()) check("grad_last", *grad_last, {args.batch, args.channels, args.N});
+  const auto f64 = u.options().dtype(at::kDouble);
+  const auto grad_of = [&](const at::Tensor& M) {
+    return M.dim() == 2 ? at::empty(M.sizes(), f64) : at::empty_like(M);
+  };
+  at::Tensor du = at::empty_like(u), ddelta = at::empty_like(u), dx0 = at::empty({args.batch, args.channels, args.N},
+                                                                                 u.options());
+  at::Tensor dA = at::empty(A.sizes(), f64), dB = grad_of(B), dC = grad_of(C);
+  at::Tensor dD = at::empty({D.has_value() ? args.channels : 0}, f64);
+  at::Tensor dz = z.has_value() ? at::empty_like(u) : at::empty({0}, u.options());
+  at::Tensor dbias = at::empty({delta_bias.has_value() ? args.channels : 0}, f64);
+  const char* err = selective_scan_cpu_backward(
+      args, starts.data_ptr(), grad_out.data_ptr(), grad_last.has_value() ? grad_last->data_ptr() : nullptr,
+      du.data_ptr(), ddelta.data_ptr(), z.has_value() ? dz.data_ptr() : nullptr, dx0.data_ptr(),
+      dA.data_ptr<double>(), dB.data_ptr(), dC.data_ptr(), D.has_value() ? dD.data_ptr<double>() : nullptr,
+      delta_bias.has_value() ? dbias.data_ptr<double>() : nullptr, at::get_num_threads());
+  TORCH_CHECK(err == nullptr, err, " (u of shape ", u.sizes(), ", N = ", args.N, ")");
+  return {du, ddelta, dA, dB, dC, dD, dz, dbias, dx0};
+}
+
+// fastspec::selective_state_update_cpu(state!, x, dt, A, B, C, D, z, dt_bias, dt_softplus) -> y, the state
+// updated in place: state (B, H, D, N), x, dt, z (B, H, D), A (H, D, N), B, C (B, G, N), D, dt_bias
+// (H, D); contiguous CPU tensors of one dtype, float32 or float64 (the Python side converts).
+at::Tensor selective_state_update_cpu_op(
+    const at::Tensor& state, const at::Tensor& x, const at::Tensor& dt, const at::Tensor& A, const at::Tensor& B,
+    const at::Tensor& C, const std::optional<at::Tensor>& D, const std::optional<at::Tensor>& z,
+    const std::optional<at::Tensor>& dt_bias, bool dt_softplus) {
+  const auto st = state.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kDouble, "selective_state_update_cpu: state must be float32 or float64, got ",
+              st);
+  TORCH_CHECK(state.dim() == 4 && B.dim() == 3 && B.size(1) >= 1 && state.size(1) % B.size(1) == 0,
+              "selective_state_update_cpu: state must be (B, H, D, N) and B (B, G, N) with G dividing H, got ",
+              state.sizes(), " and ", B.sizes());
+  const int64_t batch = state.size(0), heads = state.size(1), dim = state.size(2), N = state.size(3);
+  const auto same = [&](const char* name, const at::Tensor& t, at::IntArrayRef shape) {
+    TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == st && t.is_contiguous() && t.sizes() == shape,
+                "selective_state_update_cpu: ", name, " must be a contiguous ", st, " CPU tensor of shape ", shape,
+                ", got ", t.scalar_type(), " ", t.device(), " of shape ", t.sizes(), " and strides ", t.strides());
+  };
+  same("state", state, state.sizes());
+  same("x", x, {batch, heads, dim});
+  same("dt", dt, {batch, heads, dim});
+  same("A", A, {heads, dim, N});
+  same("B", B, {batch, B.size(1), N});
+  same("C", C, {batch, B.size(1), N});
+  const auto optional = [&](const char* name, const std::optional<at::Tensor>& t, at::IntArrayRef shape) {
+    if (!t.has_value()) return static_cast<const void*>(nullptr);
+    same(name, *t, shape);
+    return static_cast<const void*>(t->data_ptr());
+  };
+  at::Tensor y = at::empty_like(x);
+  StateUpdateCpuArgs args{};
+  args.batch = batch;
+  args.heads = heads;
+  args.dim = dim;
+  args.N = N;
+  args.groups = B.size(1);
+  args.softplus = dt_softplus;
+  args.float64 = st == at::kDouble;
+  args.state = state.data_ptr();
+  args.x = x.data_ptr();
+  args.dt = dt.data_ptr();
+  args.A = A.data_ptr();
+  args.B = B.data_ptr();
+  args.C = C.data_ptr();
+  args.D = optional("D", D, {heads, dim});
+  args.z = optional("z", z, {batch, heads, dim});
+  args.bias = optional("dt_bias", dt_bias, {heads, dim});
+  args.y = y.data_ptr();
+  const char* err = selective_state_update_cpu(args, at::get_num_threads());
+  TORCH_CHECK(err == nullptr, err, " (state of shape ", state.sizes(), ")");
+  return y;
 }
 #endif
 
@@ -189,14 +360,14 @@ at::Tensor fft_conv_cuda(const at::Tensor& u, const std::optional<at::Tensor>& p
 PyObject* cpu_isa(PyObject* /*module*/, PyObject* args) {
   const char* name = nullptr;
   if (!PyArg_ParseTuple(args, "|s", &name)) return nullptr;
-  if (name != nullptr && !fastspec::fwht_cpu_set_isa(name)) {
+  if (name != nullptr && !fastspec::cpu_isa_set(name)) {
     PyErr_Format(PyExc_ValueError,
                  "cpu_isa: %R is not available in this build on this CPU; the names are 'generic', 'avx2', "
                  "'avx512f' and '' (the best available)",
                  PyTuple_GET_ITEM(args, 0));
     return nullptr;
   }
-  return PyUnicode_FromString(fastspec::fwht_cpu_isa());
+  return PyUnicode_FromString(fastspec::kCpuIsaNames[fastspec::cpu_isa_current()]);
 }
 #endif
 
@@ -210,7 +381,12 @@ TORCH_LIBRARY_IMPL(fastspec, CUDA, m) {
 }
 #endif
 #ifdef FASTSPEC_WITH_CPU
-TORCH_LIBRARY_IMPL(fastspec, CPU, m) { m.impl("fwht_cpu", &fastspec::fwht_cpu); }
+TORCH_LIBRARY_IMPL(fastspec, CPU, m) {
+  m.impl("fwht_cpu", &fastspec::fwht_cpu);
+  m.impl("selective_scan_cpu", &fastspec::selective_scan_cpu_op);
+  m.impl("selective_scan_cpu_backward", &fastspec::selective_scan_cpu_backward_op);
+  m.impl("selective_state_update_cpu", &fastspec::selective_state_update_cpu_op);
+}
 #endif
 
 // `import fastspec._C` loads this library, which runs the registrations above; the Python module

@@ -92,9 +92,11 @@ def test_bench_ssm_writes_records(tmp_path, monkeypatch):
     assert bench_ssm.main(["--quick", "--out", str(tmp_path)]) == 0
     (result,) = tmp_path.glob("ssm-*.json")
     records = json.loads(result.read_text())
-    assert {r["op"] for r in records} == {"selective_scan", "selective_scan fwd+bwd", "linear_scan", "ssm_kernel"}
+    assert {r["op"] for r in records} == {"selective_scan", "selective_scan fwd+bwd", "linear_scan", "ssm_kernel",
+                                          "selective_state_update"}
     assert all(r["status"] == "ok" for r in records)
-    assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "clone"}
+    assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "pytorch-step",
+                                                "clone"}
     sys.modules.pop("bench_ssm", None)
 
 

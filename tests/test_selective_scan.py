@@ -32,7 +32,7 @@ def assert_grad_close(name, grad, ref, kwargs):
     summed = name in SUMMED or (name in ("B", "C") and kwargs[name].dim() == 2)
     assert_close(grad.flatten() if summed else grad, ref.flatten() if summed else ref)
 
-BACKENDS = backend_params("torch", "triton")
+BACKENDS = backend_params("torch", "triton", "cpu")
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 FORMS = [("fixed", "fixed"), ("var", "var"), ("group", "group"), ("fixed", "var"), ("var", "group")]
 OPTIONS = {  # which optional inputs a call has
@@ -96,6 +96,7 @@ def reference(kwargs, grads=None):
 
 
 def _params(lengths_torch, lengths_triton):
+    """(backend, L) for each backend: Triton (the interpreter is slow) at its own lengths."""
     return [pytest.param(p.values[0], L, marks=p.marks, id=f"{p.values[0]}-{L}")
             for p in BACKENDS for L in (lengths_triton if p.values[0] == "triton" else lengths_torch)]
 
@@ -105,12 +106,15 @@ def _params(lengths_torch, lengths_triton):
 
 def _float64_cases():
     """Every B/C form × option set at L = 1, 7, 64, 1000 on torch, and with every option at
-    4096 (the reference loop is slow); plain and all options at L = 1, 20 on Triton."""
+    4096 (the reference loop is slow); at L = 1, 7, 65 (one past a chunk) on cpu, and with every
+    option at 1000; plain and all options at L = 1, 20 on Triton."""
+    lengths_of = {"torch": lambda options: [1, 7, 64, 1000] + [4096] * (options == "all"),
+                  "cpu": lambda options: [1, 7, 65] + [1000] * (options == "all"), "triton": lambda options: [1, 20]}
     cases = []
     for p in BACKENDS:
         backend = p.values[0]
         for options in OPTIONS:
-            lengths = [1, 7, 64, 1000] + [4096] * (options == "all") if backend == "torch" else [1, 20]
+            lengths = lengths_of[backend](options)
             if backend == "triton" and options not in ("plain", "all"):
                 continue
             cases += [pytest.param(backend, L, forms, options, marks=p.marks,
@@ -149,15 +153,15 @@ def test_input_dependent_b_and_c_in_float32_with_half_u(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_chunks_carry_the_state(backend, monkeypatch):
-    """Lengths around the chunk size (8 steps on torch, 16 on Triton, for the test): each
-    chunk starts from the state the one before left, forward and backward."""
+    """Lengths around the chunk size (8 steps on torch, 16 on Triton, for the test; the cpu
+    kernel's 64): each chunk starts from the state the one before left, forward and backward."""
     from fastspec.ops import ssm
     from fastspec.triton_kernels import ssm as kernels
 
     monkeypatch.setattr(ssm, "TORCH_SELECTIVE_ELEMENTS", 8 * 4 * 3)
     monkeypatch.setattr(ssm, "TORCH_SELECTIVE_MIN_CHUNK", 8)
     monkeypatch.setattr(kernels, "SELECTIVE_TILE", 1)  # the smallest chunk, 16
-    for L in ((7, 8, 9, 40) if backend == "torch" else (17, 40)):
+    for L in {"torch": (7, 8, 9, 40), "triton": (17, 40), "cpu": (63, 64, 65, 130)}[backend]:
         kwargs = make_inputs(1, 4, L, 3, torch.float64, ("fixed", "var"), "all")
         tensors = {k: v.requires_grad_() for k, v in kwargs.items() if isinstance(v, torch.Tensor)}
         out, last = fastspec.selective_scan(**kwargs, return_last_state=True, backend=backend)
@@ -526,15 +530,17 @@ def test_selective_ssm_init_and_training():
 
 def test_auto_table_on_cuda(monkeypatch):
     """CUDA tensors take Triton where it takes the call (N <= 256 for the scans, <= 1024 for
-    the S4D kernel), torch otherwise; CPU tensors take torch (checked as if every backend
-    were here)."""
+    the S4D kernel), torch otherwise; CPU tensors take the C++ kernels for selective_scan
+    (N <= 256) and its decoding step, torch for the rest (checked as if every backend were here)."""
     from fastspec.ops import ssm
 
     monkeypatch.setattr(ssm._backend, "device_ok", lambda name, device: None)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     for op in ("linear_scan", "selective_scan", "selective_state_update", "ssm_kernel"):
         assert ssm._auto_choice(op, cuda, 16) == "triton"
-        assert ssm._auto_choice(op, cpu, 16) == "torch"
+        assert ssm._auto_choice(op, cpu, 16) == ("cpu" if op.startswith("selective") else "torch")
+    assert ssm._auto_choice("selective_scan", cpu, 256) == "cpu"
+    assert ssm._auto_choice("selective_scan", cpu, 257) == "torch"
     assert ssm._auto_choice("selective_scan", cuda, 257) == "torch"
     assert ssm._auto_choice("selective_state_update", cuda, 257) == "torch"
     assert ssm._auto_choice("ssm_kernel", cuda, 1024) == "triton"

@@ -26,7 +26,6 @@
 #include "fwht/fwht_cpu.h"
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <memory>
@@ -76,36 +75,13 @@ Plan make_plan(int k, int m, int lw, int kb_max, int max_r, int64_t unit) {
 
 // ------------------------------------------------------------------ instruction sets
 
-enum Isa : int { kGeneric = 0, kAvx2 = 1, kAvx512 = 2 };
-constexpr const char* kIsaNames[] = {"generic", "avx2", "avx512f"};
-
 const Kernels& kernels_of(int isa) {
 #if FASTSPEC_CPU_X86
-  if (isa == kAvx512) return kAvx512Kernels;
-  if (isa == kAvx2) return kAvx2Kernels;
+  if (isa == kCpuAvx512) return kAvx512Kernels;
+  if (isa == kCpuAvx2) return kAvx2Kernels;
 #endif
   (void)isa;
   return kGenericKernels;
-}
-
-int best_isa() {
-#if FASTSPEC_CPU_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f")) return kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
-#endif
-  return kGeneric;
-}
-
-std::atomic<int> g_isa{-1};  // the Isa in use; -1: not chosen yet
-
-int current_isa() {
-  int isa = g_isa.load(std::memory_order_relaxed);
-  if (isa < 0) {
-    isa = best_isa();
-    g_isa.store(isa, std::memory_order_relaxed);
-  }
-  return isa;
 }
 
 template <class T>
@@ -131,7 +107,7 @@ template <class T>
 const char* transform(const T* x, T* out, int64_t rows, int k, int m, const double* block, double scale,
                       int threads) {
   using A = Acc<T>;
-  const Kernels& vec = kernels_of(current_isa());
+  const Kernels& vec = kernels_of(cpu_isa_current());
   const int64_t n = int64_t{m} << k;
   const bool one_lane = (int64_t{1} << k) * static_cast<int64_t>(sizeof(A)) < vec.vector_bytes;
   const Kernels& kern = one_lane ? kOneLaneKernels : vec;
@@ -257,22 +233,8 @@ const char* fwht_cpu_run(const void* x, void* out, int64_t rows, int log2p, int 
   return nullptr;
 }
 
-const char* fwht_cpu_isa() { return fwht_cpu_detail::kIsaNames[fwht_cpu_detail::current_isa()]; }
+const char* fwht_cpu_isa() { return kCpuIsaNames[cpu_isa_current()]; }
 
-bool fwht_cpu_set_isa(const char* isa) {
-  using namespace fwht_cpu_detail;
-  const int best = best_isa();
-  if (isa[0] == '\0') {
-    g_isa.store(best, std::memory_order_relaxed);
-    return true;
-  }
-  for (int i = 0; i <= best; ++i) {
-    if (std::strcmp(isa, kIsaNames[i]) == 0) {
-      g_isa.store(i, std::memory_order_relaxed);
-      return true;
-    }
-  }
-  return false;
-}
+bool fwht_cpu_set_isa(const char* isa) { return cpu_isa_set(isa); }
 
 }  // namespace fastspec

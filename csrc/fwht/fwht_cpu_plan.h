@@ -11,6 +11,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/cpu_isa.h"
+
 namespace fastspec {
 namespace fwht_cpu_detail {
 
@@ -79,12 +81,9 @@ struct Kernels {
 
 extern const Kernels kGenericKernels;  // 16-byte vectors: SSE2 on x86-64, NEON on aarch64
 extern const Kernels kOneLaneKernels;  // rows shorter than a vector
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FASTSPEC_CPU_X86 1
+#if FASTSPEC_CPU_X86
 extern const Kernels kAvx2Kernels;
 extern const Kernels kAvx512Kernels;
-#else
-#define FASTSPEC_CPU_X86 0
 #endif
 
 }  // namespace fwht_cpu_detail

@@ -21,6 +21,7 @@ precision is scanned in float32. ``_SELECTIVE[backend]`` is a :class:`Selective`
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -39,8 +40,11 @@ times 16 PyTorch calls per level, never a Python loop over all T steps, and O(T)
 
 # backend="auto" on a CUDA tensor: the first of these that takes the call (Triton passed its
 # tests on the interpreter, DESIGN.md; measured crossovers go here once a GPU has run
-# bench_ssm); CPU tensors use torch.
+# bench_ssm); on a CPU tensor the C++ kernel of fastspec._C where the op has one and it takes the
+# call (selective_scan and its decoding step; faster than torch at every size bench_ssm runs,
+# README), else torch.
 AUTO_CUDA = ("triton", "torch")
+AUTO_CPU = ("cpu", "torch")
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -157,16 +161,15 @@ def _unsupported(op: str, backend: str, N: int) -> str | None:
 
 
 def _auto_choice(op: str, device: torch.device, N: int) -> str:
-    if device.type != "cuda":
-        return "torch"
-    return next((name for name in AUTO_CUDA if name in _TABLES[op] and _backend.device_ok(name, device) is None
+    order = {"cuda": AUTO_CUDA, "cpu": AUTO_CPU}.get(device.type, ())
+    return next((name for name in order if name in _TABLES[op] and _backend.device_ok(name, device) is None
                  and _unsupported(op, name, N) is None), "torch")
 
 
 @torch.compiler.assume_constant_result
 def choose_backend(op: str, backend: str, device: torch.device, N: int = 0) -> str:
     """The concrete backend for a call of ``op`` with state size N (``auto`` resolved
-    through AUTO_CUDA)."""
+    through AUTO_CUDA or AUTO_CPU)."""
     return _backend.resolve(op, backend, device, lambda: _auto_choice(op, device, N))
 
 
@@ -440,6 +443,90 @@ def _triton_selective_unsupported(N: int, dtype: torch.dtype) -> str | None:
     return None
 
 
+# The cpu backend: fastspec._C's C++ kernels (csrc/ssm/selective_scan_cpu.h), float32 or float64
+# contiguous tensors; B, C fixed (D, N) or (B, G, N, L). The backend wrapper below converts.
+CPU_MAX_N = 256
+CPU_CHUNK = 64
+"""Time steps per chunk of the cpu backend (kSelectiveCpuChunk): its forward saves the state
+before each chunk, (B, D, N, ceil(L / 64)), and its backward recomputes a chunk from there."""
+
+torch.library.define(
+    "fastspec::selective_scan_cpu",
+    "(Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? delta_bias, "
+    "Tensor? initial_state, bool delta_softplus) -> (Tensor, Tensor, Tensor)")
+torch.library.define(
+    "fastspec::selective_scan_cpu_backward",
+    "(Tensor grad_out, Tensor? grad_last, Tensor u, Tensor delta, Tensor A, Tensor B, Tensor C, Tensor? D, "
+    "Tensor? z, Tensor? delta_bias, Tensor? initial_state, Tensor starts, bool delta_softplus) -> Tensor[]")
+
+
+@torch.library.register_fake("fastspec::selective_scan_cpu")
+def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+    batch, channels, length = u.shape
+    chunks = -(-length // CPU_CHUNK)
+    return u.new_empty(u.shape), u.new_empty(batch, channels, A.shape[1]), u.new_empty(batch, channels, A.shape[1],
+                                                                                       chunks)
+
+
+@torch.library.register_fake("fastspec::selective_scan_cpu_backward")
+def _(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, initial_state, starts, delta_softplus):
+    wide = dict(dtype=torch.float64)
+
+    def grad_of(M):
+        return M.new_empty(M.shape, **wide) if M.dim() == 2 else M.new_empty(M.shape)
+
+    return [u.new_empty(u.shape), u.new_empty(u.shape), A.new_empty(A.shape, **wide), grad_of(B), grad_of(C),
+            u.new_empty(u.shape[1] if D is not None else 0, **wide), u.new_empty(u.shape if z is not None else (0,)),
+            u.new_empty(u.shape[1] if delta_bias is not None else 0, **wide), u.new_empty(*u.shape[:2], A.shape[1])]
+
+
+@functools.cache
+def _cpu_ops():
+    import fastspec._C  # noqa: F401  (registers the CPU kernels of fastspec::selective_scan_cpu*)
+
+    return torch.ops.fastspec.selective_scan_cpu.default, torch.ops.fastspec.selective_scan_cpu_backward.default
+
+
+def _cpu_args(u, delta, A, B, C, D, z, delta_bias, x0):
+    """The kernel's arguments: every tensor contiguous in the state's dtype (half u, delta, z and
+    B/C converted: one copy), a (B, N, L) B or C as (B, 1, N, L)."""
+    acc = _acc_of(u)
+
+    def prepared(t, form=False):
+        if t is None:
+            return None
+        return (t[:, None] if form and t.dim() == 3 else t).to(acc).contiguous()
+
+    return [prepared(u), prepared(delta), prepared(A), prepared(B, True), prepared(C, True),
+            *(prepared(t) for t in (D, z, delta_bias, x0))]
+
+
+def _selective_cpu_forward(u, delta, A, B, C, D, z, delta_bias, x0, softplus):
+    forward, _ = _cpu_ops()
+    out, last, starts = forward(*_cpu_args(u, delta, A, B, C, D, z, delta_bias, x0), softplus)
+    return out.to(u.dtype), last, starts
+
+
+def _selective_cpu_backward(grad_out, grad_last, u, delta, A, B, C, D, z, delta_bias, x0, chunk_states, softplus,
+                            needs):
+    _, backward = _cpu_ops()
+    acc = _acc_of(u)
+    last = None if grad_last is None else grad_last.to(acc).contiguous()
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dx0 = backward(grad_out.to(acc).contiguous(), last,
+                                                          *_cpu_args(u, delta, A, B, C, D, z, delta_bias, x0),
+                                                          chunk_states, softplus)
+    dB, dC = (g[:, 0] if M.dim() == 3 else g for g, M in ((dB, B), (dC, C)))
+    grads = (du, ddelta, dA, dB, dC, dD, dz, dbias, dx0)
+    inputs = (u, delta, A, B, C, D, z, delta_bias, x0)
+    return tuple(g.to(t.dtype) if need and t is not None else None for g, t, need in zip(grads, inputs, needs))
+
+
+def _cpu_selective_unsupported(N: int, dtype: torch.dtype) -> str | None:
+    if N > CPU_MAX_N:
+        return f"the cpu backend takes N <= {CPU_MAX_N} (a row's state is kept on the stack), got N={N}"
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Selective:
     """One backend of the selective scan. Tensors have passed ``_validate_selective`` (any
@@ -469,6 +556,8 @@ _SELECTIVE = {
     "torch": Selective(_selective_torch_forward, _selective_torch_backward, torch_selective_chunk),
     "triton": Selective(_selective_triton_forward, _selective_triton_backward, _triton_selective_chunk,
                         _triton_selective_unsupported),
+    "cpu": Selective(_selective_cpu_forward, _selective_cpu_backward, lambda batch, channels, N, L: CPU_CHUNK,
+                     _cpu_selective_unsupported),
 }
 
 
@@ -641,8 +730,10 @@ def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: tor
     x_{L−1} (B, D, N) in the state's dtype. Any strides. Autograd for every tensor input,
     through the last state too (double backward through the torch path);
     ``torch.compile(fullgraph=True)`` works. The Triton backward is deterministic (no float
-    atomics) under ``torch.use_deterministic_algorithms(True)``.
-    backend: 'auto' | 'torch' | 'triton' (N ≤ 256) (env FASTSPEC_BACKEND replaces 'auto').
+    atomics) under ``torch.use_deterministic_algorithms(True)``, the cpu backward always.
+    backend: 'auto' | 'torch' | 'triton' (N ≤ 256) | 'cpu' (CPU tensors, N ≤ 256; fastspec._C's
+    C++ kernel, which 'auto' picks for CPU tensors where it is built) (env FASTSPEC_BACKEND
+    replaces 'auto').
     Raises TypeError for a wrong type or dtype, ValueError for a wrong shape or device or a
     size the backend does not take, RuntimeError for a backend that cannot run here.
     """
@@ -686,7 +777,42 @@ def _state_update_triton(state, x, dt, A, B, C, D, z, dt_bias, softplus):
     return kernels.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus)
 
 
-_STATE_UPDATE = {"torch": _state_update_torch, "triton": _state_update_triton}
+torch.library.define(
+    "fastspec::selective_state_update_cpu",
+    "(Tensor(a!) state, Tensor x, Tensor dt, Tensor A, Tensor B, Tensor C, Tensor? D, Tensor? z, Tensor? dt_bias, "
+    "bool dt_softplus) -> Tensor")
+
+
+@torch.library.register_fake("fastspec::selective_state_update_cpu")
+def _(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus):
+    return x.new_empty(x.shape)
+
+
+@functools.cache
+def _cpu_state_update_op():
+    import fastspec._C  # noqa: F401  (registers the CPU kernel of fastspec::selective_state_update_cpu)
+
+    return torch.ops.fastspec.selective_state_update_cpu.default
+
+
+def _state_update_cpu(state, x, dt, A, B, C, D, z, dt_bias, softplus):
+    """The C++ step (csrc/ssm/selective_scan_cpu.h) on the multi-head layout (single-head as
+    one head), every tensor as a contiguous one of the computing dtype (a copy only where it is
+    not); the kernel updates a contiguous state of that dtype in place, any other through a copy
+    written back (in its dtype and strides)."""
+    acc = torch.float64 if torch.float64 in (state.dtype, x.dtype) else torch.float32
+    heads = state.dim() == 4
+    views = [None if t is None else t if heads else t.unsqueeze(1 if lead else 0)
+             for t, lead in ((state, True), (x, True), (dt, True), (A, False), (B, True), (C, True), (D, False),
+                             (z, True), (dt_bias, False))]
+    prepared = [None if t is None else t.to(acc).contiguous() for t in views]
+    y = _cpu_state_update_op()(*prepared, softplus)
+    if prepared[0] is not views[0]:
+        state.copy_(prepared[0].reshape(state.shape))
+    return y.reshape(x.shape).to(x.dtype)
+
+
+_STATE_UPDATE = {"torch": _state_update_torch, "triton": _state_update_triton, "cpu": _state_update_cpu}
 
 
 def _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, softplus) -> None:
@@ -754,7 +880,7 @@ def selective_state_update(state: torch.Tensor, x: torch.Tensor, dt: torch.Tenso
     state written back in its dtype. Returns y in x's dtype. After ``selective_scan(...,
     return_last_state=True)`` it continues that scan: a step with the next token gives
     the scan's output for it. No autograd (decoding). backend: 'auto' | 'torch' | 'triton'
-    (N ≤ 256).
+    (N ≤ 256) | 'cpu' (CPU tensors; fastspec._C's C++ step).
     """
     _validate_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
     chosen = choose_backend("selective_state_update", backend, state.device, state.shape[-1])

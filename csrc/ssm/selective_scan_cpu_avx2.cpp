@@ -1,0 +1,23 @@
+// selective_scan_cpu's row kernels for AVX2 + FMA (8 float32 lanes); chosen at run time on CPUs that have both.
+#include "ssm/selective_scan_cpu_detail.h"
+
+#if FASTSPEC_CPU_X86
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+
+#include "ssm/selective_scan_cpu_kernel.h"
+
+namespace fastspec::selective_cpu_detail {
+extern const Kernels kAvx2Kernels = make_kernels<32>();
+}
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
