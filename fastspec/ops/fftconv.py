@@ -772,6 +772,8 @@ def _backward(ctx, grad_y):
             found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode, ctx.keep), wanted, grad_y,
                                              create_graph=True))
         grads = [next(found) if need else None for need in needs]
+    elif _backend.eager_untracked(grad_y, *inputs):  # the backward op's body, without its dispatch
+        grads = _IMPLS[ctx.backend].backward(grad_y, *inputs, ctx.mode, needs, *_with_keep(ctx.keep))
     else:
         grads = fft_conv_backward_op(grad_y, *inputs, ctx.mode, needs, ctx.backend, ctx.keep)
     return (*grads, None, None, None, None)
