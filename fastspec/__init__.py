@@ -3,8 +3,9 @@
 Ops: :func:`fwht` (fast Walsh–Hadamard transform), :func:`fft_conv` and :func:`fft_conv2d`
 (FFT long convolutions), :func:`linear_scan` (first-order linear recurrences),
 :func:`selective_scan` and :func:`selective_state_update` (Mamba's selective scan and its
-decoding step), :func:`ssm_kernel` (the S4D convolution kernel); HiPPO matrices in
-:mod:`fastspec.hippo`. Modules: :mod:`fastspec.nn`.
+decoding step), :func:`ssm_kernel` (the S4D convolution kernel), :func:`butterfly_multiply` and
+:func:`monarch_multiply` (structured matrices); HiPPO matrices in :mod:`fastspec.hippo`,
+exact fast transforms as butterflies in :mod:`fastspec.butterfly`. Modules: :mod:`fastspec.nn`.
 :func:`backends` reports which backends (torch, triton, cuda) run here and why not.
 """
 from fastspec._backend import BackendInfo, backends
@@ -12,8 +13,10 @@ from fastspec.hadamard import hadamard_matrix, supported_sizes
 from fastspec.ops.fftconv import fft_conv, fft_conv2d
 from fastspec.ops.fwht import fwht
 from fastspec.ops.ssm import linear_scan, selective_scan, selective_state_update, ssm_kernel
+from fastspec.ops.butterfly import butterfly_multiply, monarch_multiply
+from fastspec import butterfly
 from fastspec import nn
 
 __version__ = "0.1.0"
 
-__all__ = ["BackendInfo", "backends", "fft_conv", "fft_conv2d", "fwht", "hadamard_matrix", "linear_scan", "nn", "selective_scan", "selective_state_update", "ssm_kernel", "supported_sizes", "__version__"]
+__all__ = ["BackendInfo", "backends", "butterfly", "butterfly_multiply", "monarch_multiply", "fft_conv", "fft_conv2d", "fwht", "hadamard_matrix", "linear_scan", "nn", "selective_scan", "selective_state_update", "ssm_kernel", "supported_sizes", "__version__"]
