@@ -232,17 +232,32 @@ def _check_backend(op: str, backend: str, dtype: torch.dtype) -> None:
                          f"for {dtype}), got {dtype}")
 
 
-def _auto_choice(device: torch.device, dtype: torch.dtype) -> str:
+def _monarch_triton_unsupported(w1_shape, w2_shape) -> str | None:
+    from fastspec.triton_kernels import butterfly as kernels
+
+    return kernels.monarch_unsupported(tuple(int(d) for d in w1_shape), tuple(int(d) for d in w2_shape))
+
+
+def _check_monarch_backend(backend: str, x, w1, w2) -> None:
+    _check_backend("monarch_multiply", backend, x.dtype)
+    reason = _monarch_triton_unsupported(w1.shape, w2.shape) if backend == "triton" else None
+    if reason:
+        raise ValueError(f"monarch_multiply: {reason}")
+
+
+def _auto_choice(device: torch.device, dtype: torch.dtype, monarch_shapes=None) -> str:
     # Triton for CUDA tensors once its interpreter tests pass (DESIGN): it does; torch elsewhere.
     if device.type == "cuda" and dtype in TRITON_DTYPES and _backend.device_ok("triton", device) is None:
-        return "triton"
+        if monarch_shapes is None or _monarch_triton_unsupported(*monarch_shapes) is None:
+            return "triton"
     return "torch"
 
 
 @torch.compiler.assume_constant_result
-def choose_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The concrete backend for a call (``auto``: Triton for CUDA tensors it takes, else torch)."""
-    return _backend.resolve(op, backend, device, lambda: _auto_choice(device, dtype))
+def choose_backend(op: str, backend: str, device: torch.device, dtype: torch.dtype, monarch_shapes=None) -> str:
+    """The concrete backend for a call (``auto``: Triton for CUDA tensors it takes, else
+    torch); monarch_shapes: (w1.shape, w2.shape) for monarch_multiply."""
+    return _backend.resolve(op, backend, device, lambda: _auto_choice(device, dtype, monarch_shapes))
 
 
 # ---------------------------------------------------------------------------- butterfly op
@@ -349,14 +364,14 @@ def butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, *, increasing_str
 def monarch_multiply_op(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, backend: str) -> torch.Tensor:
     """Registered op: the Monarch product on a concrete backend ('torch' | 'triton')."""
     _validate_monarch(x, w1, w2)
-    _check_backend("monarch_multiply", backend, x.dtype)
+    _check_monarch_backend(backend, x, w1, w2)
     return _MONARCH[backend][0](x, w1, w2)
 
 
 @monarch_multiply_op.register_fake
 def _(x, w1, w2, backend):
     _, m = _validate_monarch(x, w1, w2)
-    _check_backend("monarch_multiply", backend, x.dtype)
+    _check_monarch_backend(backend, x, w1, w2)
     return x.new_empty((*x.shape[:-1], m))
 
 
@@ -365,7 +380,7 @@ def monarch_multiply_backward_op(grad: torch.Tensor, x: torch.Tensor, w1: torch.
                                  backend: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Registered op: (d x, d w1, d w2) of fastspec::monarch_multiply for the output gradient."""
     _validate_monarch(x, w1, w2)
-    _check_backend("monarch_multiply", backend, x.dtype)
+    _check_monarch_backend(backend, x, w1, w2)
     return _MONARCH[backend][1](grad, x, w1, w2)
 
 
@@ -400,7 +415,9 @@ def monarch_multiply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, bac
     blocks of B₁ (q × p each); w2: (l, s, r) with l·r = k·q, the l blocks of B₂ (s × r).
     P₁ reads B₁x as an (r, l) matrix and writes it as (l, r); P₂ reads B₂'s output as (l, s)
     and writes it as (s, l). All three the same dtype: float16, bfloat16, float32 (torch and
-    triton), float64, complex64, complex128 (torch). Returns (..., l·s) in x's dtype;
+    triton), float64, complex64, complex128 (torch). The triton backend takes power-of-two
+    block counts and block sizes q, p, s, r >= 16 with k·q, l·s <= 4096 (auto picks torch
+    for the others). Returns (..., l·s) in x's dtype;
     half precision is computed in float32. Autograd for all three (double backward through
     the torch forward); torch.compile(fullgraph=True) works.
     backend: 'auto' | 'torch' | 'triton' (env FASTSPEC_BACKEND replaces 'auto').
@@ -408,6 +425,6 @@ def monarch_multiply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, bac
     devices, RuntimeError for a backend that cannot run here.
     """
     _validate_monarch(x, w1, w2)
-    chosen = choose_backend("monarch_multiply", backend, x.device, x.dtype)
-    _check_backend("monarch_multiply", chosen, x.dtype)
+    chosen = choose_backend("monarch_multiply", backend, x.device, x.dtype, (tuple(w1.shape), tuple(w2.shape)))
+    _check_monarch_backend(chosen, x, w1, w2)
     return monarch_multiply_op(x, w1, w2, chosen)
