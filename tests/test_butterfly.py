@@ -525,3 +525,124 @@ def test_auto_choice(monkeypatch):
     assert ops._auto_choice(cpu, torch.float32) == "torch"
     assert ops._auto_choice(cuda, torch.float32, ((64, 64, 64), (64, 64, 64))) == "triton"
     assert ops._auto_choice(cuda, torch.float32, ((4, 4, 4), (4, 4, 4))) == "torch"
+
+
+# --------------------------------------------------------------------------- modules
+
+
+def _butterfly_dense(layer):
+    """The (out, in) matrix of a Butterfly layer from the reference (input permutation included)."""
+    mats = butterfly_matrix(layer.twiddle.detach().cpu(), layer.increasing_stride)  # (nstacks, n, n)
+    if layer.permutation is not None:
+        mats = mats[:, :, torch.argsort(layer.permutation.cpu())]
+    stacked = mats.reshape(layer.nstacks * layer.n, layer.n)[:layer.out_features, :layer.in_features]
+    return stacked.real if layer.real_output else stacked
+
+
+@pytest.mark.parametrize("init", ["randn", "ortho", "identity", "hadamard"])
+@pytest.mark.parametrize("in_features,out_features,nblocks", [(12, 40, 2), (16, 8, 1), (5, 5, 1)])
+def test_butterfly_layer_is_its_dense_matrix(init, in_features, out_features, nblocks):
+    layer = fastspec.nn.Butterfly(in_features, out_features, init=init, nblocks=nblocks).double().to(DEVICE)
+    x = random_input((3, 2, in_features), torch.float64)
+    expect = x.cpu() @ _butterfly_dense(layer).T + layer.bias.detach().cpu()
+    torch.testing.assert_close(layer(x).cpu(), expect, rtol=1e-10, atol=1e-10)
+    assert layer.twiddle.shape == (math.ceil(out_features / layer.n), nblocks, layer.log_n, layer.n // 2, 2, 2)
+
+
+@pytest.mark.parametrize("init,dense", [("fft", lambda n: _dft(n) / math.sqrt(n)),
+                                        ("dct", lambda n: torch.from_numpy(scipy.fft.dct(np.eye(n), axis=0,
+                                                                                         norm="ortho"))),
+                                        ("hadamard", lambda n: fastspec.hadamard_matrix(n).double() / math.sqrt(n)),
+                                        ("identity", lambda n: torch.eye(n, dtype=torch.float64))])
+def test_butterfly_layer_exact_inits(init, dense):
+    n = 32
+    layer = fastspec.nn.Butterfly(n, n, bias=False, complex=init in ("fft", "dct"), init=init, nblocks=2)
+    x = random_input((4, n), torch.float32)
+    out = layer(x)
+    ref = x.cpu().double().to(dense(n).dtype) @ dense(n).T
+    floor = 2 * _factor_floor(n, 2, torch.float32)
+    if out.is_complex():
+        assert_close_to_reference(torch.view_as_real(out.detach()), torch.view_as_real(ref), floor)
+    else:
+        assert_close_to_reference(out.detach(), ref, floor)
+
+
+def test_butterfly_layer_orthogonal_init_is_orthogonal():
+    for complex_ in (False, True):
+        layer = fastspec.nn.Butterfly(64, 64, bias=False, complex=complex_, init="ortho", nblocks=2).double()
+        m = _butterfly_dense(layer)  # twiddles drawn in float32: orthogonal to float32 rounding
+        torch.testing.assert_close(m.conj().T @ m, torch.eye(64, dtype=m.dtype), rtol=0, atol=1e-6)
+
+
+def test_monarch_linear_and_projection():
+    layer = fastspec.nn.MonarchLinear(60, 50, nblocks=4).to(DEVICE)
+    x = random_input((3, 60), torch.float32)
+    torch.testing.assert_close(layer(x), x @ layer.dense_weight().T + layer.bias, rtol=1e-5, atol=1e-5)
+    # a Monarch matrix projects onto itself (rectangular and padded sizes too) ...
+    for shape, nblocks in (((64, 64), 8), ((64, 64), 4), ((60, 50), 4), ((32, 96), 4)):
+        source = fastspec.nn.MonarchLinear(*shape, nblocks=nblocks).double()
+        dense = torch.nn.Linear(*shape).double()
+        with torch.no_grad():
+            dense.weight.copy_(source.dense_weight())
+        projected = fastspec.nn.MonarchLinear.from_dense(dense, nblocks)
+        assert projected.projection_error < 1e-12
+        torch.testing.assert_close(projected.bias, dense.bias)
+    # ... and a dense one onto the nearest: any change of the projected factors moves away
+    dense = torch.nn.Linear(64, 64).double()
+    projected = fastspec.nn.MonarchLinear.from_dense(dense, 8)
+    assert 0 < projected.projection_error < 1
+    err = lambda m: float((m.dense_weight() - dense.weight).detach().norm() / dense.weight.detach().norm())  # noqa: E731
+    assert abs(err(projected) - projected.projection_error) < 1e-12
+    for _ in range(3):
+        with torch.no_grad():
+            projected.w1.add_(1e-3 * torch.randn_like(projected.w1))
+        assert err(projected) > projected.projection_error
+
+
+def test_replace_linear_on_an_mlp_trains():
+    """replace_linear on a small MLP: the chosen layers become Monarch, the report counts the
+    saving, and the model still trains (the loss falls) on the CPU."""
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                              torch.nn.Linear(64, 4))
+    skipped = fastspec.nn.replace_linear(mlp, min_features=32, filter=lambda name, module: name != "2")
+    assert skipped.replaced == ["0"]
+    report = fastspec.nn.replace_linear(mlp, kind="monarch", min_features=32)
+    assert report.replaced == ["2"] and isinstance(mlp[2], fastspec.nn.MonarchLinear)
+    assert isinstance(mlp[4], torch.nn.Linear)  # 4 outputs < min_features
+    assert report.dense_params == 64 * 64 + 64 and report.structured_params == sum(
+        p.numel() for p in mlp[2].parameters())
+    assert 0.4 < report.saving < 1 and "saved" in str(report) and 0 < report.projection_errors["2"] < 1
+    x = torch.randn(256, 32)
+    target = torch.sin(x[:, :4] * 2) + x[:, 4:8] ** 2
+    opt = torch.optim.Adam(mlp.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        loss = torch.nn.functional.mse_loss(mlp(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_replace_linear_with_butterflies():
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 16))
+    report = fastspec.nn.replace_linear(mlp, kind="butterfly", min_features=16, init="ortho")
+    assert report.replaced == ["0", "2"] and isinstance(mlp[0], fastspec.nn.Butterfly)
+    assert mlp(torch.randn(3, 16)).shape == (3, 16)
+    with pytest.raises(ValueError, match="kind must be 'monarch' or 'butterfly'"):
+        fastspec.nn.replace_linear(mlp, kind="lowrank")
+
+
+def test_module_bad_inputs():
+    with pytest.raises(ValueError, match="init must be one of"):
+        fastspec.nn.Butterfly(8, 8, init="zeros")
+    with pytest.raises(ValueError, match="needs complex=True"):
+        fastspec.nn.Butterfly(8, 8, init="fft")
+    with pytest.raises(ValueError, match="last dim of x must be 8"):
+        fastspec.nn.Butterfly(8, 8)(torch.ones(2, 9))
+    with pytest.raises(ValueError, match="last dim of x must be 12"):
+        fastspec.nn.MonarchLinear(12, 8)(torch.ones(2, 9))
+    with pytest.raises(ValueError, match=">= 1"):
+        fastspec.nn.MonarchLinear(12, 8, nblocks=0)

@@ -1,6 +1,7 @@
 """Drop-in nn.Modules built on fastspec ops."""
+from fastspec.nn.butterfly import Butterfly, MonarchLinear, ReplaceReport, replace_linear
 from fastspec.nn.fftconv import Conv1dFFT, FFTConv
 from fastspec.nn.hadamard import HadamardTransform
 from fastspec.nn.ssm import S4D, SelectiveSSM
 
-__all__ = ["Conv1dFFT", "FFTConv", "HadamardTransform", "S4D", "SelectiveSSM"]
+__all__ = ["Butterfly", "MonarchLinear", "ReplaceReport", "replace_linear", "Conv1dFFT", "FFTConv", "HadamardTransform", "S4D", "SelectiveSSM"]
