@@ -74,6 +74,21 @@ def _log2(n: int, name: str) -> int:
     return n.bit_length() - 1
 
 
+def random_orthogonal_twiddle(nstacks: int, nblocks: int, n: int, dtype: torch.dtype = torch.float32,
+                              device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random (nstacks, nblocks, log2 n, n/2, 2, 2) twiddles, each 2×2 block a rotation or a
+    reflection (uniform angle), for complex dtypes times a random diagonal of unit phases (a
+    random unitary): every product of them is orthogonal (unitary), so it stays well scaled."""
+    shape = (nstacks, nblocks, _log2(n, "random_orthogonal_twiddle"), n // 2)
+    theta = torch.rand(shape, dtype=torch.float64, generator=generator) * 2 * math.pi
+    c, s = torch.cos(theta), torch.sin(theta)
+    det = torch.randint(0, 2, shape, generator=generator).double() * 2 - 1  # rotation (+1) or reflection (-1)
+    tw = torch.stack((torch.stack((det * c, -det * s), -1), torch.stack((s, c), -1)), -2)
+    if dtype.is_complex:
+        tw = tw * torch.exp(2j * math.pi * torch.rand(*shape, 2, 1, dtype=torch.float64, generator=generator))
+    return tw.to(device=device, dtype=dtype)
+
+
 def bit_reversal(n: int) -> torch.Tensor:
     """The bit-reversal permutation of range(n), n a power of two: perm[i] = i with its log2 n bits reversed."""
     log_n = _log2(n, "bit_reversal")

@@ -22,19 +22,13 @@ HALF_AND_SINGLE = [torch.float32, torch.float16, torch.bfloat16]
 
 def random_twiddle(nstacks, nblocks, n, dtype, kind="ortho"):
     """(nstacks, nblocks, log2 n, n/2, 2, 2) twiddles: 'ortho' random rotations/reflections
-    (times unit phases for complex dtypes: a product of them stays well conditioned, as
-    trained butterflies are), 'randn' Gaussian entries of variance 1/2 (torch_butterfly's init)."""
-    shape = (nstacks, nblocks, n.bit_length() - 1, n // 2)
+    (unitary for complex dtypes: a product of them stays well conditioned, as trained
+    butterflies are), 'randn' Gaussian entries of variance 1/2 (torch_butterfly's init)."""
     if kind == "randn":
-        tw = torch.randn(*shape, 2, 2, dtype=torch.complex128 if dtype.is_complex else torch.float64) / math.sqrt(2)
-    else:
-        theta = torch.rand(shape, dtype=torch.float64) * 2 * math.pi
-        c, s = torch.cos(theta), torch.sin(theta)
-        det = torch.randint(0, 2, shape, dtype=torch.float64) * 2 - 1
-        tw = torch.stack((torch.stack((det * c, -det * s), -1), torch.stack((s, c), -1)), -2)
-        if dtype.is_complex:
-            tw = tw * torch.exp(2j * math.pi * torch.rand(*shape, 2, 1, dtype=torch.float64))
-    return tw.to(device=DEVICE, dtype=dtype)
+        shape = (nstacks, nblocks, n.bit_length() - 1, n // 2, 2, 2)
+        tw = torch.randn(*shape, dtype=torch.complex128 if dtype.is_complex else torch.float64) / math.sqrt(2)
+        return tw.to(device=DEVICE, dtype=dtype)
+    return fb.random_orthogonal_twiddle(nstacks, nblocks, n, dtype, DEVICE)
 
 
 def random_complex(shape, dtype):
@@ -570,7 +564,7 @@ def test_butterfly_layer_exact_inits(init, dense):
 def test_butterfly_layer_orthogonal_init_is_orthogonal():
     for complex_ in (False, True):
         layer = fastspec.nn.Butterfly(64, 64, bias=False, complex=complex_, init="ortho", nblocks=2).double()
-        m = _butterfly_dense(layer)  # twiddles drawn in float32: orthogonal to float32 rounding
+        m = _butterfly_dense(layer)  # twiddles stored in float32: orthogonal to float32 rounding
         torch.testing.assert_close(m.conj().T @ m, torch.eye(64, dtype=m.dtype), rtol=0, atol=1e-6)
 
 

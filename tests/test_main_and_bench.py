@@ -94,3 +94,17 @@ def test_bench_ssm_writes_records(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" for r in records)
     assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "clone"}
     sys.modules.pop("bench_ssm", None)
+
+
+def test_bench_butterfly_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_butterfly
+
+    assert bench_butterfly.main(["--quick", "--batch", "8", "--sizes", "64", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("butterfly-*.json")
+    records = json.loads(result.read_text())
+    assert {r["op"] for r in records} == {"butterfly", "butterfly fwd+bwd", "monarch", "monarch fwd+bwd"}
+    assert all(r["status"] == "ok" for r in records)
+    assert {r["baseline"] for r in records} >= {"dense", "pytorch-per-factor", "two-bmm", "clone"}
+    sys.modules.pop("bench_butterfly", None)

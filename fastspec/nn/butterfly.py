@@ -62,13 +62,7 @@ class Butterfly(torch.nn.Module):
         if self.init == "identity":
             return eye.to(dtype).clone()
         if self.init == "ortho":
-            theta = torch.rand(shape) * 2 * math.pi
-            c, s = torch.cos(theta), torch.sin(theta)
-            det = torch.randint(0, 2, shape).to(c.dtype) * 2 - 1  # rotation or reflection
-            tw = torch.stack((torch.stack((det * c, -det * s), -1), torch.stack((s, c), -1)), -2).to(dtype)
-            if dtype.is_complex:  # times a random diagonal of phases: a random unitary 2×2
-                tw = tw * torch.exp(2j * math.pi * torch.rand(*shape, 2, 1)).to(dtype)
-            return tw
+            return transforms.random_orthogonal_twiddle(self.nstacks, self.nblocks, self.n, dtype)
         exact = {"fft": transforms.fft, "hadamard": transforms.hadamard, "dct": transforms.dct}[self.init](
             self.n, normalized=True)
         if not exact.increasing_stride == self.increasing_stride:

@@ -12,6 +12,9 @@ Monarch (fly's ``blockdiag_butterfly_multiply``): w1 (k, q, p), w2 (l, s, r) wit
 k·p = n and l·r = k·q: y = P₂ · blockdiag(w2) · P₁ · blockdiag(w1) · x, where P₁ reads the
 k·q intermediate as (r, l) and writes it as (l, r), and P₂ reads the l·s output as (l, s)
 and writes it as (s, l).
+
+The benchmarks' baselines are here too: ``butterfly_per_factor`` (torch_butterfly's pure-PyTorch
+formulation, one broadcast product per factor) and ``monarch_two_bmm`` (fly's two-bmm forward).
 """
 from __future__ import annotations
 
@@ -92,3 +95,31 @@ def monarch_reference(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> to
     if x.is_complex() != mat.is_complex():
         x, mat = x.to(torch.complex128), mat.to(torch.complex128)
     return x @ mat.T
+
+
+def butterfly_per_factor(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool = True) -> torch.Tensor:
+    """The pure-PyTorch butterfly as torch_butterfly's reference computes it: per factor, the
+    twiddle viewed (nstacks, n/2s, 2, 2, s) times x viewed (batch, nstacks, n/2s, 1, 2, s),
+    summed over the input pair axis."""
+    batch, nstacks, n = x.shape
+    nblocks, log_n = twiddle.shape[1], twiddle.shape[2]
+    out, increasing = x, increasing_stride
+    for block in range(nblocks):
+        for idx in range(log_n):
+            stride = 1 << (idx if increasing else log_n - 1 - idx)
+            t = twiddle[:, block, idx].view(nstacks, n // (2 * stride), stride, 2, 2).permute(0, 1, 3, 4, 2)
+            out = (t * out.reshape(batch, nstacks, n // (2 * stride), 1, 2, stride)).sum(dim=4)
+        increasing = not increasing
+    return out.reshape(batch, nstacks, n)
+
+
+def monarch_two_bmm(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
+    """fly's BlockdiagButterflyMultiply forward: bmm into a fresh buffer, the permutation as a
+    reshape of the transposed result, bmm, the output permutation."""
+    batch, n = x.shape
+    k, q, p = w1.shape
+    l, s, r = w2.shape
+    out1 = torch.bmm(x.reshape(batch, k, p).transpose(0, 1), w1.transpose(-1, -2))  # (k, batch, q)
+    out1 = out1.transpose(0, 1).reshape(batch, r, l).permute(2, 0, 1)  # (l, batch, r)
+    out2 = torch.bmm(out1, w2.transpose(-1, -2))  # (l, batch, s)
+    return out2.permute(1, 2, 0).reshape(batch, s * l)
