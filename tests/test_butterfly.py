@@ -187,10 +187,11 @@ def test_any_strides_and_empty_batch(backend):
 @pytest.mark.parametrize("nblocks,increasing_stride", [(1, True), (2, False)])
 def test_triton_two_launch_path(backend, monkeypatch, nblocks, increasing_stride):
     """Rows longer than a tile: the factors of small stride on contiguous sub-rows, then the
-    others on strided ones, forward and backward (TILE_MAX lowered to 8 so n = 32 takes it)."""
+    others on strided ones, forward and backward (the tile limits lowered to 8 so n = 32 takes it)."""
     from fastspec.triton_kernels import butterfly as kernels
 
     monkeypatch.setattr(kernels, "TILE_MAX", 8)
+    monkeypatch.setattr(kernels, "BACKWARD_TILE_MAX", 8)
     n = 32
     tw = random_twiddle(2, nblocks, n, torch.float32).requires_grad_()
     x = random_input((2, 2, n), torch.float32).requires_grad_()

@@ -39,8 +39,11 @@ import triton
 import triton.language as tl
 
 TILE_MAX = 2**14
-"""Largest tile (R·L entries) a program holds; rows up to this are one launch (the tests
-lower it to reach the two-launch path at small n)."""
+"""Largest tile (R·L entries) a forward program holds; rows up to this are one launch (the
+tests lower it to reach the two-launch path at small n)."""
+BACKWARD_TILE_MAX = 2**12
+"""The same for the backward, which holds three tiles (x, the recomputed input, the gradient):
+16 rows of 1024 spill 200 bytes on sm_90 at 16 warps (tests/test_butterfly_triton_sm90.py)."""
 MONARCH_TILE_MAX = 2**16
 """Largest intermediate (BM·k·q entries, BM >= 16 rows) a Monarch program holds: n = 4096 with
 64 × 64 blocks at 16 rows (untuned: no GPU has run it yet)."""
@@ -149,16 +152,15 @@ def butterfly_backward_kernel(x_ptr, grad_ptr, tw_ptr, dtw_ptr, dx_ptr, batch, n
     g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tw_base = tl.program_id(1).to(tl.int64) * (NBLOCKS_TOTAL * LOG_N) * half_n * 4
     F: tl.constexpr = NBLOCKS * LOG_L
-    for back in tl.static_range(F):
-        f: tl.constexpr = F - 1 - back
+    for back in tl.static_range(F):  # factor F - 1 - back (a constexpr may not be reassigned in the loop)
         y = x
-        for before in tl.static_range(f):  # recompute the input of factor f
+        for before in tl.static_range(F - 1 - back):  # recompute the factor's input
             y = _factor(y, tw_ptr, tw_base, within0, half_n, before, LOG_N, LOG_L, LOG_SUB, INCREASING, BLOCK0, R,
                         L, SUB, TILES, 0)
-        _factor(y, dtw_ptr, tw_base, within0, half_n, f, LOG_N, LOG_L, LOG_SUB, INCREASING, BLOCK0, R, L, SUB,
-                TILES, 2, g)
-        g = _factor(g, tw_ptr, tw_base, within0, half_n, f, LOG_N, LOG_L, LOG_SUB, INCREASING, BLOCK0, R, L, SUB,
-                    TILES, 1)
+        _factor(y, dtw_ptr, tw_base, within0, half_n, F - 1 - back, LOG_N, LOG_L, LOG_SUB, INCREASING, BLOCK0, R, L,
+                SUB, TILES, 2, g)
+        g = _factor(g, tw_ptr, tw_base, within0, half_n, F - 1 - back, LOG_N, LOG_L, LOG_SUB, INCREASING, BLOCK0, R,
+                    L, SUB, TILES, 1)
     tl.store(dx_ptr + offs, g.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
@@ -189,48 +191,51 @@ def _grid_args(batch: int, n: int, launch: dict, tile_max: int) -> tuple[int, in
     return R, subrows // R, batch * (subrows // R)
 
 
+def butterfly_plan(batch: int, nstacks: int, n: int, nblocks: int, increasing_stride: bool,
+                   backward: bool = False) -> list[tuple]:
+    """The launches of one product in order, each (grid, meta) (``meta`` holds num_warps);
+    ``backward``: the plan whose launches the backward kernel runs in reverse (smaller tiles)."""
+    plan = []
+    tile_max = BACKWARD_TILE_MAX if backward else TILE_MAX
+    for launch in _launches(n.bit_length() - 1, nblocks, increasing_stride, tile_max):
+        R, tiles, programs = _grid_args(batch, n, launch, tile_max)
+        meta = dict(LOG_N=n.bit_length() - 1, NBLOCKS_TOTAL=nblocks, R=R, TILES=tiles, **launch,
+                    num_warps=min(16, max(1, R * launch["L"] // 1024)))
+        plan.append(((programs, nstacks), meta))
+    return plan
+
+
 def butterfly_forward(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool) -> torch.Tensor:
     """y = M x. twiddle (nstacks, nblocks, log2 n, n/2, 2, 2), x (batch, nstacks, n),
     contiguous, float16/bfloat16/float32, the same dtype."""
-    tile_max = TILE_MAX
     batch, nstacks, n = x.shape
-    nblocks, log_n = twiddle.shape[1], twiddle.shape[2]
     out = torch.empty_like(x)
     if batch == 0:
         return out
     src = x
-    for launch in _launches(log_n, nblocks, increasing_stride, tile_max):
-        R, tiles, programs = _grid_args(batch, n, launch, tile_max)
-        butterfly_kernel[(programs, nstacks)](src, twiddle, out, batch, nstacks, n, n // 2, LOG_N=log_n,
-                                              NBLOCKS_TOTAL=nblocks, R=R, TILES=tiles, **launch)
-        src = out
+    for grid, meta in butterfly_plan(batch, nstacks, n, twiddle.shape[1], increasing_stride):
+        butterfly_kernel[grid](src, twiddle, out, batch, nstacks, n, n // 2, **meta)
+        src = out  # later launches work in place
     return out
 
 
 def butterfly_backward(grad: torch.Tensor, twiddle: torch.Tensor, x: torch.Tensor,
                        increasing_stride: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(d twiddle, d x) for the output gradient; contiguous inputs as butterfly_forward's."""
-    tile_max = TILE_MAX
     batch, nstacks, n = x.shape
-    nblocks, log_n = twiddle.shape[1], twiddle.shape[2]
     dtw = torch.zeros(twiddle.shape, dtype=torch.float32, device=x.device)
     if batch == 0:
         return dtw.to(twiddle.dtype), torch.empty_like(x)
-    launches = _launches(log_n, nblocks, increasing_stride, tile_max)
+    plan = butterfly_plan(batch, nstacks, n, twiddle.shape[1], increasing_stride, backward=True)
     inputs = [x]  # each launch's input: the forward again, one tensor a launch
-    for launch in launches[:-1]:
-        R, tiles, programs = _grid_args(batch, n, launch, tile_max)
+    for grid, meta in plan[:-1]:
         out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
-        butterfly_kernel[(programs, nstacks)](inputs[-1], twiddle, out, batch, nstacks, n, n // 2, LOG_N=log_n,
-                                              NBLOCKS_TOTAL=nblocks, R=R, TILES=tiles, **launch)
+        butterfly_kernel[grid](inputs[-1], twiddle, out, batch, nstacks, n, n // 2, **meta)
         inputs.append(out)
     g = grad
-    for launch, src in zip(reversed(launches), reversed(inputs)):
-        R, tiles, programs = _grid_args(batch, n, launch, tile_max)
+    for (grid, meta), src in zip(reversed(plan), reversed(inputs)):
         dx = torch.empty(x.shape, dtype=x.dtype if src is x else torch.float32, device=x.device)
-        butterfly_backward_kernel[(programs, nstacks)](src, g, twiddle, dtw, dx, batch, nstacks, n, n // 2,
-                                                       LOG_N=log_n, NBLOCKS_TOTAL=nblocks, R=R, TILES=tiles,
-                                                       **launch)
+        butterfly_backward_kernel[grid](src, g, twiddle, dtw, dx, batch, nstacks, n, n // 2, **meta)
         g = dx
     return dtw.to(twiddle.dtype), g
 
@@ -318,9 +323,14 @@ def monarch_unsupported(w1_shape, w2_shape) -> str | None:
     return None
 
 
-def _monarch_bm(rows: int, k: int, q: int, l: int, s: int) -> int:
-    widest = max(k * q, l * s, 1)
-    return max(16, min(64, MONARCH_TILE_MAX // widest))
+def monarch_plan(rows: int, w1_shape, w2_shape) -> tuple[tuple[int], dict]:
+    """(grid, meta) of the forward and the backward kernel: BM rows a program, 16 to 64, as
+    many as keep the widest intermediate within MONARCH_TILE_MAX."""
+    k, q, p = w1_shape
+    l, s, r = w2_shape
+    bm = max(16, min(64, MONARCH_TILE_MAX // max(k * q, l * s)))
+    meta = dict(K=k, Q=q, P=p, L=l, S=s, R=r, BM=bm, num_warps=min(8, max(4, bm * max(k * q, l * s) // 8192)))
+    return (triton.cdiv(rows, bm),), meta
 
 
 def monarch_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -330,8 +340,8 @@ def monarch_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torc
     rows = x.numel() // (k * p)
     out = torch.empty(*x.shape[:-1], l * s, dtype=x.dtype, device=x.device)
     if rows:
-        bm = _monarch_bm(rows, k, q, l, s)
-        monarch_kernel[(triton.cdiv(rows, bm),)](x, w1, w2, out, rows, K=k, Q=q, P=p, L=l, S=s, R=r, BM=bm)
+        grid, meta = monarch_plan(rows, w1.shape, w2.shape)
+        monarch_kernel[grid](x, w1, w2, out, rows, **meta)
     return out
 
 
@@ -344,7 +354,6 @@ def monarch_backward(grad, x, w1, w2):
     dw1 = torch.zeros(w1.shape, dtype=torch.float32, device=x.device)
     dw2 = torch.zeros(w2.shape, dtype=torch.float32, device=x.device)
     if rows:
-        bm = _monarch_bm(rows, k, q, l, s)
-        monarch_backward_kernel[(triton.cdiv(rows, bm),)](x, w1, w2, grad, dx, dw1, dw2, rows, K=k, Q=q, P=p, L=l,
-                                                          S=s, R=r, BM=bm)
+        grid, meta = monarch_plan(rows, w1.shape, w2.shape)
+        monarch_backward_kernel[grid](x, w1, w2, grad, dx, dw1, dw2, rows, **meta)
     return dx, dw1.to(w1.dtype), dw2.to(w2.dtype)
