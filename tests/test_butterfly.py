@@ -99,13 +99,13 @@ def test_reference_dense_matrix_is_fly_monarch():
 # --------------------------------------------------------------------------- butterfly forward
 
 
-DENSE_SIZES = [2**k for k in range(1, 11)] + [pytest.param(2**k, marks=pytest.mark.slow) for k in (11, 12)]
+DENSE_SIZES = [2**k for k in range(1, 9)] + [pytest.param(2**k, marks=pytest.mark.slow) for k in range(9, 13)]
 
 
 @pytest.mark.parametrize("backend", backend_params("torch"))
 @pytest.mark.parametrize("n", DENSE_SIZES)
 def test_float64_matches_dense_product(backend, n):
-    """n = 2 .. 2^12 (2^11 and 2^12 slow: building their dense matrices), nblocks 1 and 2,
+    """n = 2 .. 2^12 (2^9 up slow: building their dense matrices), nblocks 1 and 2,
     both stride directions, transpose, against the dense matrix of the factors (x @ Mᵀ)."""
     x = random_input((3, 2, n), torch.float64)
     for nblocks in (1, 2):
@@ -123,9 +123,9 @@ def test_float64_matches_dense_product(backend, n):
 
 
 @pytest.mark.parametrize("backend", backend_params("torch"))
-@pytest.mark.parametrize("n", [2048, 4096])
+@pytest.mark.parametrize("n", [512, 1024, 2048, 4096])
 def test_float64_matches_product_of_factors(backend, n):
-    """The largest sizes against the factors applied one by one (fastspec.reference)."""
+    """The sizes above 256 against the factors applied one by one (fastspec.reference)."""
     x = random_input((3, 2, n), torch.float64)
     for nblocks, increasing_stride in ((1, True), (2, False)):
         tw = random_twiddle(2, nblocks, n, torch.float64, "randn")
@@ -187,12 +187,12 @@ def test_any_strides_and_empty_batch(backend):
 @pytest.mark.parametrize("nblocks,increasing_stride", [(1, True), (2, False)])
 def test_triton_two_launch_path(backend, monkeypatch, nblocks, increasing_stride):
     """Rows longer than a tile: the factors of small stride on contiguous sub-rows, then the
-    others on strided ones, forward and backward (the tile limits lowered to 8 so n = 32 takes it)."""
+    others on strided ones, forward and backward (the tile limits lowered to 8 so n = 16 takes it)."""
     from fastspec.triton_kernels import butterfly as kernels
 
     monkeypatch.setattr(kernels, "TILE_MAX", 8)
     monkeypatch.setattr(kernels, "BACKWARD_TILE_MAX", 8)
-    n = 32
+    n = 16
     tw = random_twiddle(2, nblocks, n, torch.float32).requires_grad_()
     x = random_input((2, 2, n), torch.float32).requires_grad_()
     weight = random_input((2, 2, n), torch.float32)
@@ -255,8 +255,8 @@ def test_gradcheck_and_double_backward(dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.complex64], ids=str)
 def test_opcheck(backend, dtype):
-    if backend == "triton" and dtype.is_complex:
-        pytest.skip("the triton backend is real")
+    if backend == "triton" and dtype != torch.float32:
+        pytest.skip("the triton backend is real; one dtype is enough for its registration (interpreter time)")
     tw = random_twiddle(2, 2, 16, dtype).requires_grad_(dtype != torch.bfloat16)
     x = _data((3, 2, 16), dtype).requires_grad_(dtype != torch.bfloat16)
     torch.library.opcheck(torch.ops.fastspec.butterfly_multiply.default, (tw, x, False, backend))
