@@ -19,9 +19,12 @@ import torch
 import fastspec
 from fastspec import _timing
 from fastspec.hippo import init_log_dt, s4d_init
+from fastspec.butterfly import random_orthogonal_twiddle
+from fastspec.ops import butterfly as butterfly_ops
 from fastspec.ops import fftconv as fftconv_ops
 from fastspec.ops import gaunt as gaunt_ops
 from fastspec.ops import ssm as ssm_ops
+from fastspec.reference.butterfly import butterfly_per_factor, butterfly_reference, monarch_reference, monarch_two_bmm
 from fastspec.reference.fftconv import fft_conv_pytorch, fft_conv_reference
 from fastspec.reference.fwht import fwht_dense, fwht_reference
 from fastspec.reference.gaunt import gaunt_reference
@@ -117,6 +120,20 @@ def _kernel_make(shape, dtype, device):
             torch.arange(L, device=device))
 
 
+def _butterfly_make(shape, dtype, device):
+    """(twiddle, x) for x (batch, nstacks, n): two blocks of random orthogonal twiddles."""
+    batch, nstacks, n = shape
+    return random_orthogonal_twiddle(nstacks, 2, n, dtype, device), torch.randn(shape, device=device).to(dtype)
+
+
+def _monarch_make(shape, dtype, device):
+    """(x, w1, w2) for x (batch, n), n a square: √n blocks of √n × √n."""
+    batch, n = shape
+    b = math.isqrt(n)
+    w1, w2 = (torch.randn(b, b, b, device=device) / math.sqrt(b) for _ in range(2))
+    return torch.randn(shape, device=device).to(dtype), w1.to(dtype), w2.to(dtype)
+
+
 FAMILIES = [
     Family(
         name="fwht",
@@ -194,6 +211,27 @@ FAMILIES = [
         check_shapes={"cpu": [(3, 2, 1), (4, 3, 4), (2, 2, 8)], "cuda": [(3, 2, 1), (64, 16, 4), (256, 32, 8)]},
         bench_cases={"cpu": [((1024, 32, 4), torch.float32)], "cuda": [((4096, 128, 6), torch.float32)]},
         backends=lambda: gaunt_ops._IMPLS,
+    ),
+    Family(
+        name="butterfly_multiply",
+        make=_butterfly_make,
+        op=lambda tw, x, backend: fastspec.butterfly_multiply(tw, x, increasing_stride=False, backend=backend),
+        reference=lambda tw, x: butterfly_reference(tw, x, False),
+        baseline=lambda device: ("pytorch-per-factor", lambda tw, x: butterfly_per_factor(tw, x, False)),
+        check_shapes={"cpu": [(4, 2, 256), (3, 1, 1024), (2, 1, 2**14)],
+                      "cuda": [(4, 2, 256), (64, 1, 4096), (16, 1, 2**15)]},  # 2^15: Triton's two-launch path
+        bench_cases={"cpu": [((1024, 1, 1024), torch.float32)], "cuda": [((16384, 1, 4096), torch.float32)]},
+        backends=lambda: butterfly_ops._BUTTERFLY,
+    ),
+    Family(
+        name="monarch_multiply",
+        make=_monarch_make,
+        op=lambda x, w1, w2, backend: fastspec.monarch_multiply(x, w1, w2, backend=backend),
+        reference=monarch_reference,
+        baseline=lambda device: ("two-bmm", monarch_two_bmm),
+        check_shapes={"cpu": [(4, 256), (3, 1024)], "cuda": [(64, 1024), (64, 4096)]},
+        bench_cases={"cpu": [((1024, 1024), torch.float32)], "cuda": [((16384, 4096), torch.bfloat16)]},
+        backends=lambda: butterfly_ops._MONARCH,
     ),
 ]
 

@@ -112,3 +112,34 @@ def test_bench_gaunt_writes_records(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" and r["x_floor"] > 0 and r["note"] == "auto chose method='grid'" for r in records)
     assert {r["baseline"] for r in records} >= {"dense", "clone"} | ({"e3nn"} if bench_gaunt._e3nn() else set())
     sys.modules.pop("bench_gaunt", None)
+
+
+def test_bench_butterfly_writes_records(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.syspath_prepend(str(BENCH))
+    import bench_butterfly
+
+    assert bench_butterfly.main(["--quick", "--batch", "8", "--sizes", "64", "--out", str(tmp_path)]) == 0
+    (result,) = tmp_path.glob("butterfly-*.json")
+    records = json.loads(result.read_text())
+    assert {r["op"] for r in records} == {"butterfly", "butterfly fwd+bwd", "monarch", "monarch fwd+bwd"}
+    assert all(r["status"] == "ok" for r in records)
+    assert {r["baseline"] for r in records} >= {"dense", "pytorch-per-factor", "two-bmm", "clone"}
+    sys.modules.pop("bench_butterfly", None)
+
+
+@pytest.mark.parametrize("name,n", [("dft", 8), ("dft", 16), ("hadamard", 8), ("dct", 8),
+                                    pytest.param("dct", 16, marks=pytest.mark.slow)])
+def test_learn_transform_recovers_small_transforms(monkeypatch, name, n):
+    """bench/learn_transform.py at N = 8 and 16: a butterfly (with the learned permutation for
+    the DFT and the DCT) learns the transform to the paper's accuracy (RMSE < 1e-4) in one start;
+    the DCT at 16 (slow) takes the best of the script's three starts of 800 steps (seed 0 sticks
+    in a local minimum)."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    import learn_transform
+
+    if (name, n) == ("dct", 16):
+        assert min(learn_transform.learn(name, n, 800, seed) for seed in range(3)) < 1e-4
+    else:
+        assert learn_transform.learn(name, n, 300, seed=0) < 1e-4
+    sys.modules.pop("learn_transform", None)
