@@ -194,11 +194,15 @@ def _validate(x, scale, transpose, block: str, backend: str) -> tuple[int, int]:
         raise TypeError(f"fwht: transpose must be a bool, got {type(transpose).__name__}")
     n = int(x.shape[-1])  # a symbolic size (dynamic shapes) is specialised: kernels depend on n
     m, p = _factorisation(n, block)
-    if backend in _IMPLS:
-        reason = _check_backend_supports(backend, x.dtype, n, m)
-        if reason:
-            raise ValueError(f"fwht: {reason}")
+    _raise_if_unsupported(backend, x.dtype, n, m)
     return m, p
+
+
+def _raise_if_unsupported(backend: str, dtype: torch.dtype, n: int, m: int) -> None:
+    """ValueError when a concrete backend does not take this size and dtype."""
+    reason = _check_backend_supports(backend, dtype, n, m) if backend in _IMPLS else None
+    if reason:
+        raise ValueError(f"fwht: {reason}")
 
 
 def _auto_choice(device: torch.device, dtype: torch.dtype, n: int, m: int) -> str:
@@ -283,6 +287,6 @@ def fwht(x: torch.Tensor, scale: float = 1.0, *, transpose: bool = False, backen
     m, p = _validate(x, scale, transpose, "", "auto")
     chosen = choose_backend(backend, x.device, x.dtype, int(x.shape[-1]), m)
     if _backend.eager_untracked(x):  # the op's body, without its dispatch
-        m, p = _validate(x, scale, transpose, "", chosen)
+        _raise_if_unsupported(chosen, x.dtype, int(x.shape[-1]), m)
         return _IMPLS[chosen](x, float(scale), p, Base(m, "", transpose))
     return fwht_op(x, float(scale), transpose, "", chosen)
