@@ -71,7 +71,9 @@ def assert_close_to_reference(out: torch.Tensor, ref64: torch.Tensor, floor: flo
         assert rows.max() <= 2 * ref_rows.max() + floor, f"row {worst}: relative error {rows[worst]:.3e}"
 
 
-SEED = int(os.environ.get("FASTSPEC_TEST_SEED", torch.randint(0, 2**31, ()).item()))
+SEED = int(os.environ.setdefault("FASTSPEC_TEST_SEED", str(torch.randint(0, 2**31, ()).item())))
+"""Set in the environment here so that pytest-xdist workers, started after this import, share
+the seed the header prints (each would draw its own otherwise)."""
 
 
 def pytest_report_header(config):

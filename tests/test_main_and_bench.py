@@ -89,12 +89,13 @@ def test_bench_ssm_writes_records(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
     import bench_ssm
 
-    assert bench_ssm.main(["--quick", "--out", str(tmp_path)]) == 0
+    returned = bench_ssm.main(["--quick", "--out", str(tmp_path)])
     (result,) = tmp_path.glob("ssm-*.json")
     records = json.loads(result.read_text())
+    assert returned == 0, [r for r in records if r["status"] != "ok"]
     assert {r["op"] for r in records} == {"selective_scan", "selective_scan fwd+bwd", "linear_scan", "ssm_kernel",
                                           "selective_state_update"}
-    assert all(r["status"] == "ok" for r in records)
+    assert all(r["status"] == "ok" for r in records), [r for r in records if r["status"] != "ok"]
     assert {r["baseline"] for r in records} >= {"pytorch-loop", "pytorch-parallel", "materialised", "pytorch-step",
                                                 "clone"}
     sys.modules.pop("bench_ssm", None)
@@ -123,7 +124,7 @@ def test_bench_butterfly_writes_records(tmp_path, monkeypatch):
     (result,) = tmp_path.glob("butterfly-*.json")
     records = json.loads(result.read_text())
     assert {r["op"] for r in records} == {"butterfly", "butterfly fwd+bwd", "monarch", "monarch fwd+bwd"}
-    assert all(r["status"] == "ok" for r in records)
+    assert all(r["status"] == "ok" for r in records), [r for r in records if r["status"] != "ok"]
     assert {r["baseline"] for r in records} >= {"dense", "pytorch-per-factor", "two-bmm", "clone"}
     sys.modules.pop("bench_butterfly", None)
 

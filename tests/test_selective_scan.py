@@ -12,16 +12,18 @@ from fastspec.reference.ssm import selective_scan_reference, selective_state_upd
 from conftest import DEVICE, backend_params
 from test_linear_scan import assert_close as _assert_close
 
-FLOAT32_FLOOR = 2e-6
+FLOAT32_FLOOR = 4e-6
 """The family's float32 floor: with Δ down to 1e-3 and |A| about 1 a state keeps ~1000 steps,
-each rounded (the decay exp(ΔA) once per step): up to 1.2e-6 measured over 6 seeds at
-L = 1000, N = 16 (outputs, last states and gradients)."""
+each rounded (the decay exp(ΔA) once per step). Measured at L = 300, N = 5 over 200 seeds on
+the torch and cpu backends: outputs, last states and per-element gradients up to 2.1e-6."""
 
+SUMMED_FLOAT32_FLOOR = 1e-5
+"""Gradients that sum over batch and time (A, D, delta_bias, fixed B and C): where a channel's
+sum nearly cancels, the summands' rounding grows relative to the sum. Up to 5.1e-6 measured
+(delta_bias, in the same 200 seeds)."""
 
 SUMMED = {"A", "D", "delta_bias"}
-"""Parameters whose gradient sums over batch and time (with fixed B and C): where a
-channel's sum nearly cancels its relative error grows, so these are checked over the whole
-tensor, not channel by channel."""
+"""Checked over the whole tensor, not channel by channel: one channel's sum can cancel."""
 
 
 def assert_close(out, ref):
@@ -29,8 +31,10 @@ def assert_close(out, ref):
 
 
 def assert_grad_close(name, grad, ref, kwargs):
-    summed = name in SUMMED or (name in ("B", "C") and kwargs[name].dim() == 2)
-    assert_close(grad.flatten() if summed else grad, ref.flatten() if summed else ref)
+    if name in SUMMED or (name in ("B", "C") and kwargs[name].dim() == 2):
+        _assert_close(grad.flatten(), ref.flatten(), SUMMED_FLOAT32_FLOOR)
+    else:
+        assert_close(grad, ref)
 
 BACKENDS = backend_params("torch", "triton", "cpu")
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
