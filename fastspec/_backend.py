@@ -109,13 +109,21 @@ def resolve(op: str, backend: str, device: torch.device, auto_choice) -> str:
     return backend
 
 
+def eager_plain(*tensors: torch.Tensor | None) -> bool:
+    """True when a call runs eagerly (not traced by torch.compile) on plain tensors and
+    parameters only (no other subclasses: fake tensors among them): an op may then run its
+    body without its registered custom op, whose Python dispatch costs more than a small call's
+    work (about 140 µs on the 2-core development CPU); the result is the same bit for bit."""
+    return not torch.compiler.is_compiling() and all(type(t) in _PLAIN for t in tensors if t is not None)
+
+
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
 def eager_untracked(*tensors: torch.Tensor | None) -> bool:
-    """True when a call may run an op's body directly instead of through its registered
-    custom op: eager (not traced by torch.compile), nothing for autograd to record, and
-    plain tensors only (no subclasses: fake tensors among them). The custom op's Python
-    dispatch costs more than a small call's work (about 140 µs on the 2-core development
-    CPU); the result is the same bit for bit."""
+    """``eager_plain`` with nothing for autograd to record: an op's forward body may run
+    directly, since no backward will be asked of it."""
     present = [t for t in tensors if t is not None]
-    if torch.compiler.is_compiling() or any(type(t) is not torch.Tensor for t in present):
+    if not eager_plain(*present):
         return False
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in present))

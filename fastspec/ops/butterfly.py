@@ -427,4 +427,8 @@ def monarch_multiply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, bac
     _validate_monarch(x, w1, w2)
     chosen = choose_backend("monarch_multiply", backend, x.device, x.dtype, (tuple(w1.shape), tuple(w2.shape)))
     _check_monarch_backend(chosen, x, w1, w2)
+    if chosen == "torch" and _backend.eager_plain(x, w1, w2):
+        # Eagerly, autograd records the two bmm and keeps the intermediate (fly's backward, one
+        # bmm fewer than the op's recompute); traced calls go through the op.
+        return monarch_torch(x, w1, w2)
     return monarch_multiply_op(x, w1, w2, chosen)
