@@ -184,15 +184,19 @@ def test_any_strides_and_empty_batch(backend):
 
 
 @pytest.mark.parametrize("backend", backend_params("triton"))
-@pytest.mark.parametrize("nblocks,increasing_stride", [(1, True), (2, False)])
-def test_triton_two_launch_path(backend, monkeypatch, nblocks, increasing_stride):
+@pytest.mark.parametrize("nblocks,increasing_stride,n,backward_tile", [(1, True, 16, 8), (2, False, 16, 8),
+                                                                       (1, False, 64, 32)])
+def test_triton_two_launch_path(backend, monkeypatch, nblocks, increasing_stride, n, backward_tile):
     """Rows longer than a tile: the factors of small stride on contiguous sub-rows, then the
-    others on strided ones, forward and backward (the tile limits lowered to 8 so n = 16 takes it)."""
+    others on strided ones, forward and backward (the row limits lowered to 8 so n = 16 takes
+    it; with a backward tile of 32, n = 64 has two sub-rows a tile)."""
     from fastspec.triton_kernels import butterfly as kernels
 
     monkeypatch.setattr(kernels, "TILE_MAX", 8)
-    monkeypatch.setattr(kernels, "BACKWARD_TILE_MAX", 8)
-    n = 16
+    monkeypatch.setattr(kernels, "BACKWARD_TILE_MAX", backward_tile)
+    monkeypatch.setattr(kernels, "BACKWARD_ROW_MAX", 8)
+    if backward_tile > 8:
+        assert any(meta["R"] > 1 for _, meta in kernels.butterfly_plan(2, 2, n, nblocks, increasing_stride, True))
     tw = random_twiddle(2, nblocks, n, torch.float32).requires_grad_()
     x = random_input((2, 2, n), torch.float32).requires_grad_()
     weight = random_input((2, 2, n), torch.float32)
@@ -280,9 +284,9 @@ def test_compile_fullgraph(backend):
 # --------------------------------------------------------------------------- monarch
 
 MONARCH_SHAPES = [(4, 4, 4, 4, 4, 4), (8, 8, 8, 8, 8, 8), (2, 3, 5, 3, 7, 2), (4, 6, 3, 8, 5, 3), (1, 16, 16, 4, 2, 4),
-                  (4, 16, 16, 4, 16, 16), (2, 32, 16, 4, 32, 16)]
-"""(k, q, p, l, s, r): square sqrt(n) blocks, the rectangular shapes fly allows, and two
-the triton backend takes (block sizes >= 16)."""
+                  (4, 16, 16, 4, 16, 16), (2, 32, 16, 4, 32, 16), (3, 16, 16, 3, 32, 16)]
+"""(k, q, p, l, s, r): square sqrt(n) blocks, the rectangular shapes fly allows, and three
+the triton backend takes (block sizes powers of two >= 16; any block counts)."""
 
 
 def _skip_unsupported_monarch(backend, shape):
@@ -500,8 +504,10 @@ def test_monarch_bad_inputs():
     if fastspec.backends()["triton"].available:
         with pytest.raises(ValueError, match="triton backend takes float16, bfloat16 and float32"):
             monarch_multiply(x.double(), w1.double(), w2.double(), backend="triton")
-        with pytest.raises(ValueError, match="block sizes q, p, s, r >= 16"):
+        with pytest.raises(ValueError, match="block sizes q, p, s, r that are powers of two from 16 to 128"):
             monarch_multiply(x, w1, w2, backend="triton")
+        with pytest.raises(ValueError, match="powers of two from 16 to 128"):
+            monarch_multiply(torch.ones(3, 256), torch.ones(1, 256, 256), torch.ones(16, 16, 16), backend="triton")
         with pytest.raises(ValueError, match="triton backend takes float16, bfloat16 and float32"):
             butterfly_multiply(torch.ones(1, 1, 3, 4, 2, 2, dtype=torch.complex64),
                                torch.ones(2, 1, 8, dtype=torch.complex64), backend="triton")

@@ -22,15 +22,22 @@ and the gradient goes back through Tᵀ. No per-factor intermediates in memory; 
 F(F+1)/2 factor applications for F factors a launch (with more than one launch the
 input of each launch is kept, one tensor per launch).
 
-Monarch (``monarch_forward``/``monarch_backward``): a program takes BM rows, computes
-blockdiag(w1) as one batched ``tl.dot`` (k, BM, p) @ (k, p, q), permutes the (BM, k·q)
-intermediate to (l, BM, r) in registers (the (r, l) → (l, r) permutation of fly's
-reshape), the second batched dot (l, BM, r) @ (l, r, s), and stores (BM, s, l) as rows
-of l·s: x read once, y written once, no intermediate in memory. The backward recomputes
-the intermediate the same way; dx in one pass, dw1 and dw2 summed over the program's rows
-and added atomically. Block sizes must be powers of two with q, p, s, r ≥ 16 (``tl.dot``);
-float32 dots in IEEE precision (``input_precision="ieee"``), half precision on the tensor
-cores with float32 accumulation.
+Monarch (``monarch_forward``/``monarch_backward``): a program takes BM rows and works in
+two phases. Phase 1, per block k: (BM, p) @ (p, q) with ``tl.dot``, the result stored into
+the program's float32 scratch in the second stage's layout (l, BM, r) (the (r, l) → (l, r)
+permutation of fly's reshape is the store's indexing). Phase 2, per block l: the (BM, r)
+slice read back, @ (r, s), stored at the output's entries s·l_count + l (fly's output
+permutation, also in the indexing). One launch from load to store: x read once, y written
+once, the intermediate (4 bytes an entry of a row) written and read once by the program that
+made it, so it is mostly still in L2. A program holds one block of weights at a time, not
+all of them: holding the whole batched product in registers (the first design) spilled or
+failed to compile on sm_90 at every benchmark size. The backward recomputes the
+intermediate the same way, then in phases: dw2 += gᵀ·h per block l, the gradient of h written
+over h, dw1 += dhᵀ·x and dx = dh·w1 per block k; dw1 and dw2 summed over the program's rows
+and added atomically (float32). Block sizes must be powers of two from 16 to 128 (``tl.dot``
+tiles; any block counts); float32 dots in IEEE precision (``input_precision="ieee"``), half
+precision on the tensor cores with float32 accumulation (the intermediate rounded to the
+input's dtype before the second product).
 """
 from __future__ import annotations
 
@@ -44,9 +51,10 @@ tests lower it to reach the two-launch path at small n)."""
 BACKWARD_TILE_MAX = 2**12
 """The same for the backward, which holds three tiles (x, the recomputed input, the gradient):
 16 rows of 1024 spill 200 bytes on sm_90 at 16 warps (tests/test_butterfly_triton_sm90.py)."""
-MONARCH_TILE_MAX = 2**16
-"""Largest intermediate (BM·k·q entries, BM >= 16 rows) a Monarch program holds: n = 4096 with
-64 × 64 blocks at 16 rows (untuned: no GPU has run it yet)."""
+BACKWARD_ROW_MAX = 2**10
+"""Longest (sub-)row of a backward launch: its F factors are recomputed F(F+1)/2 times, and
+one 4096-entry row (12 factors) spilled 400–2500 bytes on sm_90 at 4–16 warps where four
+rows of 1024 (10 factors) spill nothing. Rows up to 2^20 take at most two launches a block."""
 
 
 # ----------------------------------------------------------------------------- butterfly
@@ -164,12 +172,13 @@ def butterfly_backward_kernel(x_ptr, grad_ptr, tw_ptr, dtw_ptr, dx_ptr, batch, n
     tl.store(dx_ptr + offs, g.to(dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _launches(log_n: int, nblocks: int, increasing_stride: bool, tile_max: int) -> list[dict]:
-    """The launches of one product in order: the constexpr arguments of each."""
+def _launches(log_n: int, nblocks: int, increasing_stride: bool, row_max: int) -> list[dict]:
+    """The launches of one product in order (sub-rows of at most ``row_max`` entries): the
+    constexpr arguments of each."""
     n = 1 << log_n
-    if n <= tile_max:
+    if n <= row_max:
         return [dict(BLOCK0=0, NBLOCKS=nblocks, INCREASING=increasing_stride, L=n, LOG_L=log_n, SUB=1, LOG_SUB=0)]
-    log_l1 = (tile_max.bit_length() - 1)
+    log_l1 = (row_max.bit_length() - 1)
     low = dict(L=1 << log_l1, LOG_L=log_l1, SUB=1, LOG_SUB=0)
     high = dict(L=n >> log_l1, LOG_L=log_n - log_l1, SUB=1 << log_l1, LOG_SUB=log_l1)
     launches, increasing = [], increasing_stride
@@ -181,26 +190,30 @@ def _launches(log_n: int, nblocks: int, increasing_stride: bool, tile_max: int) 
 
 
 def _grid_args(batch: int, n: int, launch: dict, tile_max: int) -> tuple[int, int, int]:
-    """(R, TILES, programs along the batch) of a launch."""
+    """(R, TILES, programs along the batch) of a launch. Sub-rows of one row need their own
+    twiddles (R·L/2 pairs a factor, not L/2), so their tiles are half as long and at least two
+    a row (TILES > 1 marks them)."""
     L = launch["L"]
     if L == n:  # whole rows; at most 16 (their twiddle gradients are summed in registers)
         R = min(max(1, tile_max // L), 16, triton.next_power_of_2(max(batch, 1)))
         return R, 1, triton.cdiv(batch, R)
     subrows = n // L
-    R = min(max(1, tile_max // L), subrows)
+    R = min(max(1, tile_max // (2 * L)), subrows // 2)
     return R, subrows // R, batch * (subrows // R)
 
 
 def butterfly_plan(batch: int, nstacks: int, n: int, nblocks: int, increasing_stride: bool,
                    backward: bool = False) -> list[tuple]:
     """The launches of one product in order, each (grid, meta) (``meta`` holds num_warps);
-    ``backward``: the plan whose launches the backward kernel runs in reverse (smaller tiles)."""
+    ``backward``: the plan whose launches the backward kernel runs in reverse (smaller tiles,
+    and a warp for every 256 entries of a sub-row tile: sm_90 spills with fewer)."""
     plan = []
-    tile_max = BACKWARD_TILE_MAX if backward else TILE_MAX
-    for launch in _launches(n.bit_length() - 1, nblocks, increasing_stride, tile_max):
+    tile_max, row_max = (BACKWARD_TILE_MAX, BACKWARD_ROW_MAX) if backward else (TILE_MAX, TILE_MAX)
+    for launch in _launches(n.bit_length() - 1, nblocks, increasing_stride, row_max):
         R, tiles, programs = _grid_args(batch, n, launch, tile_max)
+        per_warp = 256 if backward and tiles > 1 else 1024
         meta = dict(LOG_N=n.bit_length() - 1, NBLOCKS_TOTAL=nblocks, R=R, TILES=tiles, **launch,
-                    num_warps=min(16, max(1, R * launch["L"] // 1024)))
+                    num_warps=min(16, max(1, R * launch["L"] // per_warp)))
         plan.append(((programs, nstacks), meta))
     return plan
 
@@ -244,93 +257,123 @@ def butterfly_backward(grad: torch.Tensor, twiddle: torch.Tensor, x: torch.Tenso
 
 
 @triton.jit
-def _monarch_rows(x_ptr, w1_ptr, rows, row0, K: tl.constexpr, Q: tl.constexpr, P: tl.constexpr,
-                  BM: tl.constexpr):
-    """(the tile's x as (K, BM, P) float32, w1 as (K, Q, P), blockdiag(w1)·x as (K, BM, Q))."""
-    kk = tl.arange(0, K)[:, None, None]
-    b = row0 + tl.arange(0, BM)[None, :, None]
-    pp = tl.arange(0, P)[None, None, :]
-    x = tl.load(x_ptr + b.to(tl.int64) * (K * P) + kk * P + pp, mask=b < rows, other=0.0)
-    w1 = tl.load(w1_ptr + kk * (Q * P) + tl.arange(0, Q)[None, :, None] * P + pp)
-    h = tl.dot(x, tl.permute(w1, (0, 2, 1)), input_precision="ieee", out_dtype=tl.float32)
-    return x, w1, h
+def _monarch_stage1(x_ptr, w1_ptr, rows, row0, kk, K: tl.constexpr, Q: tl.constexpr,
+                    P: tl.constexpr, L: tl.constexpr, R: tl.constexpr, BM: tl.constexpr):
+    """Block kk of blockdiag(w1) on the program's BM rows: (BM, P) @ (P, Q), stored to the
+    scratch in stage 2's layout. Returns the x block (BM, P) and the entries' scratch offsets."""
+    bl = tl.arange(0, BM)[:, None]
+    b = row0 + bl
+    xb = tl.load(x_ptr + b.to(tl.int64) * (K * P) + kk * P + tl.arange(0, P)[None, :], mask=b < rows, other=0.0)
+    w = tl.load(w1_ptr + kk * (Q * P) + tl.arange(0, Q)[:, None] * P + tl.arange(0, P)[None, :])
+    e = kk * Q + tl.arange(0, Q)[None, :]  # the entries' index in the row's k·q intermediate
+    return xb, w, (e % L) * (BM * R) + bl * R + e // L
 
 
 @triton.jit
-def _to_stage2(h, K: tl.constexpr, Q: tl.constexpr, L: tl.constexpr, R: tl.constexpr, BM: tl.constexpr):
-    """(K, BM, Q) → (L, BM, R): entry e = r·L + l of a row's k·q intermediate to block l, column r."""
-    return tl.permute(tl.reshape(tl.permute(h, (1, 0, 2)), (BM, R, L)), (2, 0, 1))
+def _monarch_out_offsets(row0, ll, L: tl.constexpr, S: tl.constexpr, BM: tl.constexpr):
+    """Offsets of output block ll, (BM, S): entry s·L + l of each row (fly's output permutation)."""
+    b = row0 + tl.arange(0, BM)[:, None]
+    return b, b.to(tl.int64) * (L * S) + tl.arange(0, S)[None, :] * L + ll
 
 
 @triton.jit
-def _to_stage1(g, K: tl.constexpr, Q: tl.constexpr, L: tl.constexpr, R: tl.constexpr, BM: tl.constexpr):
-    """The inverse of _to_stage2: (L, BM, R) → (K, BM, Q)."""
-    return tl.permute(tl.reshape(tl.permute(g, (1, 2, 0)), (BM, K, Q)), (1, 0, 2))
+def monarch_kernel(x_ptr, w1_ptr, w2_ptr, out_ptr, scratch_ptr, rows, K: tl.constexpr, Q: tl.constexpr,
+                   P: tl.constexpr, L: tl.constexpr, S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr):
+    """BM rows: y = P₂·blockdiag(w2)·P₁·blockdiag(w1)·x. Phase 1 writes blockdiag(w1)·x into
+    the program's scratch (L, BM, R) float32, phase 2 reads it back block by block."""
+    pid = tl.program_id(0)
+    row0 = pid * BM
+    scratch_ptr += pid.to(tl.int64) * (BM * L * R)
+    for kk in range(K):
+        xb, w, offs = _monarch_stage1(x_ptr, w1_ptr, rows, row0, kk, K, Q, P, L, R, BM)
+        tl.store(scratch_ptr + offs, tl.dot(xb, tl.trans(w), input_precision="ieee", out_dtype=tl.float32))
+    tl.debug_barrier()  # phase 2 reads what other threads of the program wrote
+    rr = tl.arange(0, R)
+    for ll in range(L):
+        h = tl.load(scratch_ptr + ll * (BM * R) + tl.arange(0, BM)[:, None] * R + rr[None, :]).to(x_ptr.dtype.element_ty)
+        w = tl.load(w2_ptr + ll * (S * R) + tl.arange(0, S)[:, None] * R + rr[None, :])
+        b, out_offs = _monarch_out_offsets(row0, ll, L, S, BM)
+        y = tl.dot(h, tl.trans(w), input_precision="ieee", out_dtype=tl.float32)
+        tl.store(out_ptr + out_offs, y.to(out_ptr.dtype.element_ty), mask=b < rows)
 
 
 @triton.jit
-def monarch_kernel(x_ptr, w1_ptr, w2_ptr, out_ptr, rows, K: tl.constexpr, Q: tl.constexpr, P: tl.constexpr,
-                   L: tl.constexpr, S: tl.constexpr, R: tl.constexpr, BM: tl.constexpr):
-    """BM rows: y = P₂·blockdiag(w2)·P₁·blockdiag(w1)·x, stored as (BM, S, L)."""
-    row0 = tl.program_id(0) * BM
-    x, w1, h = _monarch_rows(x_ptr, w1_ptr, rows, row0, K, Q, P, BM)
-    h2 = _to_stage2(h, K, Q, L, R, BM).to(x.dtype)
-    ll = tl.arange(0, L)[:, None, None]
-    w2 = tl.load(w2_ptr + ll * (S * R) + tl.arange(0, S)[None, :, None] * R + tl.arange(0, R)[None, None, :])
-    y = tl.dot(h2, tl.permute(w2, (0, 2, 1)), input_precision="ieee", out_dtype=tl.float32)  # (L, BM, S)
-    b = row0 + tl.arange(0, BM)[None, :, None]
-    out_off = b.to(tl.int64) * (L * S) + tl.arange(0, S)[None, None, :] * L + ll
-    tl.store(out_ptr + out_off, y.to(out_ptr.dtype.element_ty), mask=b < rows)
+def monarch_backward_kernel(x_ptr, w1_ptr, w2_ptr, grad_ptr, dx_ptr, dw1_ptr, dw2_ptr, scratch_ptr, rows,
+                            K: tl.constexpr, Q: tl.constexpr, P: tl.constexpr, L: tl.constexpr, S: tl.constexpr,
+                            R: tl.constexpr, BM: tl.constexpr):
+    """BM rows of the backward, in phases through the program's scratch: the forward's phase 1
+    (the intermediate h recomputed); per block l, dw2[l] += gᵀ·h; per block l, the gradient
+    of h, g·w2[l], written over h; per block k, dw1[k] += dhᵀ·x; per block k, dx = dh·w1[k].
+    One product a loop keeps the registers of one product live. dw1 and dw2 (float32) are
+    summed over the program's rows and added atomically."""
+    pid = tl.program_id(0)
+    row0 = pid * BM
+    scratch_ptr += pid.to(tl.int64) * (BM * L * R)
+    for kk in range(K):
+        xb, w, offs = _monarch_stage1(x_ptr, w1_ptr, rows, row0, kk, K, Q, P, L, R, BM)
+        tl.store(scratch_ptr + offs, tl.dot(xb, tl.trans(w), input_precision="ieee", out_dtype=tl.float32))
+    tl.debug_barrier()
+    h_offs = tl.arange(0, BM)[:, None] * R + tl.arange(0, R)[None, :]
+    w2_offs = tl.arange(0, S)[:, None] * R + tl.arange(0, R)[None, :]
+    for ll in range(L):
+        h = tl.load(scratch_ptr + ll * (BM * R) + h_offs).to(x_ptr.dtype.element_ty)
+        b, out_offs = _monarch_out_offsets(row0, ll, L, S, BM)
+        g = tl.load(grad_ptr + out_offs, mask=b < rows, other=0.0)  # (BM, S)
+        tl.atomic_add(dw2_ptr + ll * (S * R) + w2_offs,
+                      tl.dot(tl.trans(g), h, input_precision="ieee", out_dtype=tl.float32))
+    tl.debug_barrier()  # every h is read before the gradients overwrite it
+    for ll in range(L):
+        b, out_offs = _monarch_out_offsets(row0, ll, L, S, BM)
+        g = tl.load(grad_ptr + out_offs, mask=b < rows, other=0.0)
+        dh = tl.dot(g, tl.load(w2_ptr + ll * (S * R) + w2_offs), input_precision="ieee", out_dtype=tl.float32)
+        tl.store(scratch_ptr + ll * (BM * R) + h_offs, dh)
+    tl.debug_barrier()
+    w1_offs = tl.arange(0, Q)[:, None] * P + tl.arange(0, P)[None, :]
+    for kk in range(K):
+        xb, w, offs = _monarch_stage1(x_ptr, w1_ptr, rows, row0, kk, K, Q, P, L, R, BM)
+        dh = tl.load(scratch_ptr + offs).to(x_ptr.dtype.element_ty)  # (BM, Q)
+        tl.atomic_add(dw1_ptr + kk * (Q * P) + w1_offs,
+                      tl.dot(tl.trans(dh), xb, input_precision="ieee", out_dtype=tl.float32))
+    for kk in range(K):
+        xb, w, offs = _monarch_stage1(x_ptr, w1_ptr, rows, row0, kk, K, Q, P, L, R, BM)
+        dh = tl.load(scratch_ptr + offs).to(x_ptr.dtype.element_ty)
+        b = row0 + tl.arange(0, BM)[:, None]
+        tl.store(dx_ptr + b.to(tl.int64) * (K * P) + kk * P + tl.arange(0, P)[None, :],
+                 tl.dot(dh, w, input_precision="ieee", out_dtype=tl.float32).to(dx_ptr.dtype.element_ty),
+                 mask=b < rows)
 
 
-@triton.jit
-def monarch_backward_kernel(x_ptr, w1_ptr, w2_ptr, grad_ptr, dx_ptr, dw1_ptr, dw2_ptr, rows, K: tl.constexpr,
-                            Q: tl.constexpr, P: tl.constexpr, L: tl.constexpr, S: tl.constexpr, R: tl.constexpr,
-                            BM: tl.constexpr):
-    """BM rows of the backward: dx stored, dw1 and dw2 (float32) summed over the rows and added."""
-    row0 = tl.program_id(0) * BM
-    x, w1, h = _monarch_rows(x_ptr, w1_ptr, rows, row0, K, Q, P, BM)
-    h2 = _to_stage2(h, K, Q, L, R, BM).to(x.dtype)  # (L, BM, R)
-    ll = tl.arange(0, L)[:, None, None]
-    ss = tl.arange(0, S)[None, :, None]
-    rr = tl.arange(0, R)[None, None, :]
-    w2 = tl.load(w2_ptr + ll * (S * R) + ss * R + rr)
-    b = row0 + tl.arange(0, BM)[None, :, None]
-    g = tl.load(grad_ptr + b.to(tl.int64) * (L * S) + tl.arange(0, S)[None, None, :] * L + ll, mask=b < rows,
-                other=0.0)  # (L, BM, S)
-    tl.atomic_add(dw2_ptr + ll * (S * R) + ss * R + rr,
-                  tl.dot(tl.permute(g, (0, 2, 1)), h2, input_precision="ieee", out_dtype=tl.float32))
-    dh = _to_stage1(tl.dot(g, w2, input_precision="ieee", out_dtype=tl.float32), K, Q, L, R, BM).to(x.dtype)
-    kk = tl.arange(0, K)[:, None, None]
-    tl.atomic_add(dw1_ptr + kk * (Q * P) + tl.arange(0, Q)[None, :, None] * P + tl.arange(0, P)[None, None, :],
-                  tl.dot(tl.permute(dh, (0, 2, 1)), x, input_precision="ieee", out_dtype=tl.float32))
-    dx = tl.dot(dh, w1, input_precision="ieee", out_dtype=tl.float32)  # (K, BM, P)
-    tl.store(dx_ptr + b.to(tl.int64) * (K * P) + kk * P + tl.arange(0, P)[None, None, :],
-             dx.to(dx_ptr.dtype.element_ty), mask=b < rows)
+MONARCH_BLOCK_MAX = 128
+"""Largest block side q, p, s, r: a program holds a (q, p) block of w1 and a (BM, p) block of x."""
 
 
 def monarch_unsupported(w1_shape, w2_shape) -> str | None:
     """None if the Triton kernel takes these block shapes, else why not."""
     k, q, p = w1_shape
     l, s, r = w2_shape
-    dims = (k, q, p, l, s, r)
-    if any(d & (d - 1) for d in dims) or min(q, p, s, r) < 16:
-        return f"the triton backend takes power-of-two block counts and block sizes q, p, s, r >= 16, got " \
-               f"w1 {tuple(w1_shape)}, w2 {tuple(w2_shape)}"
-    if 16 * max(k * q, l * s) > MONARCH_TILE_MAX:
-        return f"the triton backend holds 16 rows of k·q and l·s entries, up to {MONARCH_TILE_MAX // 16} each, " \
-               f"got {k * q} and {l * s}"
+    sides = (q, p, s, r)
+    if any(d & (d - 1) for d in sides) or min(sides) < 16 or max(sides) > MONARCH_BLOCK_MAX:
+        return f"the triton backend takes block sizes q, p, s, r that are powers of two from 16 to " \
+               f"{MONARCH_BLOCK_MAX}, got w1 {tuple(w1_shape)}, w2 {tuple(w2_shape)}"
     return None
 
 
 def monarch_plan(rows: int, w1_shape, w2_shape) -> tuple[tuple[int], dict]:
-    """(grid, meta) of the forward and the backward kernel: BM rows a program, 16 to 64, as
-    many as keep the widest intermediate within MONARCH_TILE_MAX."""
+    """(grid, meta) of the forward and the backward kernel: BM rows a program, fewer for wider
+    blocks, so that one product's blocks stay in registers (float32 products run on the FMA
+    units: sm_90 compiles of the benchmark shapes spill with twice these rows,
+    tests/test_butterfly_triton_sm90.py)."""
     k, q, p = w1_shape
     l, s, r = w2_shape
-    bm = max(16, min(64, MONARCH_TILE_MAX // max(k * q, l * s)))
-    meta = dict(K=k, Q=q, P=p, L=l, S=s, R=r, BM=bm, num_warps=min(8, max(4, bm * max(k * q, l * s) // 8192)))
+    side = max(q, p, s, r)
+    bm = 64 if side <= 32 else 32 if side <= 64 else 16
+    meta = dict(K=k, Q=q, P=p, L=l, S=s, R=r, BM=bm, num_warps=4 if side <= 32 else 8)
     return (triton.cdiv(rows, bm),), meta
+
+
+def _monarch_scratch(grid, meta, device) -> torch.Tensor:
+    """Each program's intermediate, float32 (L, BM, R): one row of k·q entries a row."""
+    return torch.empty(grid[0] * meta["BM"] * meta["L"] * meta["R"], dtype=torch.float32, device=device)
 
 
 def monarch_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
@@ -341,7 +384,7 @@ def monarch_forward(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torc
     out = torch.empty(*x.shape[:-1], l * s, dtype=x.dtype, device=x.device)
     if rows:
         grid, meta = monarch_plan(rows, w1.shape, w2.shape)
-        monarch_kernel[grid](x, w1, w2, out, rows, **meta)
+        monarch_kernel[grid](x, w1, w2, out, _monarch_scratch(grid, meta, x.device), rows, **meta)
     return out
 
 
@@ -355,5 +398,6 @@ def monarch_backward(grad, x, w1, w2):
     dw2 = torch.zeros(w2.shape, dtype=torch.float32, device=x.device)
     if rows:
         grid, meta = monarch_plan(rows, w1.shape, w2.shape)
-        monarch_backward_kernel[grid](x, w1, w2, grad, dx, dw1, dw2, rows, **meta)
+        monarch_backward_kernel[grid](x, w1, w2, grad, dx, dw1, dw2, _monarch_scratch(grid, meta, x.device), rows,
+                                      **meta)
     return dx, dw1.to(w1.dtype), dw2.to(w2.dtype)

@@ -415,8 +415,8 @@ def monarch_multiply(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, *, bac
     blocks of B₁ (q × p each); w2: (l, s, r) with l·r = k·q, the l blocks of B₂ (s × r).
     P₁ reads B₁x as an (r, l) matrix and writes it as (l, r); P₂ reads B₂'s output as (l, s)
     and writes it as (s, l). All three the same dtype: float16, bfloat16, float32 (torch and
-    triton), float64, complex64, complex128 (torch). The triton backend takes power-of-two
-    block counts and block sizes q, p, s, r >= 16 with k·q, l·s <= 4096 (auto picks torch
+    triton), float64, complex64, complex128 (torch). The triton backend takes block sizes
+    q, p, s, r that are powers of two from 16 to 128, any block counts (auto picks torch
     for the others). Returns (..., l·s) in x's dtype;
     half precision is computed in float32. Autograd for all three (double backward through
     the torch forward); torch.compile(fullgraph=True) works.
