@@ -251,8 +251,9 @@ def test_empty_batch(backend, mode):
 @pytest.mark.parametrize("tracked", [False, True])
 def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch, backend, tracked):
     """Without autograd to record, an eager fft_conv runs the op's body directly; with it
-    (or under torch.compile, or with tensor subclasses) it goes through fastspec::fft_conv.
-    Both give the registered op's result bit for bit."""
+    (or under torch.compile, or with tensor subclasses) it goes through fastspec::fft_conv,
+    except on the torch backend (an autograd.Function that keeps the forward's spectra: see
+    the next test). All give the registered op's result bit for bit."""
     u, k, kwargs = _case(2, 3, 100, "causal", torch.float32, ("pregate", "postgate", "D"))
     through_op = torch.ops.fastspec.fft_conv(u, k, kwargs["pregate"], kwargs["postgate"], kwargs["D"], None,
                                              "causal", backend)
@@ -261,11 +262,31 @@ def test_eager_calls_skip_the_op_dispatch_with_the_same_result(monkeypatch, back
     if tracked:
         k = k.clone().requires_grad_()
     out = fastspec.fft_conv(u, k, backend=backend, **kwargs)
-    assert len(calls) == int(tracked)
+    through = int(tracked and backend != "torch")
+    assert len(calls) == through
     assert torch.equal(out, through_op)
     with torch.no_grad():
-        assert len(calls) == int(tracked) and torch.equal(fastspec.fft_conv(u, k, backend=backend, **kwargs),
-                                                           through_op)
+        assert len(calls) == through and torch.equal(fastspec.fft_conv(u, k, backend=backend, **kwargs), through_op)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("names", [(), ("D",), ("pregate", "postgate", "D")], ids=lambda n: "-".join(n) or "plain")
+def test_torch_backend_keeps_the_forward_spectra_for_the_backward(mode, names):
+    """Eager autograd on the torch backend keeps V = rfft(v), z and K from the forward: the
+    gradients equal those of the registered op, whose backward recomputes them, bit for bit,
+    with two FFTs a row fewer."""
+    u, k, kwargs = _case(2, 3, 100, mode, torch.float32, names)
+    leaves = [t.clone().requires_grad_() for t in (u, k, *kwargs.values())]
+    twins = [t.clone().requires_grad_() for t in (u, k, *kwargs.values())]
+    out = fastspec.fft_conv(leaves[0], leaves[1], mode=mode, backend="torch", **dict(zip(kwargs, leaves[2:])))
+    assert type(out.grad_fn).__name__ == "_TorchKeepingSpectrumBackward"
+    given = dict(zip(kwargs, twins[2:]))
+    expect = torch.ops.fastspec.fft_conv(twins[0], twins[1], given.get("pregate"), given.get("postgate"),
+                                         given.get("D"), None, mode, "torch")
+    assert torch.equal(out, expect)
+    weight = random_input(u.shape, torch.float32)
+    for got, want in zip(torch.autograd.grad(out, leaves, weight), torch.autograd.grad(expect, twins, weight)):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -376,7 +397,8 @@ def test_spectrum_is_cached_while_the_filter_is_unchanged(monkeypatch, backend):
     fastspec.fft_conv(u, k, backend=backend, **kwargs).sum().backward()
     with torch.no_grad():
         fastspec.fft_conv(u, k, backend=backend, **kwargs)
-    assert len(calls) == 8  # forward, backward, forward
+    assert len(calls) == (7 if backend == "torch" else 8)  # forward and backward (the torch backend
+    # keeps the forward's spectrum for its backward), forward
 
 
 def test_spectrum_cache_and_edits_through_data():

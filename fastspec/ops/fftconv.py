@@ -204,24 +204,36 @@ def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int =
     return _keep_bins(torch.fft.rfftn(_wrap(k, p), dim=p.dims), keep)
 
 
-def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
+def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0, *, save=False):
     """The torch backend's forward (contract in the module docstring). Per block of rows:
     rfft of v (zero-padded to the plan's size), product with k's spectrum (D folded into it
     when there are no gates), inverse rfft, and one fused pass for the gates and D into the
-    output: five passes a block, each in cache."""
+    output: five passes a block, each in cache. ``save``: returns (y, V, z, K) instead, V the
+    rfft of v, z = conv(v, k) before the postgate (None without one) and K k's spectrum, for
+    a backward that does not recompute them."""
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = torch_spectrum(k, mode, shape, keep) if k_spectrum is None else k_spectrum
+    k_freq = torch_spectrum(k, mode, shape, keep) if k_spectrum is None else k_spectrum
     fold_d = D is not None and pregate is None and postgate is None
-    if fold_d:  # D·u = conv(u, D·δ): lag 0 adds D to every frequency
-        spectrum = spectrum + _channel_column(D.to(acc), nd)
+    # D·u = conv(u, D·δ): lag 0 adds D to every frequency
+    spectrum = k_freq + _channel_column(D.to(acc), nd) if fold_d else k_freq
     out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
     row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
+    v_freq_all = z_all = None
+    if save:
+        v_freq_all = torch.empty((*u.shape[:2], *p.sizes[:-1], p.sizes[-1] // 2 + 1), dtype=spectrum.dtype,
+                                 device=u.device)
+        z_all = torch.empty(u.shape, dtype=acc, device=u.device) if postgate is not None else None
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
         uc, dst = _rows(u, bs, hs), _rows(out, bs, hs)
         v = uc.to(acc) if pregate is None else uc.to(acc) * _rows(pregate, bs, hs)  # half: the product in float32
-        freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims).mul_(spectrum if hs == ALL_ROWS else spectrum[hs])
+        freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims)
+        if save:
+            _rows(v_freq_all, bs, hs).copy_(freq)
+        freq = freq.mul_(spectrum if hs == ALL_ROWS else spectrum[hs])
         y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
+        if z_all is not None:
+            _rows(z_all, bs, hs).copy_(y)
         if D is not None and not fold_d:
             if postgate is not None:
                 y = y.mul_(_rows(postgate, bs, hs))
@@ -230,18 +242,19 @@ def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0):
             torch.mul(y, _rows(postgate, bs, hs), out=dst)
         else:
             dst.copy_(y)
-    return out
+    return (out, v_freq_all, z_all, k_freq) if save else out
 
 
-def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
+def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0, *, saved=None):
     """The torch backend's backward (contract in the module docstring). With v = u·pregate,
     z = conv(v, k) and gz = grad_y·postgate: dpostgate = grad_y·z, dv = corr(gz, k)
     (irfft of GZ·conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
-    (the batch summed in frequency, the bins ``keep`` drops zeroed), dD = Σ grad_y·u."""
+    (the batch summed in frequency, the bins ``keep`` drops zeroed), dD = Σ grad_y·u.
+    ``saved``: (V, z, K) of ``torch_forward(..., save=True)``, used instead of recomputing them."""
     need_du, need_dk, need_dpre, need_dpost, need_dd = needs
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
-    spectrum = cached_spectrum("torch", k, mode, shape, keep)
+    spectrum = cached_spectrum("torch", k, mode, shape, keep) if saved is None else saved[2]
     # conj_physical, not the lazy conj(): a conjugate bit is lost when the op runs under
     # AOTAutograd's dispatch (opcheck's test_aot_dispatch_dynamic shows it)
     spectrum_conj = torch.conj_physical(spectrum)
@@ -255,13 +268,17 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
     row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
         uc, gc = _rows(u, bs, hs), _rows(grad_y, bs, hs)
-        if need_dpost or need_dk:
+        if saved is not None:
+            v_freq = _rows(saved[0], bs, hs)
+        elif need_dpost or need_dk:
             v = uc.to(acc) if pregate is None else uc.to(acc) * pregate[bs, hs]
             v_freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims)
         if need_dv or need_dk:
             gz = gc.to(acc) if postgate is None else gc.to(acc) * postgate[bs, hs]
             gz_freq = torch.fft.rfftn(gz, s=p.sizes, dim=p.dims)
-        if need_dpost:
+        if need_dpost and saved is not None:
+            torch.mul(_rows(saved[1], bs, hs), gc, out=_rows(dpost, bs, hs))
+        elif need_dpost:
             z = torch.fft.irfftn(v_freq * spectrum[hs], s=p.sizes, dim=p.dims)[_crop(shape)]
             dpost[bs, hs] = z.mul_(gc)
         if need_dv:
@@ -275,7 +292,8 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0):
                     dv = dv.addcmul_(gc, _channel_column(D[hs], nd))
                 du[bs, hs] = dv
         if need_dk:
-            dk_freq[hs] += gz_freq.mul_(v_freq.conj_physical_()).sum(0)
+            v_conj = v_freq.conj_physical_() if saved is None else torch.conj_physical(v_freq)
+            dk_freq[hs] += gz_freq.mul_(v_conj).sum(0)
         if need_dd:
             dd[hs] += (gc.double() * uc.double()).sum(0).sum(-1)
     if need_dk:
@@ -726,10 +744,43 @@ def _forward(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequen
 
 def _call(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies=0):
     """fastspec::fft_conv for arguments the public functions have validated; its body
-    directly where ``_backend.eager_untracked`` allows."""
-    if not _backend.eager_untracked(u, k, pregate, postgate, D):
-        return fft_conv_op(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies)
-    return _forward(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies)
+    directly where ``_backend.eager_untracked`` allows, and eagerly on the torch backend with
+    gradients to compute, ``_TorchKeepingSpectrum``."""
+    tensors = (u, k, pregate, postgate, D)
+    if _backend.eager_untracked(*tensors):
+        return _forward(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies)
+    if backend == "torch" and k_spectrum is None and _backend.eager_plain(*tensors):
+        return _TorchKeepingSpectrum.apply(u, k, pregate, postgate, D, mode, keep_frequencies)[0]
+    return fft_conv_op(u, k, pregate, postgate, D, k_spectrum, mode, backend, keep_frequencies)
+
+
+class _TorchKeepingSpectrum(torch.autograd.Function):
+    """The torch backend under eager autograd: the forward keeps the rfft of v and, with a
+    postgate, z = conv(v, k) (what autograd keeps for the PyTorch FFT convolution), so the
+    backward runs two FFTs a row instead of four. The registered op (traced calls, and the GPU
+    kernels, which recompute to save memory) keeps only the inputs."""
+
+    @staticmethod
+    def forward(u, k, pregate, postgate, D, mode, keep):
+        spectrum = cached_spectrum("torch", k, mode, u.shape[2:], keep)
+        return torch_forward(u, k, spectrum, pregate, postgate, D, mode, keep, save=True)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        u, k, pregate, postgate, D, ctx.mode, ctx.keep = inputs
+        _, v_freq, z, spectrum = output
+        ctx.save_for_backward(u, k, pregate, postgate, D, v_freq, z, spectrum)
+        ctx.mark_non_differentiable(*(t for t in output[1:] if t is not None))
+
+    @staticmethod
+    def backward(ctx, grad_y, *_):
+        *inputs, v_freq, z, spectrum = ctx.saved_tensors
+        needs = list(ctx.needs_input_grad[:5])
+        if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch path
+            grads = _differentiable_grads(inputs, needs, grad_y, ctx.mode, ctx.keep)
+        else:
+            grads = torch_backward(grad_y, *inputs, ctx.mode, needs, ctx.keep, saved=(v_freq, z, spectrum))
+        return (*grads, None, None)
 
 
 @fft_conv_op.register_fake
@@ -757,6 +808,16 @@ def _(grad_y, u, k, pregate, postgate, D, mode, needs, backend, keep_frequencies
     return tuple(t.new_empty(t.shape) if need else None for t, need in zip(inputs, needs, strict=True))
 
 
+def _differentiable_grads(inputs, needs, grad_y, mode, keep):
+    """The gradients of the five inputs (None where not needed) through ``_differentiable_forward``,
+    themselves differentiable (double backward)."""
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    with torch.enable_grad():
+        found = iter(torch.autograd.grad(_differentiable_forward(*inputs, mode, keep), wanted, grad_y,
+                                         create_graph=True))
+    return [next(found) if need else None for need in needs]
+
+
 def _setup_context(ctx, inputs, output):
     u, k, pregate, postgate, D, _, ctx.mode, ctx.backend, *keep = inputs
     ctx.keep = keep[0] if keep else 0
@@ -767,11 +828,7 @@ def _backward(ctx, grad_y):
     inputs = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:5])
     if torch.is_grad_enabled():  # create_graph: differentiable gradients through the torch path
-        wanted = [t for t, need in zip(inputs, needs) if need]
-        with torch.enable_grad():
-            found = iter(torch.autograd.grad(_differentiable_forward(*inputs, ctx.mode, ctx.keep), wanted, grad_y,
-                                             create_graph=True))
-        grads = [next(found) if need else None for need in needs]
+        grads = _differentiable_grads(inputs, needs, grad_y, ctx.mode, ctx.keep)
     elif _backend.eager_untracked(grad_y, *inputs):  # the backward op's body, without its dispatch
         grads = _IMPLS[ctx.backend].backward(grad_y, *inputs, ctx.mode, needs, *_with_keep(ctx.keep))
     else:
