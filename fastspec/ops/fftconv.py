@@ -27,8 +27,11 @@ FFT: L + Lk − 1 instead of the 2L of a padded one).
 
 Both public functions call one registered op, ``fastspec::fft_conv`` (1 or 2 convolved
 dims), whose autograd calls ``fastspec::fft_conv_backward``: the gradients of every input
-from the FFTs of v and of grad_y·postgate (v's FFT is recomputed, not saved). Double
-backward differentiates a plain PyTorch version of the forward (``_differentiable_forward``).
+from the FFTs of v and of grad_y·postgate (v's FFT is recomputed, not saved: the memory of
+the inputs only). One exception, for speed where memory is plentiful: eager autograd on
+the torch backend runs ``_TorchKeepingSpectrum``, which keeps V, z and K from the forward
+(the baseline's memory, two FFTs a row fewer). Double backward differentiates a plain
+PyTorch version of the forward (``_differentiable_forward``).
 
 Backend contract: ``_IMPLS`` maps a backend name to an :class:`Implementation`. A backend
 gets tensors that passed ``_validate`` (any strides, stride 0 included: it makes contiguous
