@@ -8,15 +8,19 @@
 # and its drop-in's or other tests, see COMPAT_TESTS) and the benchmarks to bench/bench_FAMILY.py, so a
 # second call can finish what a first could not; the FWHT profiler and sanitizer steps run
 # only with fwht (or no FAMILY), its tuning sweep only when fwht is named, the fft_conv
-# profiler step with fftconv (or no FAMILY).
+# profiler step with fftconv (or no FAMILY), the butterfly sanitizer step with butterfly (or no
+# FAMILY). The CUDA butterfly kernel runs for real in tests/test_butterfly.py (its `cuda`
+# params); tests/test_butterfly_cuda_on_cpu.py and _sm90.py skip themselves on a GPU.
 # OUTDIR gets gpu_check.log (this output: versions, build, benchmarks, the tuning sweep
 # of bench/tune_fwht.py, summary), pytest.log, main.log, <family>-<device>.json/.png per
 # benchmark, and, where the tools run, ncu.log (Nsight Compute: speed of light, occupancy,
 # launch statistics of the FWHT kernels at the benchmark shape), ncu-fftconv.log (the same
 # for the Triton fft_conv kernels at L = 1K and 16K) and sanitizer.log
-# (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel). Each
+# (compute-sanitizer memcheck of both GPU backends, racecheck of the CUDA kernel; for the
+# butterfly kernel sanitizer-butterfly.log). Each
 # step has a timeout inside one overall budget (GPU_CHECK_BUDGET_S, default 500 s; the
-# last PROFILE_RESERVE_S (100 s with fwht, 60 more when fwht is named, 45 with fftconv)
+# last PROFILE_RESERVE_S (100 s with fwht, 60 more when fwht is named, 45 with fftconv, 40
+# with butterfly)
 # are kept for the sweep, the profilers and the sanitizer, and BENCH_MIN_S = 60 for each benchmark; the tests get at most PYTEST_CAP_S,
 # default 220, and never the time those reserves and 30 s for the main job need), so the script ends
 # inside 9 minutes. Each benchmark gets an equal share of what is left when it starts. A
@@ -85,7 +89,7 @@ main() {
   "$PY" -c 'import fastspec; [print(f"backend {k}: {v}") for k, v in fastspec.backends().items()]' || FAILED=1
 
   # Families with profiler steps after the benchmarks, and the seconds those steps keep.
-  local -A profile=([fwht]=1 [fftconv]=1)
+  local -A profile=([fwht]=1 [fftconv]=1 [butterfly]=1)
   local tests=(tests/) benches=(bench/bench_*.py) f
   if ((${#FAMILIES[@]})); then
     tests=() benches=() profile=()
@@ -93,11 +97,12 @@ main() {
       # shellcheck disable=SC2206
       tests+=(tests/test_"$f"*.py ${COMPAT_TESTS[$f]:-})
       benches+=(bench/bench_"$f".py)
-      [[ $f == fwht || $f == fftconv ]] && profile[$f]=1
+      [[ $f == fwht || $f == fftconv || $f == butterfly ]] && profile[$f]=1
       [[ $f == fwht ]] && profile[tune_fwht]=1
     done
   fi
-  local reserve=$(( ${profile[fwht]:-0} * 100 + ${profile[tune_fwht]:-0} * 60 + ${profile[fftconv]:-0} * 45 ))
+  local reserve=$(( ${profile[fwht]:-0} * 100 + ${profile[tune_fwht]:-0} * 60 + ${profile[fftconv]:-0} * 45
+                   + ${profile[butterfly]:-0} * 40 ))
   reserve=${PROFILE_RESERVE_S:-$reserve}
   local bench_min=${BENCH_MIN_S:-60}
   # Triton compiles each kernel variant once: spread the tests over processes when
@@ -145,6 +150,16 @@ main() {
     TAIL=40 step "ncu fftconv kernels" 45 "$OUTDIR/ncu-fftconv.log" ncu --clock-control none -k regex:fftconv \
       --section SpeedOfLight --section Occupancy --section LaunchStats \
       "$PY" bench/profile_fftconv.py --lengths 1024 16384 --dtypes float16 --batch 8 --channels 64 --backends triton
+  fi
+
+  if ((${profile[butterfly]:-0})) && command -v compute-sanitizer >/dev/null &&
+     "$PY" -c 'import fastspec, sys; sys.exit(not fastspec.backends()["cuda"].available)'; then
+    # The CUDA butterfly kernel (every dtype, n = 2, 16, 256, 4096, both directions) under memcheck and racecheck.
+    TAIL=15 step "compute-sanitizer butterfly" 40 "$OUTDIR/sanitizer-butterfly.log" bash -c "
+      compute-sanitizer --tool memcheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider \
+        tests/test_butterfly.py -k 'cuda and dtypes_match' &&
+      compute-sanitizer --tool racecheck --error-exitcode 1 $PY -m pytest -q -p no:cacheprovider \
+        tests/test_butterfly.py -k 'cuda and dtypes_match and float32'"
   fi
 
   echo

@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "butterfly/butterfly.h"
 #include "fftconv/fftconv.h"
 #include "fwht/fwht.h"
 #endif
@@ -354,6 +355,49 @@ at::Tensor fft_conv_cuda(const at::Tensor& u, const std::optional<at::Tensor>& p
 }
 #endif
 
+#ifdef FASTSPEC_WITH_CUDA
+// fastspec::butterfly_cuda(Tensor twiddle, Tensor x, bool increasing_stride) -> Tensor: y = M x per
+// stack (torch_butterfly's product, csrc/butterfly/butterfly.h). twiddle (nstacks, nblocks, log2 n,
+// n/2, 2, 2) and x (batch, nstacks, n) contiguous CUDA tensors of one dtype (float32, float16,
+// bfloat16), n = 2^1 .. 2^14, the twiddle at a whole 2×2 matrix (fastspec/ops/butterfly.py copies it).
+at::Tensor butterfly_cuda(const at::Tensor& twiddle, const at::Tensor& x, bool increasing_stride) {
+  TORCH_CHECK(x.is_cuda() && x.dim() == 3 && x.is_contiguous(),
+              "butterfly_cuda: x must be a contiguous (batch, nstacks, n) CUDA tensor, got ", x.device(), " of sizes ",
+              x.sizes(), " and strides ", x.strides());
+  const auto st = x.scalar_type();
+  TORCH_CHECK(st == at::kFloat || st == at::kHalf || st == at::kBFloat16,
+              "butterfly_cuda: x must be float32, float16 or bfloat16, got ", st);
+  const int64_t n = x.size(2);
+  TORCH_CHECK(n >= 2 && n <= (int64_t{1} << kButterflyMaxLog2N) && (n & (n - 1)) == 0,
+              "butterfly_cuda: n (x's last dim) must be a power of two in [2, ", int64_t{1} << kButterflyMaxLog2N,
+              "], got ", n);
+  int log2n = 0;
+  while ((int64_t{1} << log2n) < n) ++log2n;
+  TORCH_CHECK(twiddle.device() == x.device() && twiddle.scalar_type() == st && twiddle.is_contiguous() &&
+                  twiddle.dim() == 6 && twiddle.size(0) == x.size(1) && twiddle.size(1) >= 1 &&
+                  twiddle.size(2) == log2n && twiddle.size(3) == n / 2 && twiddle.size(4) == 2 && twiddle.size(5) == 2,
+              "butterfly_cuda: twiddle must be a contiguous (nstacks, nblocks, log2 n, n/2, 2, 2) = (", x.size(1),
+              ", nblocks >= 1, ", log2n, ", ", n / 2, ", 2, 2) tensor with x's device and dtype, got ",
+              twiddle.device(), " ", twiddle.scalar_type(), " of sizes ", twiddle.sizes());
+  TORCH_CHECK(reinterpret_cast<uintptr_t>(twiddle.data_ptr()) % static_cast<uintptr_t>(4 * twiddle.element_size()) == 0,
+              "butterfly_cuda: the twiddle's data must start at a whole 2x2 matrix (",
+              4 * twiddle.element_size(), "-byte aligned)");
+  TORCH_CHECK(twiddle.size(1) <= INT32_MAX, "butterfly_cuda: nblocks must fit in 32 bits, got ", twiddle.size(1));
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  at::Tensor out = at::empty_like(x);
+  if (out.numel() == 0) return out;
+  const ButterflyDType dtype =
+      st == at::kFloat ? ButterflyDType::kFloat32 : (st == at::kHalf ? ButterflyDType::kFloat16 : ButterflyDType::kBFloat16);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(x.device().index()).stream();
+  const cudaError_t err =
+      butterfly_forward_launch(twiddle.data_ptr(), x.data_ptr(), out.data_ptr(), x.size(0), x.size(1),
+                               static_cast<int>(twiddle.size(1)), log2n, increasing_stride, dtype, stream);
+  TORCH_CHECK(err == cudaSuccess, "butterfly_cuda: kernel launch failed for x of sizes ", x.sizes(), ", dtype ", st,
+              ", nblocks ", twiddle.size(1), ": ", cudaGetErrorString(err));
+  return out;
+}
+#endif
+
 #ifdef FASTSPEC_WITH_CPU
 // fastspec._C.cpu_isa([name]) -> str: the instruction set of the CPU kernels; with a name
 // ("generic", "avx2", "avx512f", or "" for the best this CPU has) it switches to that one first.
@@ -378,6 +422,7 @@ PyObject* cpu_isa(PyObject* /*module*/, PyObject* args) {
 TORCH_LIBRARY_IMPL(fastspec, CUDA, m) {
   m.impl("fwht_cuda", &fastspec::fwht_cuda);
   m.impl("fft_conv_cuda", &fastspec::fft_conv_cuda);
+  m.impl("butterfly_cuda", &fastspec::butterfly_cuda);
 }
 #endif
 #ifdef FASTSPEC_WITH_CPU

@@ -16,6 +16,8 @@ from fastspec.reference.butterfly import butterfly_matrix, butterfly_reference, 
 from conftest import DEVICE, assert_close_to_reference, backend_params, random_input
 
 BACKENDS = backend_params("torch", "triton")
+BUTTERFLY_BACKENDS = backend_params("torch", "triton", "cuda")
+"""butterfly_multiply has a CUDA C++ kernel (real dtypes, n <= 2^14); monarch_multiply has not."""
 INTERPRETED = triton_interpreted()
 HALF_AND_SINGLE = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -147,12 +149,12 @@ def test_complex128_matches_reference(backend, n):
             torch.testing.assert_close(out.cpu(), expect, rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 @pytest.mark.parametrize("dtype", HALF_AND_SINGLE + [torch.complex64], ids=str)
 @pytest.mark.parametrize("n", [2, 16, 256, 4096])
 def test_dtypes_match_reference(backend, dtype, n):
-    if backend == "triton" and dtype.is_complex:
-        pytest.skip("the triton backend is real")
+    if backend != "torch" and dtype.is_complex:
+        pytest.skip(f"the {backend} backend is real")
     if backend == "triton" and INTERPRETED and n > 256:
         pytest.skip("interpreter: n <= 256 (test_triton_two_launch_path covers the long-row path)")
     rows = max(2, min(6, 2**12 // n))
@@ -169,7 +171,7 @@ def test_dtypes_match_reference(backend, dtype, n):
             assert_close_to_reference(out, ref, floor)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 def test_any_strides_and_empty_batch(backend):
     tw = random_twiddle(2, 1, 64, torch.float32)
     x = random_input((2, 64, 5), torch.float32).permute(2, 0, 1)  # (5, 2, 64), non-contiguous
@@ -214,7 +216,7 @@ def test_triton_two_launch_path(backend, monkeypatch, nblocks, increasing_stride
 # --------------------------------------------------------------------------- butterfly autograd
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 @pytest.mark.parametrize("n,nblocks,increasing_stride,transpose", [(8, 1, True, False), (64, 2, False, True),
                                                                    (1024, 2, True, True)])
 def test_grad_matches_reference(backend, n, nblocks, increasing_stride, transpose):
@@ -232,7 +234,7 @@ def test_grad_matches_reference(backend, n, nblocks, increasing_stride, transpos
     assert_close_to_reference(tw.grad, tw64.grad, 2 * floor)  # a sum over the batch besides
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 def test_backward_through_sum(backend):
     """y.sum().backward() sends an expanded (stride-0) gradient into the backward."""
     tw = random_twiddle(1, 2, 32, torch.float32).requires_grad_()
@@ -256,9 +258,11 @@ def test_gradcheck_and_double_backward(dtype):
     assert torch.autograd.gradgradcheck(fn, (tw, x))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.complex64], ids=str)
 def test_opcheck(backend, dtype):
+    if backend == "cuda" and dtype.is_complex:
+        pytest.skip("the cuda backend is real")
     if backend == "triton" and dtype != torch.float32:
         pytest.skip("the triton backend is real; one dtype is enough for its registration (interpreter time)")
     tw = random_twiddle(2, 2, 16, dtype).requires_grad_(dtype != torch.bfloat16)
@@ -269,7 +273,7 @@ def test_opcheck(backend, dtype):
                           (grad, tw.detach(), x.detach(), True, backend))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 def test_compile_fullgraph(backend):
     torch._dynamo.reset()
     tw = random_twiddle(1, 1, 64, torch.float32)
@@ -433,7 +437,7 @@ def test_circulant_is_the_dense_circulant(n, complex_c):
     torch.testing.assert_close(t.matrix(), dense, rtol=0, atol=1e-12 * n * c.abs().max().item())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BUTTERFLY_BACKENDS)
 def test_transforms_in_float32(backend):
     """Applied to float32 data (complex64 twiddles), each transform is within float32 rounding
     of the float64 dense matrix."""
@@ -443,7 +447,7 @@ def test_transforms_in_float32(backend):
              (fb.hadamard(n, normalized=True), fastspec.hadamard_matrix(n).double() / math.sqrt(n)),
              (fb.dct(n, normalized=True), torch.from_numpy(scipy.fft.dct(np.eye(n), type=2, axis=0, norm="ortho")))]
     for transform, dense in cases:
-        if backend == "triton" and transform.twiddle.is_complex():
+        if backend != "torch" and transform.twiddle.is_complex():
             continue
         out = transform(x, backend=backend)
         ref = x.cpu().double().to(dense.dtype) @ dense.T
@@ -483,10 +487,28 @@ def test_butterfly_bad_inputs():
         butterfly_multiply(tw, x, transpose=1)
     with pytest.raises(TypeError, match="torch.Tensor"):
         butterfly_multiply(tw, np.ones((2, 1, 8)))
-    with pytest.raises(ValueError, match="backend must be 'torch' or 'triton'"):
-        butterfly_multiply(tw, x, backend="cuda" if DEVICE.type == "cuda" else "cpu")
+    if fastspec.backends()["cpu"].available:  # a backend that runs here but has no butterfly kernel
+        with pytest.raises(ValueError, match="backend must be 'torch', 'triton' or 'cuda'"):
+            butterfly_multiply(tw, x, backend="cpu")
     with pytest.raises(ValueError, match="backend must be one of"):
         butterfly_multiply(tw, x, backend="numpy")
+
+
+def test_cuda_backend_limits():
+    """What the cuda kernel cannot take is refused before it (ValueError naming the limit),
+    checked on the op's backend check (on any machine) and, on a GPU, through the public function."""
+    from fastspec.ops import butterfly as ops
+
+    big = torch.ones(1, 1, 2**15)
+    with pytest.raises(ValueError, match="cuda backend takes n up to 2\\^14 = 16384 .* got n = 32768"):
+        ops._check_butterfly_backend("cuda", big)
+    with pytest.raises(ValueError, match="cuda backend takes float16, bfloat16 and float32"):
+        ops._check_butterfly_backend("cuda", torch.ones(1, 1, 4, dtype=torch.complex64))
+    ops._check_butterfly_backend("cuda", torch.ones(1, 1, 2**14, dtype=torch.bfloat16))
+    if fastspec.backends()["cuda"].available and DEVICE.type == "cuda":
+        tw = random_twiddle(1, 1, 2**15, torch.float32)
+        with pytest.raises(ValueError, match="cuda backend takes n up to"):
+            butterfly_multiply(tw, big.to(DEVICE), backend="cuda")
 
 
 def test_monarch_bad_inputs():

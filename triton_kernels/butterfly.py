@@ -1,7 +1,7 @@
 """Triton butterfly and Monarch multiplies.
 
 Butterfly (``butterfly_forward``/``butterfly_backward``), layout and semantics as in
-:mod:`fastspec.reference.butterfly`. Bytes and flops: a factor is 6 flops an element and
+:mod:`fastspec.reference.butterfly`. Bytes and flops: a factor is 6 flops a pair (3 an element) and
 reads 2 twiddle values an element (shared by every row of a stack); one pass per factor
 would move the row log2 n times, so a program holds a tile of rows in registers through
 every factor and reads x once and writes y once. A tile is (R, L): R sub-rows of L

@@ -19,10 +19,14 @@ from fastspec import _backend
 
 BUTTERFLY_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
 MONARCH_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128)
-TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+"""The dtypes of the triton and cuda backends (real, computed in float32)."""
 HALF = (torch.float16, torch.bfloat16)
 MAX_LOG_N = 20
 """Rows up to 2^20."""
+CUDA_MAX_LOG_N = 14
+"""The CUDA C++ kernel (csrc/butterfly/) takes rows up to 2^14 (one row of 2^15 would need
+1024 threads of at most 64 registers; see butterfly.cu)."""
 
 
 def _acc(dtype: torch.dtype) -> torch.dtype:
@@ -161,8 +165,43 @@ def _butterfly_triton_backward(grad, twiddle, x, increasing_stride):
     return kernels.butterfly_backward(grad.contiguous(), twiddle.contiguous(), x.contiguous(), increasing_stride)
 
 
+def _cuda_kernel():
+    import fastspec._C  # noqa: F401  (registers the CUDA kernel of fastspec::butterfly_cuda)
+
+    return torch.ops.fastspec.butterfly_cuda
+
+
+def butterfly_cuda(twiddle, x, increasing_stride, *, kernel=None):
+    """The cuda backend's forward (csrc/butterfly/butterfly.cu: every factor in one kernel):
+    x and the twiddle made contiguous, the twiddle copied if it does not start at a whole 2×2
+    matrix (the kernel loads a matrix as one vector). ``kernel`` replaces
+    fastspec::butterfly_cuda (the tests pass the CPU-emulated one)."""
+    kernel = kernel or _cuda_kernel()
+    tw = twiddle.contiguous()
+    if tw.data_ptr() % (4 * tw.element_size()):
+        tw = tw.clone()
+    return kernel(tw, x.contiguous(), increasing_stride)
+
+
+def butterfly_cuda_backward(grad, twiddle, x, increasing_stride):
+    """The cuda backend's backward: there is no CUDA C++ backward yet, so Triton's (the same
+    recompute design, twiddle gradients added atomically) where Triton runs, else torch's."""
+    name = "triton" if _backend.device_ok("triton", x.device) is None else "torch"
+    return _BUTTERFLY[name][1](grad, twiddle, x, increasing_stride)
+
+
 _BUTTERFLY = {"torch": (butterfly_torch, butterfly_torch_backward),
-              "triton": (_butterfly_triton, _butterfly_triton_backward)}
+              "triton": (_butterfly_triton, _butterfly_triton_backward),
+              "cuda": (butterfly_cuda, butterfly_cuda_backward)}
+
+# twiddle (nstacks, nblocks, log2 n, n/2, 2, 2) and x (batch, nstacks, n), contiguous, one of
+# KERNEL_DTYPES, n <= 2^CUDA_MAX_LOG_N, the twiddle 4-element aligned -> y (batch, nstacks, n).
+torch.library.define("fastspec::butterfly_cuda", "(Tensor twiddle, Tensor x, bool increasing_stride) -> Tensor")
+
+
+@torch.library.register_fake("fastspec::butterfly_cuda")
+def _(twiddle, x, increasing_stride):
+    return x.new_empty(x.shape)
 
 
 # ---------------------------------------------------------------------------- torch backend: monarch
@@ -223,13 +262,21 @@ _MONARCH = {"torch": (monarch_torch, monarch_torch_backward), "triton": (_monarc
 # ---------------------------------------------------------------------------- backend choice
 
 
-def _check_backend(op: str, backend: str, dtype: torch.dtype) -> None:
-    if backend not in ("torch", "triton"):
-        raise ValueError(f"{op}: backend must be 'torch' or 'triton' (no {backend!r} kernel for this family), "
-                         f"got {backend!r}")
-    if backend == "triton" and dtype not in TRITON_DTYPES:
-        raise ValueError(f"{op}: the triton backend takes float16, bfloat16 and float32 (use backend='torch' "
+def _check_backend(op: str, backend: str, dtype: torch.dtype, names: tuple[str, ...]) -> None:
+    if backend not in names:
+        allowed = f"{', '.join(map(repr, names[:-1]))} or {names[-1]!r}"
+        raise ValueError(f"{op}: backend must be {allowed} (no {backend!r} kernel for this op), got {backend!r}")
+    if backend in ("triton", "cuda") and dtype not in KERNEL_DTYPES:
+        raise ValueError(f"{op}: the {backend} backend takes float16, bfloat16 and float32 (use backend='torch' "
                          f"for {dtype}), got {dtype}")
+
+
+def _check_butterfly_backend(backend: str, x) -> None:
+    _check_backend("butterfly_multiply", backend, x.dtype, tuple(_BUTTERFLY))
+    n = int(x.shape[-1])
+    if backend == "cuda" and n > 2**CUDA_MAX_LOG_N:
+        raise ValueError(f"butterfly_multiply: the cuda backend takes n up to 2^{CUDA_MAX_LOG_N} = "
+                         f"{2**CUDA_MAX_LOG_N} (backend='triton' takes every n), got n = {n}")
 
 
 def _monarch_triton_unsupported(w1_shape, w2_shape) -> str | None:
@@ -239,7 +286,7 @@ def _monarch_triton_unsupported(w1_shape, w2_shape) -> str | None:
 
 
 def _check_monarch_backend(backend: str, x, w1, w2) -> None:
-    _check_backend("monarch_multiply", backend, x.dtype)
+    _check_backend("monarch_multiply", backend, x.dtype, tuple(_MONARCH))
     reason = _monarch_triton_unsupported(w1.shape, w2.shape) if backend == "triton" else None
     if reason:
         raise ValueError(f"monarch_multiply: {reason}")
@@ -247,7 +294,9 @@ def _check_monarch_backend(backend: str, x, w1, w2) -> None:
 
 def _auto_choice(device: torch.device, dtype: torch.dtype, monarch_shapes=None) -> str:
     # Triton for CUDA tensors once its interpreter tests pass (DESIGN): it does; torch elsewhere.
-    if device.type == "cuda" and dtype in TRITON_DTYPES and _backend.device_ok("triton", device) is None:
+    # The cuda butterfly is reachable by name only: auto takes it once its tests have passed on
+    # a GPU and bench/gpu_check.sh has measured where it beats Triton (no GPU has run it yet).
+    if device.type == "cuda" and dtype in KERNEL_DTYPES and _backend.device_ok("triton", device) is None:
         if monarch_shapes is None or _monarch_triton_unsupported(*monarch_shapes) is None:
             return "triton"
     return "torch"
@@ -274,19 +323,18 @@ def _grads_through(forward, inputs, needs, grad):
 
 
 
-
 @torch.library.custom_op("fastspec::butterfly_multiply", mutates_args=())
 def butterfly_multiply_op(twiddle: torch.Tensor, x: torch.Tensor, increasing_stride: bool, backend: str) -> torch.Tensor:
-    """Registered op: y = M x per stack on a concrete backend ('torch' | 'triton')."""
+    """Registered op: y = M x per stack on a concrete backend ('torch' | 'triton' | 'cuda')."""
     _validate_butterfly(twiddle, x, increasing_stride)
-    _check_backend("butterfly_multiply", backend, x.dtype)
+    _check_butterfly_backend(backend, x)
     return _BUTTERFLY[backend][0](twiddle, x, increasing_stride)
 
 
 @butterfly_multiply_op.register_fake
 def _(twiddle, x, increasing_stride, backend):
     _validate_butterfly(twiddle, x, increasing_stride)
-    _check_backend("butterfly_multiply", backend, x.dtype)
+    _check_butterfly_backend(backend, x)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -295,7 +343,7 @@ def butterfly_multiply_backward_op(grad: torch.Tensor, twiddle: torch.Tensor, x:
                                    backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Registered op: (d twiddle, d x) of fastspec::butterfly_multiply for the output gradient."""
     _validate_butterfly(twiddle, x, increasing_stride)
-    _check_backend("butterfly_multiply", backend, x.dtype)
+    _check_butterfly_backend(backend, x)
     return _BUTTERFLY[backend][1](grad, twiddle, x, increasing_stride)
 
 
@@ -340,10 +388,11 @@ def butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, *, increasing_str
     the direction; pair p (a = (p // s)·2s + p % s, b = a + s) maps (x_a, x_b) by the 2×2
     matrix twiddle[stack, block, idx, p]. x: (batch, nstacks, n), n a power of two 2..2^20,
     any strides. Both the same dtype: float16, bfloat16, float32 (torch and triton),
-    float64, complex64, complex128 (torch). Returns (batch, nstacks, n) in x's dtype,
-    contiguous; half precision is computed in float32. Autograd for twiddle and x
+    float64, complex64, complex128 (torch); the cuda backend (CUDA C++, CUDA tensors, reached
+    by name only) takes the first three with n up to 2^14. Returns (batch, nstacks, n) in x's
+    dtype, contiguous; half precision is computed in float32. Autograd for twiddle and x
     (double backward through the torch forward); torch.compile(fullgraph=True) works.
-    backend: 'auto' | 'torch' | 'triton' (env FASTSPEC_BACKEND replaces 'auto').
+    backend: 'auto' | 'torch' | 'triton' | 'cuda' (env FASTSPEC_BACKEND replaces 'auto').
     Raises TypeError for a wrong type or dtype, ValueError for a wrong shape, n or
     device, RuntimeError for a backend that cannot run here.
     """
@@ -351,7 +400,7 @@ def butterfly_multiply(twiddle: torch.Tensor, x: torch.Tensor, *, increasing_str
     if not isinstance(transpose, bool):
         raise TypeError(f"butterfly_multiply: transpose must be a bool, got {type(transpose).__name__}")
     chosen = choose_backend("butterfly_multiply", backend, x.device, x.dtype)
-    _check_backend("butterfly_multiply", chosen, x.dtype)
+    _check_butterfly_backend(chosen, x)
     if transpose:
         twiddle, increasing_stride = transposed_twiddle(twiddle, increasing_stride)
     return butterfly_multiply_op(twiddle, x, increasing_stride, chosen)

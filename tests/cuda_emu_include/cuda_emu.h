@@ -8,7 +8,7 @@
 // slot too early reads stale data. The emulated device has kSMs SMs and one resident block
 // per SM, and enforces the opt-in for more than 48 KiB of dynamic shared memory. The
 // threads of a block run in parallel, or one at a time in a fixed order (Schedule), which
-// makes shared-memory races visible as results that depend on the order. The device types the kernels use (dim3, uint4/float4/float2, __half,
+// makes shared-memory races visible as results that depend on the order. The device types the kernels use (dim3, uint4/uint2/float4/float2, __half,
 // __nv_bfloat16 with round-to-nearest-even conversions) are plain host types. Float
 // arithmetic is IEEE single precision as on the GPU (compile with -ffp-contract=off).
 // Warp matrix multiply-accumulate (mma.sync m16n8k16, f16/bf16 into float32) is
@@ -65,6 +65,7 @@ inline thread_local dim3 threadIdx, blockIdx;
 inline dim3 gridDim, blockDim;
 
 struct alignas(16) uint4 { unsigned x, y, z, w; };
+struct alignas(8) uint2 { unsigned x, y; };
 struct alignas(16) float4 { float x, y, z, w; };
 struct alignas(8) float2 { float x, y; };
 inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
