@@ -137,14 +137,16 @@ def run(names, sizes, steps, restarts, out: Path | None) -> list[dict]:
         rmse = min(learn(name, n, steps, seed) for seed in range(restarts))
         records.append({"transform": name, "n": n, "rmse": rmse, "seconds": time.perf_counter() - t0,
                         "steps": steps, "restarts": restarts})
+        print(f"  {name} N={n}: RMSE {rmse:.2e} ({records[-1]['seconds']:.0f} s)", flush=True)
+        if out is not None:  # after every size: a long run cut short keeps what it learned
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "learn-transform-cpu.json").write_text(json.dumps(records, indent=1))
     print(f"\nlearned butterflies (BP; best of {restarts} starts, {steps} Adam steps + L-BFGS), "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     print(f"{'transform':<10} {'N':>6} {'RMSE':>10} {'seconds':>8}   paper (DFT): {PAPER_DFT_RMSE}")
     for r in records:
         print(f"{r['transform']:<10} {r['n']:>6} {r['rmse']:>10.2e} {r['seconds']:>8.1f}")
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "learn-transform-cpu.json").write_text(json.dumps(records, indent=1))
         _plot(records, out / "learn-transform-cpu.png")
     return records
 
