@@ -441,13 +441,56 @@ def test_triton_two_levels(mode, L, taps, dtype, param_dtype, B):
         _assert_close(ours[name].grad, theirs[name].grad)
 
 
+ONE_LAUNCH = [("causal", 4097, 2000, torch.float32, None, 3), ("circular", 5001, 3000, torch.float16, None, 3),
+              ("bidirectional", 6000, 2001, torch.bfloat16, torch.float32, 3), ("circular", 32768, 100, torch.float32, None, 1),
+              pytest.param("causal", 20000, 12000, torch.bfloat16, None, 2, marks=pytest.mark.slow),
+              pytest.param("bidirectional", 30000, 5001, torch.float32, None, 2, marks=pytest.mark.slow)]
+"""FFT sizes 8192 (every mode; odd lengths, circular wrapped; an odd batch: one signal with a
+zero imaginary part) and 32768 (the largest one-launch size: circular of a power of two; causal
+and bidirectional are slow here, 20–60 s)."""
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+@pytest.mark.parametrize("mode,L,taps,dtype,param_dtype,B", ONE_LAUNCH, ids=str)
+def test_triton_one_launch_forward(mode, L, taps, dtype, param_dtype, B):
+    """4096 < N ≤ 32768: the forward is one launch (fftconv_fwd_l2_kernel), gates and D fused,
+    u and the gates non-contiguous."""
+    from fastspec.triton_kernels import fftconv as kernels
+
+    p = kernels.plan(mode, L, taps)
+    assert kernels.MAX_TILE < p.n <= kernels.MAX_ONE_LAUNCH
+    u, pre, post = (random_input((B, L, 2), dtype)[..., 1:].transpose(1, 2) for _ in range(3))  # t stride 2
+    k = random_input((1, taps), param_dtype or dtype) / taps**0.5
+    D = random_input((1,), param_dtype or dtype)
+    spec = torch.empty(1, p.n, 2, device="meta")
+    calls = kernels.forward_calls(u.to("meta"), spec, pre.to("meta"), post.to("meta"), D.to("meta"), p, u.to("meta"))
+    assert [call[0] for call in calls] == [kernels.fftconv_fwd_l2_kernel]
+    out = fastspec.fft_conv(u, k, mode=mode, pregate=pre, postgate=post, D=D, backend="triton")
+    _assert_close(out, fft_conv_reference(u.double(), k.double(), mode=mode, pregate=pre.double(),
+                                          postgate=post.double(), D=D.double()))
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+def test_triton_one_launch_programs_take_several_signals(monkeypatch):
+    """With scratch for one program (L2_SCRATCH_BYTES), it walks every signal in turn through
+    its one scratch row."""
+    from fastspec.triton_kernels import fftconv as kernels
+
+    monkeypatch.setattr(kernels, "L2_SCRATCH_BYTES", 8192 * 2 * 4)
+    u, k, kwargs = _case(3, 1, 5000, "causal", torch.float32, short=True)  # N = 8192, 2 signals
+    p = kernels.plan("causal", 5000, k.shape[1])
+    assert kernels.forward_calls(u, torch.empty(1, p.n, 2), None, None, None, p, u)[0][1] == (1,)
+    _assert_close(fastspec.fft_conv(u, k, backend="triton", **kwargs), _reference(u, k, "causal", kwargs))
+
+
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
 def test_triton_two_level_chunks(monkeypatch):
     """Rows in chunks whose scratch fits SCRATCH_BYTES (here: the forward a channel at a time,
     the backward a batch pair of a channel at a time) give the one-chunk result; dk sums the
-    chunks in order."""
+    chunks in order. The forward takes its three launches (N = 8192 is one launch otherwise)."""
     from fastspec.triton_kernels import fftconv as kernels
 
+    monkeypatch.setattr(kernels, "MAX_ONE_LAUNCH", kernels.MAX_TILE)
     u, k, kwargs = _case(3, 2, 4097, "causal", torch.float32, ("pregate", "D"), short=True)
     k = k[:, :1].contiguous().requires_grad_()  # FFT size 8192 for L = 4097
     u.requires_grad_()
