@@ -50,6 +50,8 @@ def _calls(mode: str, L: int, dtype: torch.dtype, seen: set):
             groups = kernels._groups(B, H, p)
             outs = (u, u, torch.empty(groups, H, taps, dtype=acc, device=meta),
                     torch.empty(groups, H, dtype=acc, device=meta))
+        elif p.n <= kernels.MAX_ONE_LAUNCH:
+            outs = (u, u, torch.empty(kernels._groups(B, H, p), H, taps, dtype=acc, device=meta))
         else:
             outs = (u, u, torch.empty(H, taps, dtype=acc, device=meta))
         calls += kernels.backward_calls(u, u, spec, u, u, D, p, taps, needs, outs, prec)

@@ -31,27 +31,29 @@ entries); B, the Q-point FFTs of its rows (tiles of R rows), the product, the in
 the inverse of A into the output, gates and D in its epilogue.
 
 Up to N = MAX_ONE_LAUNCH (32768) the forward is one launch from load to store
-(fftconv_fwd_l2_kernel): a program walks its signals one after the other through the three
-phases on its own scratch row, a barrier between the phases, and all programs' rows
+(fftconv_fwd_l2_kernel), and so is the backward (fftconv_bwd_l2_kernel; two for wrapped
+circular, as for one tile): a program walks its signals (its batch groups) one after the
+other through the three phases on its own scratch rows, a barrier between the phases (the
+backward's rows: gz, and v and the running dk spectrum for dk), and all programs' rows
 together stay under L2_SCRATCH_BYTES (32 MiB), so that they live in the L2 cache (50 MB on
 an H100) and only u, the gates, y and the spectrum travel to and from HBM. Why not on chip:
 a signal of 32768 complex points is 256 KiB in float32 (or as bfloat16 hi/lo pairs), more
-than a block's shared memory (227 KiB) and the whole register file of an SM (64K
-registers); FlashFFTConv fits its 32K kernel in shared memory by keeping the intermediates
-in fp16/bf16, rounding each to 11 or 8 bits (unit roundoffs 5e-4 and 4e-3, not measured
-here), far above the float32 contract below (2e-7) and 15–130 times the half-precision one
-(3e-5); and a Triton program addresses no shared memory of its own. Cost per signal (two rows) of N points against the three-launch
-path: the same flops; the same 32N bytes of scratch traffic (write 8N in A, read and write
-16N in B, read 8N in C), through L2 where the three launches' chunks (up to 256 MiB) go to
-HBM; so HBM sees the floor only (u, the gates and y, 2·L·(2..4) elements, and the
-spectrum's 8N bytes a channel, from L2 when a channel's signals run together).
-Its tiles are L2_TILE (1024) points, not 4096: looping over the tiles of a phase keeps the
-phase's tile-invariant index tensors live, and with 2048- or 4096-point tiles ptxas spills
-(tests/test_fftconv_triton_sm90.py). Above 32768 (up to N = 2^24 = 4096 · 4096), and for
-the backward and the filter's spectrum above 4096, the phases are three launches through a
-scratch of one row a signal, in row chunks under SCRATCH_BYTES (256 MiB): bounded memory,
-and the chunk is still in the L2 cache for the next launch when it is small. At 65536 one
-launch would hold 512 KiB a program: 64 programs in 32 MiB, half an H100's SMs.
+than a block's shared memory (227 KiB) and the whole register file of an SM (64K registers);
+FlashFFTConv fits its 32K kernel in shared memory by keeping the intermediates in fp16/bf16,
+rounding each to 11 or 8 bits (unit roundoffs 5e-4 and 4e-3, not measured here), far above
+the float32 contract below (2e-7) and 15–130 times the half-precision one (3e-5); and a
+Triton program addresses no shared memory of its own. Cost per signal (two rows) of N points
+against the three-launch path: the same flops; the same 32N bytes of scratch traffic (write
+8N in A, read and write 16N in B, read 8N in C), through L2 where the three launches' chunks
+(up to 256 MiB) go to HBM; so HBM sees the floor only (u, the gates and y, 2·L·(2..4)
+elements, and the spectrum's 8N bytes a channel, from L2 when a channel's signals run
+together). Its tiles are L2_TILE (1024) points, L2_BWD_TILE (256) in the backward, not 4096:
+looping over the tiles of a phase keeps the phase's tile-invariant index tensors live, and
+with larger tiles ptxas spills (tests/test_fftconv_triton_sm90.py). Above 32768 (up to N =
+2^24 = 4096 · 4096), and for the filter's spectrum above 4096, the phases are three launches
+through a scratch of one row a signal, in row chunks under SCRATCH_BYTES (256 MiB): bounded
+memory, and the chunk is still in the L2 cache for the next launch when it is small. At
+65536 one launch would hold 512 KiB a program: 64 programs in 32 MiB, half an H100's SMs.
 
 Modes (``plan``): causal N ≥ L + Lk − 1, the signal at positions 0..L−1, the filter at
 0..Lk−1; bidirectional N ≥ L + c (c = (Lk−1)/2), the filter's lag s at s mod N; circular:
@@ -60,14 +62,14 @@ wrapped (position n holds v[(n − W) mod L], W = Lk − 1) and the result read 
 W..W+L−1, which is the circular convolution for any L. Every load and store is masked
 (odd L, short filters) and strided (inputs need not be contiguous).
 
-Backward (``backward``), v = u·pregate, gz = grad_y·postgate: dv = corr(gz, k) (the
-product with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
-(Gz·conj V summed over a group of the batch in frequency, one inverse per group, the
-groups' partial filters summed after: no atomics), dD = Σ grad_y·u; dpostgate =
-grad_y·conv(v, k) is the forward kernel with grad_y as postgate. V is recomputed, not
-stored. One tile: one kernel for everything but dpostgate, or two (dk; the rest) where three
-spectra would not fit the registers (wrapped circular, where dk and dv need gz in
-different places, and 16·16·16 tiles).
+Backward (``backward``), v = u·pregate, gz = grad_y·postgate: dv = corr(gz, k) (the product
+with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v) (Gz·conj
+V summed over a group of the batch in frequency, one inverse per group, the groups' partial
+filters summed after: no atomics), dD = Σ grad_y·u (in float64 on the host above one tile);
+dpostgate = grad_y·conv(v, k) is the forward kernel with grad_y as postgate. V is
+recomputed, not stored. One tile: one kernel for everything but dpostgate, or two (dk; the
+rest) where three spectra would not fit the registers (wrapped circular, where dk and dv
+need gz in different places, and 16·16·16 tiles).
 
 Precision (tests/test_fftconv.py holds every dtype to the repo's rule): the DFT matrices
 are not exact in any dot type, so data and matrix are both split in two and three
@@ -128,6 +130,10 @@ L2_TILE = 1024
 tensors that do not change between a phase's tiles are computed once, before its loop, and
 stay live through it: with tiles of 4096 (MAX_TILE) ptxas spills at every N, with 2048 at
 N = 16384 float32; 1024 leaves 176–242 registers a thread (tests/test_fftconv_triton_sm90.py)."""
+L2_BWD_TILE = 256
+"""The same for the one-launch backward, which holds two spectra and the sum of their
+products: tiles of 1024 spill at N = 8192 and 16384, of 512 for wrapped circular at 16384
+float32; 256 (the 512 points of one inner row at N = 32768) do not."""
 _PREC = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2}
 """How a dot is done: 0 float64; 1 TF32 parts (float32 input); 2 bfloat16 parts (half input)."""
 
@@ -702,6 +708,114 @@ def fftconv_fwd_l2_kernel(
 
 
 @triton.jit
+def fftconv_bwd_l2_kernel(
+    gy_ptr, u_ptr, pre_ptr, post_ptr, d_ptr, spec_ptr, du_ptr, dpre_ptr, dk_ptr, buf_ptr,
+    og1, og2, og3, otw, ig1, ig2, ig3, itw, tw_lo, tw_hi,
+    B, H, L, Lk, N, C, W, iters, items, keep, kept_tiles, lo_tiles, hi_first,
+    sg_b, sg_h, sg_t, su_b, su_h, su_t, sp_b, sp_h, sp_t, sq_b, sq_h, sq_t,
+    T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+    R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr,
+    G_BITS: tl.constexpr, PREC: tl.constexpr,
+    HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_D: tl.constexpr, WRAP: tl.constexpr,
+    NEED_DU: tl.constexpr, NEED_DK: tl.constexpr, NEED_DPRE: tl.constexpr,
+):
+    """The backward of ``fftconv_bwd_kernel`` for M = P·Q in one launch. Each program takes the
+    items pid, pid + programs, ... of ``items`` = groups · H (channel h = item % H, batch
+    group item // H of ``iters`` signals) with its own scratch rows, kept small enough by
+    the launcher to stay in the L2 cache: G (gz), and X (v) and K (the sum of Gz·conj V) for
+    dk. A signal: phase A of gz into G (and of v into X); phase B on the row tiles, Gz·conj
+    V added to K and Gz·conj S inverted in G (dv); phase C on G: du and dpregate. After the
+    group: K inverted (rows, then columns) into dk_ptr (groups, H, Lk). Barriers order the
+    phases' writes before the next phase's reads. Where dk and dv need gz in different
+    places (WRAP) the launcher asks for one of them a launch."""
+    P: tl.constexpr = P1 * P2 * P3
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    M: tl.constexpr = P * Q
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    NEED_DV: tl.constexpr = NEED_DU or NEED_DPRE
+    pid = tl.program_id(0)
+    g_row = buf_ptr + pid.to(tl.int64) * ((3 if NEED_DK else 1) * M * 2)
+    x_row = g_row + M * 2
+    k_row = x_row + M * 2
+    half = (B + 1) // 2
+    for item in range(pid, items, tl.num_programs(0)):
+        h = item % H
+        group = item // H
+        for it in range(iters):
+            pair = group * iters + it
+            row = pair < half
+            b0 = 2 * pair.to(tl.int64)
+            second = row & (b0 + 1 < B)
+            for i in range(Q // T):
+                nq = i * T + tl.arange(0, T)[:, None, None, None]
+                n = _columns(nq, P1, P2, P3, Q)
+                if NEED_DK:
+                    t, ok = _frame(n, L, W, L + W, WRAP)  # where v enters
+                    x0, x1 = _load_gated(u_ptr, pre_ptr, b0 * su_b + h * su_h, b0 * sp_b + h * sp_h, su_b, su_t,
+                                         sp_b, sp_t, t, ok & row, second, acc, HAS_PRE)
+                    _phase_a(x0, x1, x_row, nq, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+                    t, ok = _frame(n, L, W, L + W, False)  # where y leaves (dv's place too without WRAP)
+                else:
+                    t, ok = _frame(n, L, 0, L + W, WRAP)  # gz for dv, wrapped the other way
+                z0, z1 = _load_gated(gy_ptr, post_ptr, b0 * sg_b + h * sg_h, b0 * sq_b + h * sq_h, sg_b, sg_t,
+                                     sq_b, sq_t, t, ok & row, second, acc, HAS_POST)
+                _phase_a(z0, z1, g_row, nq, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+            tl.debug_barrier()
+            for j in range(kept_tiles):
+                _, tile = _row_tile(j, kept_tiles, lo_tiles, hi_first)
+                kp = tile * R + tl.arange(0, R)[:, None, None, None]
+                gz, offs = _phase_b_fft(g_row, kp, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC)
+                pos = (kp * Q + _spectral(Q1, Q2, Q3)) * 2
+                if NEED_DK:
+                    xr, xi = tl.split(_phase_b_fft(x_row, kp, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC)[0])
+                    cr, ci = tl.split(_cmul(gz, xr, xi, True))
+                    tl.store(k_row + pos, tl.load(k_row + pos, mask=it > 0, other=0.0) + cr)
+                    tl.store(k_row + pos + 1, tl.load(k_row + pos + 1, mask=it > 0, other=0.0) + ci)
+                if NEED_DV:
+                    s = spec_ptr + h.to(tl.int64) * M * 2 + pos
+                    zr, zi = tl.split(_ifft(_cmul(gz, tl.load(s), tl.load(s + 1), True), ig1, ig2, ig3, itw,
+                                            R, Q1, Q2, Q3, PREC))
+                    tl.store(g_row + offs, zr)
+                    tl.store(g_row + offs + 1, zi)
+            tl.debug_barrier()
+            if NEED_DV:
+                for i in range(Q // T):
+                    nq = i * T + tl.arange(0, T)[:, None, None, None]
+                    t, ok = _frame(_columns(nq, P1, P2, P3, Q), L, 0, L, False)
+                    ok = ok & row
+                    z0, z1 = _phase_c(g_row, nq, keep, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q,
+                                      G_BITS, PREC)
+                    if NEED_DPRE:
+                        u0, u1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
+                        dst = dpre_ptr + (b0 * H + h) * L + t
+                        tl.store(dst, (z0 * u0).to(dpre_ptr.dtype.element_ty), mask=ok)
+                        tl.store(dst + H * L, (z1 * u1).to(dpre_ptr.dtype.element_ty), mask=ok & second)
+                    if NEED_DU:
+                        _store_gated(z0, z1, du_ptr, pre_ptr, gy_ptr, d_ptr, b0, h, second, t, ok, H, L,
+                                     sp_b, sp_h, sp_t, sg_b, sg_h, sg_t, HAS_PRE, HAS_D)
+                tl.debug_barrier()  # the next signal's phase A overwrites what phase C reads
+        if NEED_DK:
+            for j in range(kept_tiles):
+                _, tile = _row_tile(j, kept_tiles, lo_tiles, hi_first)
+                kp = tile * R + tl.arange(0, R)[:, None, None, None]
+                pos = (kp * Q + _spectral(Q1, Q2, Q3)) * 2
+                x = tl.join(tl.load(k_row + pos), tl.load(k_row + pos + 1))
+                x = tl.where(_kept(kp + P * _frequency(Q1, Q2, Q3), M, keep)[:, :, :, :, None], x, 0.0)
+                zr, zi = tl.split(_ifft(x, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC))
+                offs = (kp * Q + _natural(Q1, Q2, Q3)) * 2
+                tl.store(k_row + offs, zr)
+                tl.store(k_row + offs + 1, zi)
+            tl.debug_barrier()
+            for i in range(Q // T):
+                nq = i * T + tl.arange(0, T)[:, None, None, None]
+                z0, _ = _phase_c(k_row, nq, keep, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+                tap = _columns(nq, P1, P2, P3, Q) + C
+                tap = tl.where(tap >= N, tap - N, tap)
+                tl.store(dk_ptr + (group * H + h).to(tl.int64) * Lk + tap, z0 / N, mask=tap < Lk)
+            tl.debug_barrier()  # the next item's first signal overwrites K
+
+
+@triton.jit
 def fftconv_cross_kernel(
     bx_ptr, bg_ptr, dst_ptr, g1, g2, g3, tw, nh, nbp, scale, keep, kept_tiles, lo_tiles, hi_first,
     R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr, P: tl.constexpr, PREC: tl.constexpr,
@@ -1022,23 +1136,35 @@ def spectrum(k: torch.Tensor, p: Plan, dtype: torch.dtype, keep: int = 0) -> tor
     return spec
 
 
+def _l2_launch(p: Plan, prec: int, device, tile: int, **flags):
+    """The constants (outer g1..tw, inner g1..tw, ω tables) and meta of a one-launch kernel
+    of two levels in tiles of ``tile`` points (at least one row of the inner level)."""
+    tile = max(tile, math.prod(p.inner))
+    outer, inner, tables, outer_meta, _ = _two_level(p, prec, device)
+    meta = {**{k: v for k, v in outer_meta.items() if k != "Q"}, "T": tile // math.prod(p.outer),
+            "R": tile // math.prod(p.inner), **_tile_meta("Q", p.inner), **flags, "num_stages": 1}
+    return (*outer, *inner, *tables), meta
+
+
+def _l2_programs(work: int, p: Plan, prec: int, rows: int) -> int:
+    """Programs of a one-launch kernel: one a work item, at most as many as L2_SCRATCH_BYTES
+    holds ``rows`` scratch rows for."""
+    return min(work, max(1, L2_SCRATCH_BYTES // (rows * p.n * 2 * _acc(prec).itemsize)))
+
+
 def _fwd_l2_call(u, spec, pregate, postgate, D, p: Plan, y, keep: int):
-    """The one-launch forward of two levels (fftconv_fwd_l2_kernel): as many programs as
-    signals, at most as many as L2_SCRATCH_BYTES holds scratch rows for."""
+    """The one-launch forward of two levels (fftconv_fwd_l2_kernel)."""
     B, H, L = u.shape
     prec = _PREC[u.dtype]
     pairs = (B + 1) // 2 * H
-    outer, inner, tables, outer_meta, inner_meta = _two_level(p, prec, u.device)
-    programs = min(pairs, max(1, L2_SCRATCH_BYTES // (p.n * 2 * _acc(prec).itemsize)))
+    consts, meta = _l2_launch(p, prec, u.device, L2_TILE, HAS_PRE=pregate is not None, HAS_POST=postgate is not None,
+                              HAS_D=D is not None, WRAP=p.wrap > 0)
+    programs = _l2_programs(pairs, p, prec, 1)
     pre = pregate if pregate is not None else u
     post = postgate if postgate is not None else u
     args = (u, pre, post, D.contiguous() if D is not None else u, spec, y, _scratch(programs, p, prec, u.device),
-            *outer, *inner, *tables, B, H, L, pairs, p.wrap, keep, *_kept_tiles(p, keep, L2_TILE),
+            *consts, B, H, L, pairs, p.wrap, keep, *_kept_tiles(p, keep, L2_TILE),
             *u.stride(), *pre.stride(), *post.stride())
-    meta = {**{k: v for k, v in outer_meta.items() if k != "Q"}, "T": L2_TILE // math.prod(p.outer),
-            "R": L2_TILE // math.prod(p.inner), **_tile_meta("Q", p.inner),
-            "HAS_PRE": pregate is not None, "HAS_POST": postgate is not None, "HAS_D": D is not None,
-            "WRAP": p.wrap > 0, "num_stages": 1}
     return fftconv_fwd_l2_kernel, (programs,), args, meta
 
 
@@ -1097,9 +1223,11 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
     """Launches of the backward for du, dk, dpregate and dD (``needs`` as the op's; dpostgate is
     the forward with grad_y as postgate: ``backward``), dots of precision ``prec`` (_PREC).
     One tile: ``outs`` = (du, dpre, dk_parts (groups, H, taps), dd_parts (groups, H)), None
-    where not needed. Two levels: (du, dpre, dk (H, taps)); the dk of each chunk goes to a
+    where not needed. Two levels: (du, dpre, dk), dD left to ``backward`` (summed in float64:
+    float32 loses about √(B·L) roundings where the sum cancels); one launch (N ≤
+    MAX_ONE_LAUNCH): dk as dk_parts; three launches: dk (H, taps), the dk of each chunk in a
     (channels, taps) buffer that an ``_add`` entry (grid None: a host call) adds to dk, chunk
-    by chunk in a fixed order; dD is left to ``backward``. ``keep``: keep_frequencies (n = L)."""
+    by chunk in a fixed order. ``keep``: keep_frequencies (n = L)."""
     B, H, L = u.shape
     need_du, need_dk, need_dpre, _, need_dd = needs
     half = (B + 1) // 2
@@ -1125,6 +1253,8 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
             return [(fftconv_bwd_kernel, (groups * H,), args, first),
                     (fftconv_bwd_kernel, (groups * H,), args, {**meta, "NEED_DK": False})]
         return [(fftconv_bwd_kernel, (groups * H,), args, meta)]
+    if p.n <= MAX_ONE_LAUNCH:
+        return _bwd_l2_calls(grad_y, u, spec, pregate, postgate, D, p, taps, needs, outs, prec, keep)
     du, dpre, dk = outs
     need_dv = need_du or need_dpre
     esize = p.n * 2 * _acc(prec).itemsize
@@ -1162,6 +1292,35 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
     return calls
 
 
+def _bwd_l2_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, outs, prec: int, keep: int):
+    """The one-launch backward of two levels (fftconv_bwd_l2_kernel) into ``outs`` = (du,
+    dpre, dk_parts (groups, H, taps)); two launches (dk; the rest) for wrapped circular, where
+    dk and dv need gz in two places."""
+    B, H, L = u.shape
+    need_du, need_dk, need_dpre, _, _ = needs
+    groups = _groups(B, H, p)
+    iters = triton.cdiv((B + 1) // 2, groups)
+    consts, base = _l2_launch(p, prec, u.device, L2_BWD_TILE, HAS_PRE=pregate is not None,
+                              HAS_POST=postgate is not None, HAS_D=D is not None, WRAP=p.wrap > 0,
+                              NEED_DU=need_du, NEED_DK=need_dk, NEED_DPRE=need_dpre)
+    metas = [base]
+    if need_dk and (need_du or need_dpre) and p.wrap:
+        metas = [{**base, "NEED_DU": False, "NEED_DPRE": False}, {**base, "NEED_DK": False}]
+    pre = pregate if pregate is not None else u
+    post = postgate if postgate is not None else u
+    du, dpre, dk = (t if t is not None else u for t in outs)
+    calls = []
+    for meta in metas:
+        rows = 3 if meta["NEED_DK"] else 1  # G, and X and K for dk
+        programs = _l2_programs(groups * H, p, prec, rows)
+        args = (grad_y, u, pre, post, D.contiguous() if D is not None else u, spec, du, dpre, dk,
+                _scratch(programs * rows, p, prec, u.device), *consts, B, H, L, taps, p.n, p.centre, p.wrap, iters,
+                groups * H, keep, *_kept_tiles(p, keep, base["R"] * math.prod(p.inner)),
+                *grad_y.stride(), *u.stride(), *pre.stride(), *post.stride())
+        calls.append((fftconv_bwd_l2_kernel, (programs,), args, meta))
+    return calls
+
+
 def _add(dk: torch.Tensor, dk_chunk: torch.Tensor, chunk: _Chunk) -> None:
     """dk of a two-level chunk into the total: chunk by chunk, in a fixed order."""
     dk[chunk.h0:chunk.h0 + chunk.nh] += dk_chunk[:chunk.nh]
@@ -1191,14 +1350,14 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
     du, dpre = new(need_du), new(need_dpre)
     # dpostgate = grad_y·conv(u·pregate, k): the forward, grad_y in the postgate's place
     dpost = forward(u, spec, pregate, grad_y, None, p, keep) if need_dpost else None
+    grouped = p.outer is None or p.n <= MAX_ONE_LAUNCH  # dk in parts, a batch group each
+    dk_shape = (_groups(B, H, p), H, taps) if grouped else (H, taps)
+    dk = torch.zeros(dk_shape, dtype=acc, device=u.device) if need_dk else None
     if p.outer is None:
-        groups = _groups(B, H, p)
-        dk = torch.zeros(groups, H, taps, dtype=acc, device=u.device) if need_dk else None
-        dd = torch.zeros(groups, H, dtype=acc, device=u.device) if need_dd else None
+        dd = torch.zeros(dk_shape[:2], dtype=acc, device=u.device) if need_dd else None
         outs = (du, dpre, dk, dd)
         work = need_du or need_dk or need_dpre or need_dd
     else:
-        dk = torch.zeros(H, taps, dtype=acc, device=u.device) if need_dk else None
         dd = _dot_rows(grad_y, u, acc) if need_dd else None
         outs = (du, dpre, dk)
         work = need_du or need_dk or need_dpre
@@ -1209,7 +1368,8 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
                 kernel(*args)
             else:
                 kernel[grid](*args, **meta)
-    if p.outer is None:
-        dk = dk.sum(0) if need_dk else None
-        dd = dd.sum(0) if need_dd else None
+    if grouped and need_dk:
+        dk = dk.sum(0)
+    if p.outer is None and need_dd:
+        dd = dd.sum(0)
     return du, dk, dpre, dpost, dd
