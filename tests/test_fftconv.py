@@ -437,15 +437,28 @@ def test_spectrum_cache_is_bounded(monkeypatch):
 
 TWO_LEVEL = [("causal", 4096, 4096, torch.float32, None, 3), ("circular", 3000, 1500, torch.bfloat16, torch.float32, 2),
              ("bidirectional", 2500, 4001, torch.float32, None, 1)]
-"""FFT sizes above one tile (8192 = 64·128): Triton's two-level path on the interpreter."""
+"""FFT sizes above one tile (8192 = 64·128): Triton's two levels in one launch on the interpreter
+(test_triton_two_level_chunks: in three)."""
 
 
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
 @pytest.mark.parametrize("mode,L,taps,dtype,param_dtype,B", TWO_LEVEL, ids=str)
-def test_triton_two_levels(mode, L, taps, dtype, param_dtype, B):
+def test_triton_two_levels(monkeypatch, mode, L, taps, dtype, param_dtype, B):
+    """Forward and backward in one launch each (two for wrapped circular's backward), with
+    scratch for one program (L2_SCRATCH_BYTES): it walks every signal of the forward and
+    every batch group of the backward in turn."""
     from fastspec.triton_kernels import fftconv as kernels
 
-    assert kernels.plan(mode, L, taps).outer is not None
+    monkeypatch.setattr(kernels, "L2_SCRATCH_BYTES", 8192 * 2 * 4)
+    p = kernels.plan(mode, L, taps)
+    assert p.outer is not None and p.n <= kernels.MAX_ONE_LAUNCH
+    meta = torch.empty(B, 1, L, device="meta")
+    spec = torch.empty(1, p.n, 2, device="meta")
+    assert [(c[0], c[1]) for c in kernels.forward_calls(meta, spec, None, None, None, p, meta)] == \
+        [(kernels.fftconv_fwd_l2_kernel, (1,))]
+    outs = (meta, meta, torch.empty(kernels._groups(B, 1, p), 1, taps, device="meta"))
+    calls = kernels.backward_calls(meta, meta, spec, None, None, None, p, taps, [True] * 5, outs, 1)
+    assert {(c[0], c[1]) for c in calls} == {(kernels.fftconv_bwd_l2_kernel, (1,))}
     u = random_input((B, 1, L), dtype)
     k = random_input((1, taps), param_dtype or dtype) / taps**0.5
     kwargs = {"pregate": random_input(u.shape, dtype), "postgate": random_input(u.shape, dtype),
@@ -463,13 +476,64 @@ def test_triton_two_levels(mode, L, taps, dtype, param_dtype, B):
         _assert_close(ours[name].grad, theirs[name].grad)
 
 
+ONE_LAUNCH = [("circular", 5001, 3000, torch.float16, None, 3), ("circular", 32768, 100, torch.float32, None, 1),
+              pytest.param("causal", 4097, 2000, torch.float32, None, 3, marks=pytest.mark.slow),
+              pytest.param("bidirectional", 6000, 2001, torch.bfloat16, torch.float32, 3, marks=pytest.mark.slow),
+              pytest.param("causal", 20000, 12000, torch.bfloat16, None, 2, marks=pytest.mark.slow),
+              pytest.param("bidirectional", 30000, 5001, torch.float32, None, 2, marks=pytest.mark.slow)]
+"""FFT sizes 8192 (odd lengths; circular wrapped; an odd batch: one signal with a zero imaginary
+part; every mode in TWO_LEVEL) and 32768 (the largest one-launch size: circular of a power of
+two; causal and bidirectional are slow here, 20–60 s)."""
+
+
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+@pytest.mark.parametrize("mode,L,taps,dtype,param_dtype,B", ONE_LAUNCH, ids=str)
+def test_triton_one_launch_forward(mode, L, taps, dtype, param_dtype, B):
+    """4096 < N ≤ 32768: the forward is one launch (fftconv_fwd_l2_kernel), gates and D fused,
+    u and the gates non-contiguous."""
+    from fastspec.triton_kernels import fftconv as kernels
+
+    p = kernels.plan(mode, L, taps)
+    assert kernels.MAX_TILE < p.n <= kernels.MAX_ONE_LAUNCH
+    u, pre, post = (random_input((B, L, 2), dtype)[..., 1:].transpose(1, 2) for _ in range(3))  # t stride 2
+    k = random_input((1, taps), param_dtype or dtype) / taps**0.5
+    D = random_input((1,), param_dtype or dtype)
+    spec = torch.empty(1, p.n, 2, device="meta")
+    calls = kernels.forward_calls(u.to("meta"), spec, pre.to("meta"), post.to("meta"), D.to("meta"), p, u.to("meta"))
+    assert [call[0] for call in calls] == [kernels.fftconv_fwd_l2_kernel]
+    out = fastspec.fft_conv(u, k, mode=mode, pregate=pre, postgate=post, D=D, backend="triton")
+    _assert_close(out, fft_conv_reference(u.double(), k.double(), mode=mode, pregate=pre.double(),
+                                          postgate=post.double(), D=D.double()))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
+@pytest.mark.parametrize("mode,L,taps,dtype", [("circular", 32768, 100, torch.float32),
+                                               ("bidirectional", 20000, 9001, torch.bfloat16)], ids=str)
+def test_triton_one_launch_backward_32768(mode, L, taps, dtype):
+    """Every gradient at N = 32768 (one inner row a tile), the backward in one launch."""
+    u, k, kwargs = _case(2, 1, L, mode, dtype)
+    k = k[:, :taps] / taps**0.5
+    leaves = {"u": u, "k": k, **kwargs}
+    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
+    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
+    weight = random_input(u.shape, dtype)
+    out = fastspec.fft_conv(ours["u"], ours["k"], mode=mode, backend="triton", **{n: ours[n] for n in kwargs})
+    ref = fft_conv_reference(theirs["u"], theirs["k"], mode=mode, **{n: theirs[n] for n in kwargs})
+    (out * weight).sum().backward()
+    (ref * weight.double()).sum().backward()
+    for name in leaves:
+        _assert_close(ours[name].grad, theirs[name].grad)
+
+
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
 def test_triton_two_level_chunks(monkeypatch):
     """Rows in chunks whose scratch fits SCRATCH_BYTES (here: the forward a channel at a time,
     the backward a batch pair of a channel at a time) give the one-chunk result; dk sums the
-    chunks in order."""
+    chunks in order. The forward takes its three launches (N = 8192 is one launch otherwise)."""
     from fastspec.triton_kernels import fftconv as kernels
 
+    monkeypatch.setattr(kernels, "MAX_ONE_LAUNCH", kernels.MAX_TILE)
     u, k, kwargs = _case(3, 2, 4097, "causal", torch.float32, ("pregate", "D"), short=True)
     k = k[:, :1].contiguous().requires_grad_()  # FFT size 8192 for L = 4097
     u.requires_grad_()

@@ -24,9 +24,10 @@ B, H = 16, 8
 """The compiled code depends on the plan, the dtypes and the signals a tile holds (up to 8
 at the smallest FFT: B = 16 makes 8 signals of two rows), not on B and H otherwise."""
 CASES = [("causal", 1), ("causal", 1000), ("circular", 1000), ("causal", 2048), ("causal", 4096),
-         ("bidirectional", 2**20)]
+         ("circular", 5000), ("circular", 32768), ("bidirectional", 2**20)]
 """FFT sizes 512 (8 signals a tile), 2048 (2 signals; plain and wrapped: circular of odd L),
-4096 (one signal, the largest tile), 8192 and 2^21 (two levels: 64·128 and 512·4096)."""
+4096 (one signal, the largest tile), 8192, 16384 (wrapped) and 32768 (two levels, the forward
+in one launch: 64·128, 64·256 and 64·512), 2^21 (two levels in three launches: 512·4096)."""
 
 
 def _calls(mode: str, L: int, dtype: torch.dtype, seen: set):
@@ -49,6 +50,8 @@ def _calls(mode: str, L: int, dtype: torch.dtype, seen: set):
             groups = kernels._groups(B, H, p)
             outs = (u, u, torch.empty(groups, H, taps, dtype=acc, device=meta),
                     torch.empty(groups, H, dtype=acc, device=meta))
+        elif p.n <= kernels.MAX_ONE_LAUNCH:
+            outs = (u, u, torch.empty(kernels._groups(B, H, p), H, taps, dtype=acc, device=meta))
         else:
             outs = (u, u, torch.empty(H, taps, dtype=acc, device=meta))
         calls += kernels.backward_calls(u, u, spec, u, u, D, p, taps, needs, outs, prec)

@@ -24,13 +24,36 @@ and imaginary parts interleaved (…, 2); m ∈ {8, 16} (2m ≥ 16 for tl.dot).
 
 Sizes. N ≤ MAX_TILE (4096) is one register tile: one kernel from load to store, several
 signals a program below 4096 (the matrices are loaded once for all). Above, N = P·Q
-(the four-step FFT: eq. 2 with two factors, n = n_p·Q + n_q, k = k_p + P·k_q), three
-launches through a float32 scratch of one row a signal: A, the P-point DFTs along the
-stride-Q axis (tiles of T = 4096/P columns) times the twiddles ω_N^(n_q·k_p) (from two
-tables of about √N entries); B, the Q-point FFTs of its rows, the product, the inverse;
-C, the inverse of A into the output, gates and D in its epilogue. The rows go in chunks
-whose scratch stays under SCRATCH_BYTES (256 MiB): bounded memory, and the chunk is still
-in the L2 cache for the next launch when it is small. Up to N = 2^24 (4096 · 4096).
+(the four-step FFT: eq. 2 with two factors, n = n_p·Q + n_q, k = k_p + P·k_q, P =
+max(64, N/4096)), in three phases on a float32 row a signal: A, the P-point DFTs along the stride-Q
+axis (tiles of T columns) times the twiddles ω_N^(n_q·k_p) (from two tables of about √N
+entries); B, the Q-point FFTs of its rows (tiles of R rows), the product, the inverse; C,
+the inverse of A into the output, gates and D in its epilogue.
+
+Up to N = MAX_ONE_LAUNCH (32768) the forward is one launch from load to store
+(fftconv_fwd_l2_kernel), and so is the backward (fftconv_bwd_l2_kernel; two for wrapped
+circular, as for one tile): a program walks its signals (its batch groups) one after the
+other through the three phases on its own scratch rows, a barrier between the phases (the
+backward's rows: gz, and v and the running dk spectrum for dk), and all programs' rows
+together stay under L2_SCRATCH_BYTES (32 MiB), so that they live in the L2 cache (50 MB on
+an H100) and only u, the gates, y and the spectrum travel to and from HBM. Why not on chip:
+a signal of 32768 complex points is 256 KiB in float32 (or as bfloat16 hi/lo pairs), more
+than a block's shared memory (227 KiB) and the whole register file of an SM (64K registers);
+FlashFFTConv fits its 32K kernel in shared memory by keeping the intermediates in fp16/bf16,
+rounding each to 11 or 8 bits (unit roundoffs 5e-4 and 4e-3, not measured here), far above
+the float32 contract below (2e-7) and 15–130 times the half-precision one (3e-5); and a
+Triton program addresses no shared memory of its own. Cost per signal (two rows) of N points
+against the three-launch path: the same flops; the same 32N bytes of scratch traffic (write
+8N in A, read and write 16N in B, read 8N in C), through L2 where the three launches' chunks
+(up to 256 MiB) go to HBM; so HBM sees the floor only (u, the gates and y, 2·L·(2..4)
+elements, and the spectrum's 8N bytes a channel, from L2 when a channel's signals run
+together). Its tiles are L2_TILE (1024) points, L2_BWD_TILE (256) in the backward, not 4096:
+looping over the tiles of a phase keeps the phase's tile-invariant index tensors live, and
+with larger tiles ptxas spills (tests/test_fftconv_triton_sm90.py). Above 32768 (up to N =
+2^24 = 4096 · 4096), and for the filter's spectrum above 4096, the phases are three launches
+through a scratch of one row a signal, in row chunks under SCRATCH_BYTES (256 MiB): bounded
+memory, and the chunk is still in the L2 cache for the next launch when it is small. At
+65536 one launch would hold 512 KiB a program: 64 programs in 32 MiB, half an H100's SMs.
 
 Modes (``plan``): causal N ≥ L + Lk − 1, the signal at positions 0..L−1, the filter at
 0..Lk−1; bidirectional N ≥ L + c (c = (Lk−1)/2), the filter's lag s at s mod N; circular:
@@ -39,14 +62,14 @@ wrapped (position n holds v[(n − W) mod L], W = Lk − 1) and the result read 
 W..W+L−1, which is the circular convolution for any L. Every load and store is masked
 (odd L, short filters) and strided (inputs need not be contiguous).
 
-Backward (``backward``), v = u·pregate, gz = grad_y·postgate: dv = corr(gz, k) (the
-product with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v)
-(Gz·conj V summed over a group of the batch in frequency, one inverse per group, the
-groups' partial filters summed after: no atomics), dD = Σ grad_y·u; dpostgate =
-grad_y·conv(v, k) is the forward kernel with grad_y as postgate. V is recomputed, not
-stored. One tile: one kernel for everything but dpostgate, or two (dk; the rest) where three
-spectra would not fit the registers (wrapped circular, where dk and dv need gz in
-different places, and 16·16·16 tiles).
+Backward (``backward``), v = u·pregate, gz = grad_y·postgate: dv = corr(gz, k) (the product
+with conj K), du = pregate·dv + D·grad_y, dpregate = u·dv, dk = Σ_batch corr(gz, v) (Gz·conj
+V summed over a group of the batch in frequency, one inverse per group, the groups' partial
+filters summed after: no atomics), dD = Σ grad_y·u (in float64 on the host above one tile);
+dpostgate = grad_y·conv(v, k) is the forward kernel with grad_y as postgate. V is
+recomputed, not stored. One tile: one kernel for everything but dpostgate, or two (dk; the
+rest) where three spectra would not fit the registers (wrapped circular, where dk and dv
+need gz in different places, and 16·16·16 tiles).
 
 Precision (tests/test_fftconv.py holds every dtype to the repo's rule): the DFT matrices
 are not exact in any dot type, so data and matrix are both split in two and three
@@ -94,6 +117,23 @@ SCRATCH_BYTES = 256 << 20
 """Largest float32 scratch of the two-level path; rows are processed in chunks under it.
 Smaller chunks stay in the L2 cache between the launches (50 MB on an H100) but take more
 launches: a value to set from GPU measurements (none yet)."""
+MAX_ONE_LAUNCH = 32768
+"""Largest FFT whose forward is one launch from load to store (fftconv_fwd_l2_kernel: the
+two levels in one program through a scratch row that stays in the L2 cache); larger ones
+take three launches."""
+L2_SCRATCH_BYTES = 32 << 20
+"""The one-launch forward's scratch, all programs together: under the L2 cache of an H100
+(50 MB) with room for the spectra and the streamed rows; a value to set from GPU
+measurements (none yet)."""
+L2_TILE = 1024
+"""Points the one-launch forward transforms at a time (T columns of P, R rows of Q). Index
+tensors that do not change between a phase's tiles are computed once, before its loop, and
+stay live through it: with tiles of 4096 (MAX_TILE) ptxas spills at every N, with 2048 at
+N = 16384 float32; 1024 leaves 176–242 registers a thread (tests/test_fftconv_triton_sm90.py)."""
+L2_BWD_TILE = 256
+"""The same for the one-launch backward, which holds two spectra and the sum of their
+products: tiles of 1024 spill at N = 8192 and 16384, of 512 for wrapped circular at 16384
+float32; 256 (the 512 points of one inner row at N = 32768) do not."""
 _PREC = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 2}
 """How a dot is done: 0 float64; 1 TF32 parts (float32 input); 2 bfloat16 parts (half input)."""
 
@@ -303,6 +343,18 @@ def _load_pair(ptr, base, s_b, s_t, t, ok, second, ACC: tl.constexpr):
 
 
 @triton.jit
+def _load_gated(src_ptr, gate_ptr, base, gate_base, s_b, s_t, gs_b, gs_t, t, ok, second, ACC: tl.constexpr,
+                HAS_GATE: tl.constexpr):
+    """``_load_pair`` of src at base times that of gate at gate_base (if HAS_GATE)."""
+    x0, x1 = _load_pair(src_ptr, base, s_b, s_t, t, ok, second, ACC)
+    if HAS_GATE:
+        y0, y1 = _load_pair(gate_ptr, gate_base, gs_b, gs_t, t, ok, second, ACC)
+        x0 *= y0
+        x1 *= y1
+    return x0, x1
+
+
+@triton.jit
 def _rows(pid, R: tl.constexpr, pairs, H, B):
     """The R signals of program pid: (h, the offset unit of row b0 = 2·(signal // H),
     whether the signal exists, whether its second row exists), each (R, 1, 1, 1)."""
@@ -310,6 +362,27 @@ def _rows(pid, R: tl.constexpr, pairs, H, B):
     h = s % H
     b0 = 2 * (s // H)
     return h, b0.to(tl.int64), s < pairs, (s < pairs) & (b0 + 1 < B)
+
+
+@triton.jit
+def _store_gated(z0, z1, out_ptr, a_ptr, b_ptr, d_ptr, b0, h, second, t, ok, H, L,
+                 sa_b, sa_h, sa_t, sb_b, sb_h, sb_t, HAS_A: tl.constexpr, HAS_D: tl.constexpr):
+    """out = z·a + D·b (a if HAS_A, D·b if HAS_D) for rows b0 and b0 + 1 (where ``second``) of
+    channel h at entries t (where ok): out (B, H, L) contiguous, a and b strided, z0 and z1
+    their two tiles."""
+    acc = z0.dtype
+    if HAS_A:
+        a0, a1 = _load_pair(a_ptr, b0 * sa_b + h * sa_h, sa_b, sa_t, t, ok, second, acc)
+        z0 *= a0
+        z1 *= a1
+    if HAS_D:
+        d = tl.load(d_ptr + h).to(acc)
+        y0, y1 = _load_pair(b_ptr, b0 * sb_b + h * sb_h, sb_b, sb_t, t, ok, second, acc)
+        z0 += d * y0
+        z1 += d * y1
+    dst = out_ptr + (b0 * H + h) * L + t
+    tl.store(dst, z0.to(out_ptr.dtype.element_ty), mask=ok)
+    tl.store(dst + H * L, z1.to(out_ptr.dtype.element_ty), mask=ok & second)
 
 
 @triton.jit
@@ -328,11 +401,8 @@ def fftconv_fwd_kernel(
     n = _natural(M1, M2, M3)
     t, ok = _frame(n, L, W, L + W, WRAP)
     ok = ok & ok_row
-    v0, v1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
-    if HAS_PRE:
-        p0, p1 = _load_pair(pre_ptr, b0 * sp_b + h * sp_h, sp_b, sp_t, t, ok, second, acc)
-        v0 *= p0
-        v1 *= p1
+    v0, v1 = _load_gated(u_ptr, pre_ptr, b0 * su_b + h * su_h, b0 * sp_b + h * sp_h, su_b, su_t, sp_b, sp_t,
+                         t, ok, second, acc, HAS_PRE)
     x = _fft(tl.join(v0, v1), g1, g2, g3, tw, R, M1, M2, M3, PREC)
     s = spec_ptr + (h.to(tl.int64) * M + _spectral(M1, M2, M3)) * 2
     kr = tl.load(s, mask=ok_row, other=0.0)
@@ -341,19 +411,8 @@ def fftconv_fwd_kernel(
     x = _ifft(tl.join(xr * kr - xi * ki, xr * ki + xi * kr), g1, g2, g3, tw, R, M1, M2, M3, PREC)
     z0, z1 = tl.split(x)
     t, ok = _frame(n, L, W, L + W, False)
-    ok = ok & ok_row
-    if HAS_POST:
-        q0, q1 = _load_pair(post_ptr, b0 * sq_b + h * sq_h, sq_b, sq_t, t, ok, second, acc)
-        z0 *= q0
-        z1 *= q1
-    if HAS_D:
-        d = tl.load(d_ptr + h, mask=ok_row, other=0.0).to(acc)
-        u0, u1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
-        z0 += d * u0
-        z1 += d * u1
-    out = y_ptr + (b0 * H + h) * L + t
-    tl.store(out, z0.to(y_ptr.dtype.element_ty), mask=ok)
-    tl.store(out + H * L, z1.to(y_ptr.dtype.element_ty), mask=ok & second)
+    _store_gated(z0, z1, y_ptr, post_ptr, u_ptr, d_ptr, b0, h, second, t, ok & ok_row, H, L,
+                 sq_b, sq_h, sq_t, su_b, su_h, su_t, HAS_POST, HAS_D)
 
 
 @triton.jit
@@ -384,11 +443,7 @@ def _gz_spectrum(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t, ok, second
                  HAS_POST: tl.constexpr):
     """The spectrum of the signal gz = grad_y·postgate placed at entries t (where ok)."""
     acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
-    z0, z1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok, second, acc)
-    if HAS_POST:
-        q0, q1 = _load_pair(post_ptr, bq, sq_b, sq_t, t, ok, second, acc)
-        z0 *= q0
-        z1 *= q1
+    z0, z1 = _load_gated(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t, ok, second, acc, HAS_POST)
     return _fft(tl.join(z0, z1), g1, g2, g3, tw, R, M1, M2, M3, PREC)
 
 
@@ -434,11 +489,8 @@ def fftconv_bwd_kernel(
         bp = b0 * sp_b + h * sp_h
         bq = b0 * sq_b + h * sq_h
         if NEED_DK:
-            v0, v1 = _load_pair(u_ptr, bu, su_b, su_t, t_in, ok_in & row, second, acc)
-            if HAS_PRE:
-                p0, p1 = _load_pair(pre_ptr, bp, sp_b, sp_t, t_in, ok_in & row, second, acc)
-                v0 *= p0
-                v1 *= p1
+            v0, v1 = _load_gated(u_ptr, pre_ptr, bu, bp, su_b, su_t, sp_b, sp_t, t_in, ok_in & row, second, acc,
+                                 HAS_PRE)
             xr, xi = tl.split(_fft(tl.join(v0, v1), g1, g2, g3, tw, R, M1, M2, M3, PREC))
             gk = _gz_spectrum(gy_ptr, post_ptr, bg, bq, sg_b, sg_t, sq_b, sq_t, t_out, ok_out & row, second,
                               g1, g2, g3, tw, R, M1, M2, M3, PREC, HAS_POST)
@@ -456,17 +508,8 @@ def fftconv_bwd_kernel(
                 tl.store(dpre_ptr + out, (z0 * u0).to(dpre_ptr.dtype.element_ty), mask=ok & row)
                 tl.store(dpre_ptr + out + H * L, (z1 * u1).to(dpre_ptr.dtype.element_ty), mask=ok & second)
             if NEED_DU:
-                if HAS_PRE:
-                    p0, p1 = _load_pair(pre_ptr, bp, sp_b, sp_t, t, ok & row, second, acc)
-                    z0 *= p0
-                    z1 *= p1
-                if HAS_D:
-                    d = tl.load(d_ptr + h).to(acc)
-                    y0, y1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok & row, second, acc)
-                    z0 += d * y0
-                    z1 += d * y1
-                tl.store(du_ptr + out, z0.to(du_ptr.dtype.element_ty), mask=ok & row)
-                tl.store(du_ptr + out + H * L, z1.to(du_ptr.dtype.element_ty), mask=ok & second)
+                _store_gated(z0, z1, du_ptr, pre_ptr, gy_ptr, d_ptr, b0, h, second, t, ok & row, H, L,
+                             sp_b, sp_h, sp_t, sg_b, sg_h, sg_t, HAS_PRE, HAS_D)
         if NEED_DD:
             u0, u1 = _load_pair(u_ptr, bu, su_b, su_t, t, ok & row, second, acc)
             y0, y1 = _load_pair(gy_ptr, bg, sg_b, sg_t, t, ok & row, second, acc)
@@ -483,6 +526,71 @@ def fftconv_bwd_kernel(
 
 # Two levels, M = P·Q: point n = n_p·Q + n_q, frequency k = k_p + P·k_q (module docstring).
 # Scratch rows hold one signal each, complex interleaved: after phase A, position k_p·Q + n_q.
+# The phases are jit helpers on one scratch row: a launch each (fftconv_outer_kernel,
+# fftconv_inner_kernel, fftconv_outer_inv_kernel) or all three in one (fftconv_fwd_l2_kernel).
+
+
+@triton.jit
+def _columns(nq, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, Q: tl.constexpr):
+    """(T, P2, P3, P1): the point n = n_p·Q + n_q each position of a natural-order tile of the
+    columns nq (T, 1, 1, 1) holds."""
+    return _natural(P1, P2, P3) * Q + nq
+
+
+@triton.jit
+def _phase_a(x0, x1, row_ptr, nq, g1, g2, g3, tw, tw_lo, tw_hi,
+             T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, Q: tl.constexpr,
+             G_BITS: tl.constexpr, PREC: tl.constexpr):
+    """Columns nq (T, 1, 1, 1) of a signal x0 + i·x1 (T, P2, P3, P1): P-point DFTs, times
+    ω_M^(n_q·k_p), into the scratch row at row_ptr at k_p·Q + n_q."""
+    M: tl.constexpr = P1 * P2 * P3 * Q
+    kp = _frequency(P1, P2, P3)
+    x = _fft(tl.join(x0, x1), g1, g2, g3, tw, T, P1, P2, P3, PREC)
+    xr, xi = tl.split(_omega_mul(x, tw_lo, tw_hi, nq * kp, M - 1, G_BITS, False))
+    dst = row_ptr + (kp * Q + nq) * 2
+    tl.store(dst, xr)
+    tl.store(dst + 1, xi)
+
+
+@triton.jit
+def _phase_b_fft(row_ptr, kp, g1, g2, g3, tw, R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr,
+                 Q3: tl.constexpr, PREC: tl.constexpr):
+    """Rows kp (R, 1, 1, 1) of the scratch row at row_ptr, Q-point DFTs: (the spectra
+    (R, Q1, Q2, Q3, 2), the rows' offsets (R, Q2, Q3, Q1) in the scratch row)."""
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    offs = (kp * Q + _natural(Q1, Q2, Q3)) * 2
+    x = tl.join(tl.load(row_ptr + offs), tl.load(row_ptr + offs + 1))
+    return _fft(x, g1, g2, g3, tw, R, Q1, Q2, Q3, PREC), offs
+
+
+@triton.jit
+def _phase_b(src_ptr, dst_ptr, spec_ptr, kp, g1, g2, g3, tw, R: tl.constexpr, Q1: tl.constexpr,
+             Q2: tl.constexpr, Q3: tl.constexpr, PREC: tl.constexpr, CONJ: tl.constexpr):
+    """Rows kp of the scratch row at src_ptr: Q-point DFTs, times the spectrum (M, 2) at
+    spec_ptr (conjugated if CONJ: a correlation), inverse DFTs, into dst_ptr at the same offsets."""
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    x, offs = _phase_b_fft(src_ptr, kp, g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
+    k = spec_ptr + (kp * Q + _spectral(Q1, Q2, Q3)) * 2
+    xr, xi = tl.split(_ifft(_cmul(x, tl.load(k), tl.load(k + 1), CONJ), g1, g2, g3, tw, R, Q1, Q2, Q3, PREC))
+    tl.store(dst_ptr + offs, xr)
+    tl.store(dst_ptr + offs + 1, xi)
+
+
+@triton.jit
+def _phase_c(row_ptr, nq, keep, g1, g2, g3, tw, tw_lo, tw_hi,
+             T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr, Q: tl.constexpr,
+             G_BITS: tl.constexpr, PREC: tl.constexpr):
+    """The inverse of ``_phase_a`` for columns nq of the scratch row at row_ptr (the rows k_p
+    without a frequency that keep_frequencies = ``keep`` keeps read as zero): the two real
+    tiles (T, P2, P3, P1) of the columns in natural order."""
+    P: tl.constexpr = P1 * P2 * P3
+    M: tl.constexpr = P * Q
+    kp = _frequency(P1, P2, P3)
+    src = row_ptr + (kp * Q + nq) * 2
+    row = _kept(kp, P, keep)
+    x = tl.join(tl.load(src, mask=row, other=0.0), tl.load(src + 1, mask=row, other=0.0))
+    x = _omega_mul(x, tw_lo, tw_hi, nq * kp, M - 1, G_BITS, True)
+    return tl.split(_ifft(x, g1, g2, g3, tw, T, P1, P2, P3, PREC))
 
 
 @triton.jit
@@ -495,15 +603,13 @@ def fftconv_outer_kernel(
 ):
     """Phase A: signal c = pid // (Q/T) of the chunk (batch pairs from bp0 × channels h0..h0+nh,
     or the filter rows h0 + c if FILTER, taps wrapped by C as in the spectrum kernel), its T
-    columns n_q from (pid % (Q/T))·T as a (T, P2, P3, P1) tile, P-point DFTs, times
-    ω_M^(n_q·k_p), into buf row c at k_p·Q + n_q."""
-    P: tl.constexpr = P1 * P2 * P3
-    M: tl.constexpr = P * Q
+    columns n_q from (pid % (Q/T))·T (``_phase_a``) into buf row c."""
+    M: tl.constexpr = P1 * P2 * P3 * Q
     acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
     pid = tl.program_id(0)
     c = pid // (Q // T)
     nq = (pid % (Q // T)) * T + tl.arange(0, T)[:, None, None, None]
-    n = _natural(P1, P2, P3) * Q + nq
+    n = _columns(nq, P1, P2, P3, Q)
     if FILTER:
         j = n + C
         j = tl.where(j >= N, j - N, j)
@@ -513,17 +619,10 @@ def fftconv_outer_kernel(
         h = h0 + c % nh
         b0 = 2 * (bp0 + c // nh).to(tl.int64)
         t, ok = _frame(n, L, SHIFT, COUNT, WRAP)
-        x0, x1 = _load_pair(src_ptr, b0 * s_b + h * s_h, s_b, s_t, t, ok, b0 + 1 < B, acc)
-        if HAS_GATE:
-            y0, y1 = _load_pair(gate_ptr, b0 * gs_b + h * gs_h, gs_b, gs_t, t, ok, b0 + 1 < B, acc)
-            x0 *= y0
-            x1 *= y1
-    kp = _frequency(P1, P2, P3)
-    x = _fft(tl.join(x0, x1), g1, g2, g3, tw, T, P1, P2, P3, PREC)
-    xr, xi = tl.split(_omega_mul(x, tw_lo, tw_hi, nq * kp, M - 1, G_BITS, False))
-    dst = buf_ptr + (c.to(tl.int64) * M + kp * Q + nq) * 2
-    tl.store(dst, xr)
-    tl.store(dst + 1, xi)
+        x0, x1 = _load_gated(src_ptr, gate_ptr, b0 * s_b + h * s_h, b0 * gs_b + h * gs_h, s_b, s_t, gs_b, gs_t,
+                             t, ok, b0 + 1 < B, acc, HAS_GATE)
+    _phase_a(x0, x1, buf_ptr + c.to(tl.int64) * M * 2, nq, g1, g2, g3, tw, tw_lo, tw_hi, T, P1, P2, P3, Q,
+             G_BITS, PREC)
 
 
 @triton.jit
@@ -542,23 +641,178 @@ def fftconv_inner_kernel(
     M: tl.constexpr = P * Q
     c, tile = _row_tile(tl.program_id(0), kept_tiles, lo_tiles, hi_first)
     kp = tile * R + tl.arange(0, R)[:, None, None, None]
-    row = (c.to(tl.int64) * M + kp * Q + _natural(Q1, Q2, Q3)) * 2
-    x = _fft(tl.join(tl.load(src_ptr + row), tl.load(src_ptr + row + 1)), g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
-    pos = kp * Q + _spectral(Q1, Q2, Q3)
-    if MODE == 1:
-        x = tl.where(_kept(kp + P * _frequency(Q1, Q2, Q3), M, keep)[:, :, :, :, None], x * scale, 0.0)
-        xr, xi = tl.split(x)
-        dst = spec_ptr + ((h0 + c).to(tl.int64) * M + pos) * 2
-    elif MODE == 3:
-        xr, xi = tl.split(x)
-        dst = dst_ptr + (c.to(tl.int64) * M + pos) * 2
+    src = src_ptr + c.to(tl.int64) * M * 2
+    if MODE == 0 or MODE == 2:
+        _phase_b(src, dst_ptr + c.to(tl.int64) * M * 2, spec_ptr + (h0 + c % nh).to(tl.int64) * M * 2, kp,
+                 g1, g2, g3, tw, R, Q1, Q2, Q3, PREC, MODE == 2)
     else:
-        k = spec_ptr + ((h0 + c % nh).to(tl.int64) * M + pos) * 2
-        x = _ifft(_cmul(x, tl.load(k), tl.load(k + 1), MODE == 2), g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
+        x, _ = _phase_b_fft(src, kp, g1, g2, g3, tw, R, Q1, Q2, Q3, PREC)
+        pos = kp * Q + _spectral(Q1, Q2, Q3)
+        if MODE == 1:
+            x = tl.where(_kept(kp + P * _frequency(Q1, Q2, Q3), M, keep)[:, :, :, :, None], x * scale, 0.0)
+            dst = spec_ptr + ((h0 + c).to(tl.int64) * M + pos) * 2
+        else:
+            dst = dst_ptr + (c.to(tl.int64) * M + pos) * 2
         xr, xi = tl.split(x)
-        dst = dst_ptr + row
-    tl.store(dst, xr)
-    tl.store(dst + 1, xi)
+        tl.store(dst, xr)
+        tl.store(dst + 1, xi)
+
+
+@triton.jit
+def fftconv_fwd_l2_kernel(
+    u_ptr, pre_ptr, post_ptr, d_ptr, spec_ptr, y_ptr, buf_ptr,
+    og1, og2, og3, otw, ig1, ig2, ig3, itw, tw_lo, tw_hi,
+    B, H, L, pairs, W, keep, kept_tiles, lo_tiles, hi_first,
+    su_b, su_h, su_t, sp_b, sp_h, sp_t, sq_b, sq_h, sq_t,
+    T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+    R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr,
+    G_BITS: tl.constexpr, PREC: tl.constexpr,
+    HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_D: tl.constexpr, WRAP: tl.constexpr,
+):
+    """The forward of ``fftconv_fwd_kernel`` for M = P·Q in one launch: each program takes
+    the signals pid, pid + programs, ... and walks each through its own scratch row (M, 2)
+    of buf, which the launcher keeps small enough to stay in the L2 cache: phase A over the
+    Q/T column tiles (load, pregate), phase B over the row tiles ``keep`` needs (times the
+    spectrum of channel h), phase C over the column tiles (postgate, D, store). A barrier
+    between the phases orders the program's own global writes before its reads (row tiles
+    read what every column tile wrote, and the other way round)."""
+    P: tl.constexpr = P1 * P2 * P3
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    M: tl.constexpr = P * Q
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    pid = tl.program_id(0)
+    row = buf_ptr + pid.to(tl.int64) * M * 2
+    for s in range(pid, pairs, tl.num_programs(0)):
+        h = s % H
+        b0 = 2 * (s // H).to(tl.int64)
+        second = b0 + 1 < B
+        for i in range(Q // T):
+            nq = i * T + tl.arange(0, T)[:, None, None, None]
+            t, ok = _frame(_columns(nq, P1, P2, P3, Q), L, W, L + W, WRAP)
+            x0, x1 = _load_gated(u_ptr, pre_ptr, b0 * su_b + h * su_h, b0 * sp_b + h * sp_h, su_b, su_t, sp_b, sp_t,
+                                 t, ok, second, acc, HAS_PRE)
+            _phase_a(x0, x1, row, nq, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+        tl.debug_barrier()
+        for j in range(kept_tiles):
+            _, tile = _row_tile(j, kept_tiles, lo_tiles, hi_first)
+            kp = tile * R + tl.arange(0, R)[:, None, None, None]
+            _phase_b(row, row, spec_ptr + h.to(tl.int64) * M * 2, kp, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC, False)
+        tl.debug_barrier()
+        for i in range(Q // T):
+            nq = i * T + tl.arange(0, T)[:, None, None, None]
+            z0, z1 = _phase_c(row, nq, keep, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+            t, ok = _frame(_columns(nq, P1, P2, P3, Q), L, W, L + W, False)
+            _store_gated(z0, z1, y_ptr, post_ptr, u_ptr, d_ptr, b0, h, second, t, ok, H, L,
+                         sq_b, sq_h, sq_t, su_b, su_h, su_t, HAS_POST, HAS_D)
+        tl.debug_barrier()  # the next signal's phase A overwrites what phase C reads
+
+
+@triton.jit
+def fftconv_bwd_l2_kernel(
+    gy_ptr, u_ptr, pre_ptr, post_ptr, d_ptr, spec_ptr, du_ptr, dpre_ptr, dk_ptr, buf_ptr,
+    og1, og2, og3, otw, ig1, ig2, ig3, itw, tw_lo, tw_hi,
+    B, H, L, Lk, N, C, W, iters, items, keep, kept_tiles, lo_tiles, hi_first,
+    sg_b, sg_h, sg_t, su_b, su_h, su_t, sp_b, sp_h, sp_t, sq_b, sq_h, sq_t,
+    T: tl.constexpr, P1: tl.constexpr, P2: tl.constexpr, P3: tl.constexpr,
+    R: tl.constexpr, Q1: tl.constexpr, Q2: tl.constexpr, Q3: tl.constexpr,
+    G_BITS: tl.constexpr, PREC: tl.constexpr,
+    HAS_PRE: tl.constexpr, HAS_POST: tl.constexpr, HAS_D: tl.constexpr, WRAP: tl.constexpr,
+    NEED_DU: tl.constexpr, NEED_DK: tl.constexpr, NEED_DPRE: tl.constexpr,
+):
+    """The backward of ``fftconv_bwd_kernel`` for M = P·Q in one launch. Each program takes the
+    items pid, pid + programs, ... of ``items`` = groups · H (channel h = item % H, batch
+    group item // H of ``iters`` signals) with its own scratch rows, kept small enough by
+    the launcher to stay in the L2 cache: G (gz), and X (v) and K (the sum of Gz·conj V) for
+    dk. A signal: phase A of gz into G (and of v into X); phase B on the row tiles, Gz·conj
+    V added to K and Gz·conj S inverted in G (dv); phase C on G: du and dpregate. After the
+    group: K inverted (rows, then columns) into dk_ptr (groups, H, Lk). Barriers order the
+    phases' writes before the next phase's reads. Where dk and dv need gz in different
+    places (WRAP) the launcher asks for one of them a launch."""
+    P: tl.constexpr = P1 * P2 * P3
+    Q: tl.constexpr = Q1 * Q2 * Q3
+    M: tl.constexpr = P * Q
+    acc: tl.constexpr = tl.float64 if PREC == 0 else tl.float32
+    NEED_DV: tl.constexpr = NEED_DU or NEED_DPRE
+    pid = tl.program_id(0)
+    g_row = buf_ptr + pid.to(tl.int64) * ((3 if NEED_DK else 1) * M * 2)
+    x_row = g_row + M * 2
+    k_row = x_row + M * 2
+    half = (B + 1) // 2
+    for item in range(pid, items, tl.num_programs(0)):
+        h = item % H
+        group = item // H
+        for it in range(iters):
+            pair = group * iters + it
+            row = pair < half
+            b0 = 2 * pair.to(tl.int64)
+            second = row & (b0 + 1 < B)
+            for i in range(Q // T):
+                nq = i * T + tl.arange(0, T)[:, None, None, None]
+                n = _columns(nq, P1, P2, P3, Q)
+                if NEED_DK:
+                    t, ok = _frame(n, L, W, L + W, WRAP)  # where v enters
+                    x0, x1 = _load_gated(u_ptr, pre_ptr, b0 * su_b + h * su_h, b0 * sp_b + h * sp_h, su_b, su_t,
+                                         sp_b, sp_t, t, ok & row, second, acc, HAS_PRE)
+                    _phase_a(x0, x1, x_row, nq, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+                    t, ok = _frame(n, L, W, L + W, False)  # where y leaves (dv's place too without WRAP)
+                else:
+                    t, ok = _frame(n, L, 0, L + W, WRAP)  # gz for dv, wrapped the other way
+                z0, z1 = _load_gated(gy_ptr, post_ptr, b0 * sg_b + h * sg_h, b0 * sq_b + h * sq_h, sg_b, sg_t,
+                                     sq_b, sq_t, t, ok & row, second, acc, HAS_POST)
+                _phase_a(z0, z1, g_row, nq, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+            tl.debug_barrier()
+            for j in range(kept_tiles):
+                _, tile = _row_tile(j, kept_tiles, lo_tiles, hi_first)
+                kp = tile * R + tl.arange(0, R)[:, None, None, None]
+                gz, offs = _phase_b_fft(g_row, kp, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC)
+                pos = (kp * Q + _spectral(Q1, Q2, Q3)) * 2
+                if NEED_DK:
+                    xr, xi = tl.split(_phase_b_fft(x_row, kp, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC)[0])
+                    cr, ci = tl.split(_cmul(gz, xr, xi, True))
+                    tl.store(k_row + pos, tl.load(k_row + pos, mask=it > 0, other=0.0) + cr)
+                    tl.store(k_row + pos + 1, tl.load(k_row + pos + 1, mask=it > 0, other=0.0) + ci)
+                if NEED_DV:
+                    s = spec_ptr + h.to(tl.int64) * M * 2 + pos
+                    zr, zi = tl.split(_ifft(_cmul(gz, tl.load(s), tl.load(s + 1), True), ig1, ig2, ig3, itw,
+                                            R, Q1, Q2, Q3, PREC))
+                    tl.store(g_row + offs, zr)
+                    tl.store(g_row + offs + 1, zi)
+            tl.debug_barrier()
+            if NEED_DV:
+                for i in range(Q // T):
+                    nq = i * T + tl.arange(0, T)[:, None, None, None]
+                    t, ok = _frame(_columns(nq, P1, P2, P3, Q), L, 0, L, False)
+                    ok = ok & row
+                    z0, z1 = _phase_c(g_row, nq, keep, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q,
+                                      G_BITS, PREC)
+                    if NEED_DPRE:
+                        u0, u1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
+                        dst = dpre_ptr + (b0 * H + h) * L + t
+                        tl.store(dst, (z0 * u0).to(dpre_ptr.dtype.element_ty), mask=ok)
+                        tl.store(dst + H * L, (z1 * u1).to(dpre_ptr.dtype.element_ty), mask=ok & second)
+                    if NEED_DU:
+                        _store_gated(z0, z1, du_ptr, pre_ptr, gy_ptr, d_ptr, b0, h, second, t, ok, H, L,
+                                     sp_b, sp_h, sp_t, sg_b, sg_h, sg_t, HAS_PRE, HAS_D)
+                tl.debug_barrier()  # the next signal's phase A overwrites what phase C reads
+        if NEED_DK:
+            for j in range(kept_tiles):
+                _, tile = _row_tile(j, kept_tiles, lo_tiles, hi_first)
+                kp = tile * R + tl.arange(0, R)[:, None, None, None]
+                pos = (kp * Q + _spectral(Q1, Q2, Q3)) * 2
+                x = tl.join(tl.load(k_row + pos), tl.load(k_row + pos + 1))
+                x = tl.where(_kept(kp + P * _frequency(Q1, Q2, Q3), M, keep)[:, :, :, :, None], x, 0.0)
+                zr, zi = tl.split(_ifft(x, ig1, ig2, ig3, itw, R, Q1, Q2, Q3, PREC))
+                offs = (kp * Q + _natural(Q1, Q2, Q3)) * 2
+                tl.store(k_row + offs, zr)
+                tl.store(k_row + offs + 1, zi)
+            tl.debug_barrier()
+            for i in range(Q // T):
+                nq = i * T + tl.arange(0, T)[:, None, None, None]
+                z0, _ = _phase_c(k_row, nq, keep, og1, og2, og3, otw, tw_lo, tw_hi, T, P1, P2, P3, Q, G_BITS, PREC)
+                tap = _columns(nq, P1, P2, P3, Q) + C
+                tap = tl.where(tap >= N, tap - N, tap)
+                tl.store(dk_ptr + (group * H + h).to(tl.int64) * Lk + tap, z0 / N, mask=tap < Lk)
+            tl.debug_barrier()  # the next item's first signal overwrites K
 
 
 @triton.jit
@@ -599,7 +853,7 @@ def fftconv_outer_inv_kernel(
     """Phase C: buf row c = pid // (Q/T), columns n_q from (pid % (Q/T))·T (the rows k_p
     without a frequency that keep_frequencies = ``keep`` keeps read as zero): times
     ω_M^(−n_q·k_p), inverse P-point DFTs, natural order, then the epilogue at t = n − SHIFT:
-    0: y = z·a + D·u (a: postgate if HAS_A);
+    0: y = z·a + D·b (a: postgate if HAS_A, b: u);
     2: du = z·a + D·b (a: pregate if HAS_A, b: grad_y) if NEED_1, dpregate = z·u if NEED_2;
     3: the real part's taps (lag of tap j at (j − C) mod N) into out row h0 + c (H, Lk)."""
     P: tl.constexpr = P1 * P2 * P3
@@ -608,13 +862,9 @@ def fftconv_outer_inv_kernel(
     pid = tl.program_id(0)
     c = pid // (Q // T)
     nq = (pid % (Q // T)) * T + tl.arange(0, T)[:, None, None, None]
-    kp = _frequency(P1, P2, P3)
-    src = buf_ptr + (c.to(tl.int64) * M + kp * Q + nq) * 2
-    row = _kept(kp, P, keep)
-    x = tl.join(tl.load(src, mask=row, other=0.0), tl.load(src + 1, mask=row, other=0.0))
-    x = _omega_mul(x, tw_lo, tw_hi, nq * kp, M - 1, G_BITS, True)
-    z0, z1 = tl.split(_ifft(x, g1, g2, g3, tw, T, P1, P2, P3, PREC))
-    n = _natural(P1, P2, P3) * Q + nq
+    z0, z1 = _phase_c(buf_ptr + c.to(tl.int64) * M * 2, nq, keep, g1, g2, g3, tw, tw_lo, tw_hi, T, P1, P2, P3, Q,
+                      G_BITS, PREC)
+    n = _columns(nq, P1, P2, P3, Q)
     if EPILOGUE == 3:
         j = n + C
         j = tl.where(j >= N, j - N, j)
@@ -624,26 +874,14 @@ def fftconv_outer_inv_kernel(
         b0 = 2 * (bp0 + c // nh).to(tl.int64)
         second = b0 + 1 < B
         t, ok = _frame(n, L, SHIFT, L + SHIFT, False)
-        dst = (b0 * H + h) * L + t
         if EPILOGUE == 2 and NEED_2:
             u0, u1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
-            tl.store(out2_ptr + dst, (z0 * u0).to(out2_ptr.dtype.element_ty), mask=ok)
-            tl.store(out2_ptr + dst + H * L, (z1 * u1).to(out2_ptr.dtype.element_ty), mask=ok & second)
+            dst = out2_ptr + (b0 * H + h) * L + t
+            tl.store(dst, (z0 * u0).to(out2_ptr.dtype.element_ty), mask=ok)
+            tl.store(dst + H * L, (z1 * u1).to(out2_ptr.dtype.element_ty), mask=ok & second)
         if EPILOGUE == 0 or NEED_1:
-            if HAS_A:
-                a0, a1 = _load_pair(a_ptr, b0 * sa_b + h * sa_h, sa_b, sa_t, t, ok, second, acc)
-                z0 *= a0
-                z1 *= a1
-            if HAS_D:
-                d = tl.load(d_ptr + h).to(acc)
-                if EPILOGUE == 0:
-                    y0, y1 = _load_pair(u_ptr, b0 * su_b + h * su_h, su_b, su_t, t, ok, second, acc)
-                else:
-                    y0, y1 = _load_pair(b_ptr, b0 * sb_b + h * sb_h, sb_b, sb_t, t, ok, second, acc)
-                z0 += d * y0
-                z1 += d * y1
-            tl.store(out_ptr + dst, z0.to(out_ptr.dtype.element_ty), mask=ok)
-            tl.store(out_ptr + dst + H * L, z1.to(out_ptr.dtype.element_ty), mask=ok & second)
+            _store_gated(z0, z1, out_ptr, a_ptr, b_ptr, d_ptr, b0, h, second, t, ok, H, L,
+                         sa_b, sa_h, sa_t, sb_b, sb_h, sb_t, HAS_A, HAS_D)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -841,11 +1079,12 @@ def _outer_inv_call(p, prec, buf, chunk: _Chunk, epilogue, outs, u, a, b, D, B, 
     return fftconv_outer_inv_kernel, (rows * (meta["Q"] // meta["T"]),), args, meta
 
 
-def _kept_tiles(p: Plan, keep: int) -> tuple[int, int, int]:
-    """(row tiles, tiles from 0, first tile of the rest) of phase B that hold a frequency
-    keep_frequencies = ``keep`` keeps: the rows k_p with min(k_p, P − k_p) < keep, as
-    frequency k_p + P·k_q with k_q = 0 or the last is then below keep or above N − keep."""
-    P, R = math.prod(p.outer), MAX_TILE // math.prod(p.inner)
+def _kept_tiles(p: Plan, keep: int, tile: int = MAX_TILE) -> tuple[int, int, int]:
+    """(row tiles, tiles from 0, first tile of the rest) of phase B, in tiles of ``tile``
+    points, that hold a frequency keep_frequencies = ``keep`` keeps: the rows k_p with
+    min(k_p, P − k_p) < keep, as frequency k_p + P·k_q with k_q = 0 or the last is then below
+    keep or above N − keep."""
+    P, R = math.prod(p.outer), tile // math.prod(p.inner)
     tiles = P // R
     lo, hi = triton.cdiv(keep, R), (P - keep + 1) // R
     if not keep or hi < lo:
@@ -897,6 +1136,38 @@ def spectrum(k: torch.Tensor, p: Plan, dtype: torch.dtype, keep: int = 0) -> tor
     return spec
 
 
+def _l2_launch(p: Plan, prec: int, device, tile: int, **flags):
+    """The constants (outer g1..tw, inner g1..tw, ω tables) and meta of a one-launch kernel
+    of two levels in tiles of ``tile`` points (at least one row of the inner level)."""
+    tile = max(tile, math.prod(p.inner))
+    outer, inner, tables, outer_meta, _ = _two_level(p, prec, device)
+    meta = {**{k: v for k, v in outer_meta.items() if k != "Q"}, "T": tile // math.prod(p.outer),
+            "R": tile // math.prod(p.inner), **_tile_meta("Q", p.inner), **flags, "num_stages": 1}
+    return (*outer, *inner, *tables), meta
+
+
+def _l2_programs(work: int, p: Plan, prec: int, rows: int) -> int:
+    """Programs of a one-launch kernel: one a work item, at most as many as L2_SCRATCH_BYTES
+    holds ``rows`` scratch rows for."""
+    return min(work, max(1, L2_SCRATCH_BYTES // (rows * p.n * 2 * _acc(prec).itemsize)))
+
+
+def _fwd_l2_call(u, spec, pregate, postgate, D, p: Plan, y, keep: int):
+    """The one-launch forward of two levels (fftconv_fwd_l2_kernel)."""
+    B, H, L = u.shape
+    prec = _PREC[u.dtype]
+    pairs = (B + 1) // 2 * H
+    consts, meta = _l2_launch(p, prec, u.device, L2_TILE, HAS_PRE=pregate is not None, HAS_POST=postgate is not None,
+                              HAS_D=D is not None, WRAP=p.wrap > 0)
+    programs = _l2_programs(pairs, p, prec, 1)
+    pre = pregate if pregate is not None else u
+    post = postgate if postgate is not None else u
+    args = (u, pre, post, D.contiguous() if D is not None else u, spec, y, _scratch(programs, p, prec, u.device),
+            *consts, B, H, L, pairs, p.wrap, keep, *_kept_tiles(p, keep, L2_TILE),
+            *u.stride(), *pre.stride(), *post.stride())
+    return fftconv_fwd_l2_kernel, (programs,), args, meta
+
+
 def forward_calls(u, spec, pregate, postgate, D, p: Plan, y, keep: int = 0):
     """Launches computing y (B, H, L) contiguous from u (B, H, L) and the spectrum; with
     keep_frequencies = ``keep`` (n = L) the two-level path skips the rows it drops."""
@@ -914,13 +1185,15 @@ def forward_calls(u, spec, pregate, postgate, D, p: Plan, y, keep: int = 0):
                 "HAS_POST": postgate is not None, "HAS_D": D is not None, "WRAP": p.wrap > 0,
                 "num_warps": _warps(R * p.n)}
         return [(fftconv_fwd_kernel, (triton.cdiv(pairs, R),), args, meta)]
+    if p.n <= MAX_ONE_LAUNCH:
+        return [_fwd_l2_call(u, spec, pregate, postgate, D, p, y, keep)]
     chunks = _chunks(half, H, p.n * spec.element_size() * 2)
     buf = _scratch(max(c.nbp * c.nh for c in chunks), p, prec, u.device)
     calls = []
     for chunk in chunks:
         calls.append(_outer_call(p, prec, u, pregate, buf, chunk, (p.wrap, L + p.wrap, p.wrap > 0), B, H, L))
         calls.append(_inner_call(p, prec, buf, buf, spec, chunk, 0, keep))
-        calls.append(_outer_inv_call(p, prec, buf, chunk, 0, (y, None), u, postgate, None, D, B, H, L, p.wrap,
+        calls.append(_outer_inv_call(p, prec, buf, chunk, 0, (y, None), u, postgate, u, D, B, H, L, p.wrap,
                                      keep=keep))
     return calls
 
@@ -950,9 +1223,11 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
     """Launches of the backward for du, dk, dpregate and dD (``needs`` as the op's; dpostgate is
     the forward with grad_y as postgate: ``backward``), dots of precision ``prec`` (_PREC).
     One tile: ``outs`` = (du, dpre, dk_parts (groups, H, taps), dd_parts (groups, H)), None
-    where not needed. Two levels: (du, dpre, dk (H, taps)); the dk of each chunk goes to a
+    where not needed. Two levels: (du, dpre, dk), dD left to ``backward`` (summed in float64:
+    float32 loses about √(B·L) roundings where the sum cancels); one launch (N ≤
+    MAX_ONE_LAUNCH): dk as dk_parts; three launches: dk (H, taps), the dk of each chunk in a
     (channels, taps) buffer that an ``_add`` entry (grid None: a host call) adds to dk, chunk
-    by chunk in a fixed order; dD is left to ``backward``. ``keep``: keep_frequencies (n = L)."""
+    by chunk in a fixed order. ``keep``: keep_frequencies (n = L)."""
     B, H, L = u.shape
     need_du, need_dk, need_dpre, _, need_dd = needs
     half = (B + 1) // 2
@@ -978,6 +1253,8 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
             return [(fftconv_bwd_kernel, (groups * H,), args, first),
                     (fftconv_bwd_kernel, (groups * H,), args, {**meta, "NEED_DK": False})]
         return [(fftconv_bwd_kernel, (groups * H,), args, meta)]
+    if p.n <= MAX_ONE_LAUNCH:
+        return _bwd_l2_calls(grad_y, u, spec, pregate, postgate, D, p, taps, needs, outs, prec, keep)
     du, dpre, dk = outs
     need_dv = need_du or need_dpre
     esize = p.n * 2 * _acc(prec).itemsize
@@ -1015,6 +1292,35 @@ def backward_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, ne
     return calls
 
 
+def _bwd_l2_calls(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, outs, prec: int, keep: int):
+    """The one-launch backward of two levels (fftconv_bwd_l2_kernel) into ``outs`` = (du,
+    dpre, dk_parts (groups, H, taps)); two launches (dk; the rest) for wrapped circular, where
+    dk and dv need gz in two places."""
+    B, H, L = u.shape
+    need_du, need_dk, need_dpre, _, _ = needs
+    groups = _groups(B, H, p)
+    iters = triton.cdiv((B + 1) // 2, groups)
+    consts, base = _l2_launch(p, prec, u.device, L2_BWD_TILE, HAS_PRE=pregate is not None,
+                              HAS_POST=postgate is not None, HAS_D=D is not None, WRAP=p.wrap > 0,
+                              NEED_DU=need_du, NEED_DK=need_dk, NEED_DPRE=need_dpre)
+    metas = [base]
+    if need_dk and (need_du or need_dpre) and p.wrap:
+        metas = [{**base, "NEED_DU": False, "NEED_DPRE": False}, {**base, "NEED_DK": False}]
+    pre = pregate if pregate is not None else u
+    post = postgate if postgate is not None else u
+    du, dpre, dk = (t if t is not None else u for t in outs)
+    calls = []
+    for meta in metas:
+        rows = 3 if meta["NEED_DK"] else 1  # G, and X and K for dk
+        programs = _l2_programs(groups * H, p, prec, rows)
+        args = (grad_y, u, pre, post, D.contiguous() if D is not None else u, spec, du, dpre, dk,
+                _scratch(programs * rows, p, prec, u.device), *consts, B, H, L, taps, p.n, p.centre, p.wrap, iters,
+                groups * H, keep, *_kept_tiles(p, keep, base["R"] * math.prod(p.inner)),
+                *grad_y.stride(), *u.stride(), *pre.stride(), *post.stride())
+        calls.append((fftconv_bwd_l2_kernel, (programs,), args, meta))
+    return calls
+
+
 def _add(dk: torch.Tensor, dk_chunk: torch.Tensor, chunk: _Chunk) -> None:
     """dk of a two-level chunk into the total: chunk by chunk, in a fixed order."""
     dk[chunk.h0:chunk.h0 + chunk.nh] += dk_chunk[:chunk.nh]
@@ -1044,14 +1350,14 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
     du, dpre = new(need_du), new(need_dpre)
     # dpostgate = grad_y·conv(u·pregate, k): the forward, grad_y in the postgate's place
     dpost = forward(u, spec, pregate, grad_y, None, p, keep) if need_dpost else None
+    grouped = p.outer is None or p.n <= MAX_ONE_LAUNCH  # dk in parts, a batch group each
+    dk_shape = (_groups(B, H, p), H, taps) if grouped else (H, taps)
+    dk = torch.zeros(dk_shape, dtype=acc, device=u.device) if need_dk else None
     if p.outer is None:
-        groups = _groups(B, H, p)
-        dk = torch.zeros(groups, H, taps, dtype=acc, device=u.device) if need_dk else None
-        dd = torch.zeros(groups, H, dtype=acc, device=u.device) if need_dd else None
+        dd = torch.zeros(dk_shape[:2], dtype=acc, device=u.device) if need_dd else None
         outs = (du, dpre, dk, dd)
         work = need_du or need_dk or need_dpre or need_dd
     else:
-        dk = torch.zeros(H, taps, dtype=acc, device=u.device) if need_dk else None
         dd = _dot_rows(grad_y, u, acc) if need_dd else None
         outs = (du, dpre, dk)
         work = need_du or need_dk or need_dpre
@@ -1062,7 +1368,8 @@ def backward(grad_y, u, spec, pregate, postgate, D, p: Plan, taps: int, needs, k
                 kernel(*args)
             else:
                 kernel[grid](*args, **meta)
-    if p.outer is None:
-        dk = dk.sum(0) if need_dk else None
-        dd = dd.sum(0) if need_dd else None
+    if grouped and need_dk:
+        dk = dk.sum(0)
+    if p.outer is None and need_dd:
+        dd = dd.sum(0)
     return du, dk, dpre, dpost, dd
