@@ -81,6 +81,22 @@ def _assert_close(out, ref):
     assert_close_to_reference(out, ref, floor=FLOAT32_FLOOR if out.dtype == torch.float32 else None)
 
 
+SUMMED_FLOAT32_FLOOR = 2e-5
+"""The gradients of k and D sum B·L products (per tap and channel). On random data such a sum
+cancels to about 1/√(B·L) of its terms' size, so the terms' float32 rounding (1e-7 relative)
+reaches ~1e-5 of the sum at B·L = 12K (L = 4097, B = 3: a 1-tap dk failed 1e-6 for two
+seeds in ten; a keep_frequencies dk reached 2.1e-6)."""
+
+
+def _assert_grad_close(name, grad, ref):
+    """A gradient against its reference; those of k and D over the whole tensor, with the floor
+    of a sum over batch and time."""
+    if name in ("k", "D") and grad.dtype == torch.float32:
+        assert_close_to_reference(grad.flatten(), ref.flatten(), floor=SUMMED_FLOAT32_FLOOR)
+    else:
+        _assert_close(grad, ref)
+
+
 def _skip_unsupported(backend, dtype, mode, shape, kshape):
     reason = ops._IMPLS[backend].unsupported(dtype, mode, tuple(shape), tuple(kshape))
     if reason:
@@ -164,7 +180,7 @@ def _compare_grads(backend, mode, dtype, L, short, wanted, param_dtype=None):
     for name in GRAD_NAMES:
         if name in wanted:
             assert ours[name].grad is not None and ours[name].grad.dtype == inputs[name].dtype, name
-            _assert_close(ours[name].grad, theirs[name].grad)
+            _assert_grad_close(name, ours[name].grad, theirs[name].grad)
         else:
             assert ours[name].grad is None, name
 
@@ -435,10 +451,11 @@ def test_spectrum_cache_is_bounded(monkeypatch):
     assert [entry[0]() for entry in ops._spectra.values()] == filters[1:]
 
 
-TWO_LEVEL = [("causal", 4096, 4096, torch.float32, None, 3), ("circular", 3000, 1500, torch.bfloat16, torch.float32, 2),
-             ("bidirectional", 2500, 4001, torch.float32, None, 1)]
+TWO_LEVEL = [("causal", 4096, 4096, torch.float32, None, 1), ("circular", 3000, 1500, torch.bfloat16, torch.float32, 2),
+             ("bidirectional", 2500, 4001, torch.float32, None, 1),
+             pytest.param("causal", 4096, 4096, torch.float32, None, 3, marks=pytest.mark.slow)]
 """FFT sizes above one tile (8192 = 64·128): Triton's two levels in one launch on the interpreter
-(test_triton_two_level_chunks: in three)."""
+(test_triton_two_level_chunks: in three); an odd batch of three is slow here (100 s)."""
 
 
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
@@ -473,7 +490,7 @@ def test_triton_two_levels(monkeypatch, mode, L, taps, dtype, param_dtype, B):
     (out * weight).sum().backward()
     (ref * weight.double()).sum().backward()
     for name in leaves:
-        _assert_close(ours[name].grad, theirs[name].grad)
+        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
 
 
 ONE_LAUNCH = [("circular", 5001, 3000, torch.float16, None, 3), ("circular", 32768, 100, torch.float32, None, 1),
@@ -523,7 +540,7 @@ def test_triton_one_launch_backward_32768(mode, L, taps, dtype):
     (out * weight).sum().backward()
     (ref * weight.double()).sum().backward()
     for name in leaves:
-        _assert_close(ours[name].grad, theirs[name].grad)
+        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
 
 
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
@@ -549,9 +566,9 @@ def test_triton_two_level_chunks(monkeypatch):
     leaves = [t.detach().double().requires_grad_() for t in (u, k)]
     ref = fft_conv_reference(*leaves, **kwargs)
     refs = [ref.detach(), *torch.autograd.grad(ref, leaves, grad.double())]
-    for a, b, c in zip(whole, parts, refs):
-        _assert_close(a, c)
-        _assert_close(b, c)
+    for name, a, b, c in zip(("y", "u", "k"), whole, parts, refs):
+        _assert_grad_close(name, a, c)
+        _assert_grad_close(name, b, c)
 
 
 # --------------------------------------------------------------------------- keep_frequencies
@@ -577,7 +594,7 @@ def test_keep_frequencies_matches_the_truncated_reference(backend, L, taps, keep
     (out * weight).sum().backward()
     (ref * weight.double()).sum().backward()
     for name in leaves:
-        _assert_close(ours[name].grad, theirs[name].grad)
+        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
     if keep > L // 2:
         _assert_close(out, fft_conv_reference(u, k, mode="circular", **kwargs))
 
@@ -629,8 +646,9 @@ def test_triton_keep_frequencies_two_levels():
     refs = [t.double().requires_grad_() for t in (u, k)]
     ref = fastspec.fft_conv(*refs, mode="circular", keep_frequencies=9, backend="torch")
     _assert_close(out, ref.detach())
-    for a, b in zip(torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), refs)):
-        _assert_close(a, b)
+    grads = zip(("u", "k"), torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), refs))
+    for name, a, b in grads:
+        _assert_grad_close(name, a, b)
 
 
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
