@@ -24,10 +24,13 @@ B, H = 16, 8
 """The compiled code depends on the plan, the dtypes and the signals a tile holds (up to 8
 at the smallest FFT: B = 16 makes 8 signals of two rows), not on B and H otherwise."""
 CASES = [("causal", 1), ("causal", 1000), ("circular", 1000), ("causal", 2048), ("causal", 4096),
-         ("circular", 5000), ("circular", 32768), ("bidirectional", 2**20)]
+         ("bidirectional", 2**20)]
 """FFT sizes 512 (8 signals a tile), 2048 (2 signals; plain and wrapped: circular of odd L),
-4096 (one signal, the largest tile), 8192, 16384 (wrapped) and 32768 (two levels, the forward
-in one launch: 64·128, 64·256 and 64·512), 2^21 (two levels in three launches: 512·4096)."""
+4096 (one signal, the largest tile), 8192 (two levels in one launch: 64·128) and 2^21 (two
+levels in three launches: 512·4096)."""
+ONE_LAUNCH_CASES = [("circular", 5000), ("circular", 32768)]
+"""16384 (wrapped) and 32768: two levels, forward and backward in one launch (64·256, 64·512);
+slow (about 5 minutes of ptxas), so `pytest -m slow` runs them."""
 
 
 def _calls(mode: str, L: int, dtype: torch.dtype, seen: set):
@@ -76,8 +79,11 @@ def _compile(kernel, args, meta):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernels compile and run for real")
 @pytest.mark.skipif(triton_interpreted(), reason="interpreted kernels cannot be compiled: see the subprocess test")
-@pytest.mark.parametrize("dtype,cases", [pytest.param(torch.float32, CASES, id="float32-every-case"),
-                                         pytest.param(torch.float16, CASES[2:4] + CASES[5:], id="float16-largest-tiles")])
+@pytest.mark.parametrize("dtype,cases", [
+    pytest.param(torch.float32, CASES, id="float32-every-case"),
+    pytest.param(torch.float16, CASES[2:4] + CASES[5:], id="float16-largest-tiles"),
+    pytest.param(torch.float32, ONE_LAUNCH_CASES, id="float32-one-launch", marks=pytest.mark.slow),
+    pytest.param(torch.float16, ONE_LAUNCH_CASES, id="float16-one-launch", marks=pytest.mark.slow)])
 def test_compiles_for_sm90_without_spills(dtype, cases):
     """float32 (TF32 parts: the most registers) at every case; float16 (bfloat16 parts, 30–80
     fewer registers a thread wherever both were compiled) at the largest tiles."""
