@@ -1,6 +1,5 @@
 // Element conversions of the CUDA kernels: arithmetic in float32, float16/bfloat16 in memory,
-// rounded to nearest even on the way out. (fwht.cu and fftconv.cu still carry their own
-// copies of these in their anonymous namespaces.)
+// rounded to nearest even on the way out.
 #pragma once
 
 #include <cuda_bf16.h>

@@ -61,6 +61,7 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "../common/elements.h"
 #include "../common/warp_mma.h"
 
 namespace fastspec {
@@ -70,17 +71,7 @@ using fftconv_detail::log2_block;
 using fftconv_detail::log2_radix;
 using fftconv_detail::stages;
 
-// ------------------------------------------------------------------ elements and complex numbers
-
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// ------------------------------------------------------------------ complex numbers (elements: common/elements.h)
 
 __device__ __forceinline__ float2 cmul(float2 a, float2 b) {
   return make_float2(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);

@@ -77,27 +77,15 @@
 #include <atomic>
 #include <cstdint>
 
+#include "../common/elements.h"
+
 namespace fastspec {
 namespace {
 
 using fwht_detail::FwhtConfig;
 using fwht_detail::fwht_config;
 
-// ------------------------------------------------------------------ element conversions
-
-// float32 inside; the input dtype in memory, rounded to nearest even on the way out.
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-template <typename T>
-__device__ __forceinline__ T from_float(float v);
-template <>
-__device__ __forceinline__ float from_float<float>(float v) { return v; }
-template <>
-__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
-template <>
-__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+// ------------------------------------------------------------------ element conversions: common/elements.h
 
 // log2 of the elements in one 16-byte vector: 4 floats or 8 halves.
 template <typename T>
