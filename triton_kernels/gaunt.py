@@ -88,9 +88,10 @@ def padded_tables(l1: int, l2: int, lmax_out: int, device: torch.device) -> tupl
 
 
 def dot_precision(dtype: torch.dtype) -> str:
-    """TF32 tensor cores for bfloat16 data (their 2^-11 relative error per product stays
-    below bfloat16's own rounding, 2^-9), IEEE float32 otherwise (float16's rounding, 2^-12,
-    is finer than TF32's)."""
+    """TF32 tensor cores for bfloat16 data (2^-11 relative error per rounding, three of them
+    along the way: together about bfloat16's own rounding, 2^-9, so an element can end one
+    bfloat16 ulp from the exact value instead of half), IEEE float32 otherwise (float16's
+    rounding, 2^-12, is finer than TF32's)."""
     return "tf32" if dtype == torch.bfloat16 else "ieee"
 
 
