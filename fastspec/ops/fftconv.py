@@ -122,9 +122,24 @@ class Plan:
     sizes: tuple[int, ...]
     centres: tuple[int, ...]
 
-    @property
+    @functools.cached_property
     def dims(self) -> tuple[int, ...]:
         return tuple(range(-len(self.sizes), 0))
+
+    def rfft(self, x: torch.Tensor) -> torch.Tensor:
+        """rfft of x over the plan's dims, zero-padded to its sizes (1D through ``rfft``, whose
+        call costs less than ``rfftn``'s)."""
+        if len(self.sizes) == 1:
+            return torch.fft.rfft(x, n=self.sizes[0])
+        return torch.fft.rfftn(x, s=self.sizes, dim=self.dims)
+
+    def irfft(self, spectrum: torch.Tensor, crop: Sequence[int] | None = None) -> torch.Tensor:
+        """The inverse of ``rfft``: real, the plan's sizes, or the leading ``crop`` of them (a view)."""
+        if len(self.sizes) == 1:
+            y = torch.fft.irfft(spectrum, n=self.sizes[0])
+            return y if crop is None else y[..., :crop[0]]
+        y = torch.fft.irfftn(spectrum, s=self.sizes, dim=self.dims)
+        return y if crop is None else y[(..., *(slice(0, n) for n in crop))]
 
 
 @functools.lru_cache(maxsize=256)
@@ -151,10 +166,6 @@ def _unwrap(wrapped: torch.Tensor, p: Plan, kshape: Sequence[int]) -> torch.Tens
     if any(p.centres):
         wrapped = wrapped.roll(list(p.centres), p.dims)
     return wrapped[(..., *(slice(0, t) for t in kshape))]
-
-
-def _crop(shape: Sequence[int]) -> tuple:
-    return (..., *(slice(0, n) for n in shape))
 
 
 # ---------------------------------------------------------------------------- torch backend
@@ -202,9 +213,8 @@ def torch_spectrum(k: torch.Tensor, mode: str, shape: Sequence[int], keep: int =
     """rfft of the wrapped filter over the plan's sizes: complex (C, *sizes[:-1], sizes[-1]//2 + 1)."""
     p = plan(mode, shape, k.shape[1:])
     k = k.to(_acc(k.dtype))
-    if not any(p.centres):  # lag 0 at index 0 already: rfftn zero-pads
-        return _keep_bins(torch.fft.rfftn(k, s=p.sizes, dim=p.dims), keep)
-    return _keep_bins(torch.fft.rfftn(_wrap(k, p), dim=p.dims), keep)
+    # lag 0 at index 0 already: the rfft zero-pads
+    return _keep_bins(p.rfft(_wrap(k, p) if any(p.centres) else k), keep)
 
 
 def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0, *, save=False):
@@ -220,31 +230,44 @@ def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0, *, save=
     fold_d = D is not None and pregate is None and postgate is None
     # D·u = conv(u, D·δ): lag 0 adds D to every frequency
     spectrum = k_freq + _channel_column(D.to(acc), nd) if fold_d else k_freq
-    out = torch.empty(u.shape, dtype=u.dtype, device=u.device)
-    row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
+    row_bytes = math.prod(p.sizes) * acc.itemsize
+    blocks = _blocks(u.shape[0], u.shape[1], row_bytes, u.device)
+    # one block in the accumulation dtype: each result is a fresh tensor, no preallocated
+    # output to copy into (an allocation ahead of the FFTs costs ~20 µs a call on the CPU)
+    direct = blocks == [(ALL_ROWS, ALL_ROWS)] and u.dtype == acc
+    out = None if direct else torch.empty(u.shape, dtype=u.dtype, device=u.device)
     v_freq_all = z_all = None
-    if save:
+    if save and not direct:
         v_freq_all = torch.empty((*u.shape[:2], *p.sizes[:-1], p.sizes[-1] // 2 + 1), dtype=spectrum.dtype,
                                  device=u.device)
         z_all = torch.empty(u.shape, dtype=acc, device=u.device) if postgate is not None else None
-    for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
-        uc, dst = _rows(u, bs, hs), _rows(out, bs, hs)
-        v = uc.to(acc) if pregate is None else uc.to(acc) * _rows(pregate, bs, hs)  # half: the product in float32
-        freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims)
-        if save:
-            _rows(v_freq_all, bs, hs).copy_(freq)
-        freq = freq.mul_(spectrum if hs == ALL_ROWS else spectrum[hs])
-        y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
-        if z_all is not None:
-            _rows(z_all, bs, hs).copy_(y)
+    for bs, hs in blocks:
+        uc, dst = _rows(u, bs, hs), None if direct else _rows(out, bs, hs)
+        v = uc if pregate is None else uc.to(acc) * _rows(pregate, bs, hs)  # half: the product in float32
+        freq = p.rfft(v.to(acc))
+        block_spectrum = spectrum if hs == ALL_ROWS else spectrum[hs]
+        if save and direct:
+            v_freq_all, freq = freq, freq * block_spectrum
+        else:
+            if save:
+                _rows(v_freq_all, bs, hs).copy_(freq)
+            freq = freq.mul_(block_spectrum)
+        y = p.irfft(freq, shape)
+        if save and postgate is not None:
+            if direct:  # a copy: y is the irfft's own output where nothing is cropped (circular)
+                z_all = y.clone(memory_format=torch.contiguous_format)
+            else:
+                _rows(z_all, bs, hs).copy_(y)
         if D is not None and not fold_d:
             if postgate is not None:
                 y = y.mul_(_rows(postgate, bs, hs))
-            torch.addcmul(y, uc, _channel_column(D[hs], nd), out=dst)
+            y = torch.addcmul(y, uc, _channel_column(D[hs], nd), out=dst)
         elif postgate is not None:
-            torch.mul(y, _rows(postgate, bs, hs), out=dst)
-        else:
+            y = torch.mul(y, _rows(postgate, bs, hs), out=dst)
+        elif not direct:
             dst.copy_(y)
+        if direct:
+            out = y.contiguous()
     return (out, v_freq_all, z_all, k_freq) if save else out
 
 
@@ -268,24 +291,24 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0, *, s
     # float64: a float32 sum of B·L products cancels to ~1e-6 of its terms (flaky dD tests)
     dd = torch.zeros(u.shape[1], dtype=torch.float64, device=u.device) if need_dd else None
     need_dv = need_du or need_dpre
-    row_bytes = math.prod(p.sizes) * torch.finfo(acc).bits // 8
+    row_bytes = math.prod(p.sizes) * acc.itemsize
     for bs, hs in _blocks(u.shape[0], u.shape[1], row_bytes, u.device):
         uc, gc = _rows(u, bs, hs), _rows(grad_y, bs, hs)
         if saved is not None:
             v_freq = _rows(saved[0], bs, hs)
         elif need_dpost or need_dk:
             v = uc.to(acc) if pregate is None else uc.to(acc) * pregate[bs, hs]
-            v_freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims)
+            v_freq = p.rfft(v)
         if need_dv or need_dk:
             gz = gc.to(acc) if postgate is None else gc.to(acc) * postgate[bs, hs]
-            gz_freq = torch.fft.rfftn(gz, s=p.sizes, dim=p.dims)
+            gz_freq = p.rfft(gz)
         if need_dpost and saved is not None:
             torch.mul(_rows(saved[1], bs, hs), gc, out=_rows(dpost, bs, hs))
         elif need_dpost:
-            z = torch.fft.irfftn(v_freq * spectrum[hs], s=p.sizes, dim=p.dims)[_crop(shape)]
+            z = p.irfft(v_freq * spectrum[hs], shape)
             dpost[bs, hs] = z.mul_(gc)
         if need_dv:
-            dv = torch.fft.irfftn(gz_freq * spectrum_conj[hs], s=p.sizes, dim=p.dims)[_crop(shape)]
+            dv = p.irfft(gz_freq * spectrum_conj[hs], shape)
             if need_dpre:
                 dpre[bs, hs] = dv * uc
             if need_du:
@@ -301,7 +324,7 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0, *, s
             dd[hs] += (gc.double() * uc.double()).sum(0).sum(-1)
     if need_dk:
         dk_freq = _keep_bins(dk_freq, keep)
-    dk = _unwrap(torch.fft.irfftn(dk_freq, s=p.sizes, dim=p.dims), p, k.shape[1:]).to(k.dtype).contiguous() if need_dk else None
+    dk = _unwrap(p.irfft(dk_freq), p, k.shape[1:]).to(k.dtype).contiguous() if need_dk else None
     return du, dk, dpre, dpost, dd.to(D.dtype) if need_dd else None
 
 
@@ -311,11 +334,10 @@ def _differentiable_forward(u, k, pregate, postgate, D, mode, keep=0):
     shape, nd = u.shape[2:], len(u.shape[2:])
     p, acc = plan(mode, shape, k.shape[1:]), _acc(u.dtype)
     v = u.to(acc) if pregate is None else u.to(acc) * pregate
-    spectrum = torch.fft.rfftn(_wrap(k.to(acc), p), dim=p.dims)
+    spectrum = p.rfft(_wrap(k.to(acc), p))
     if keep:
         spectrum = spectrum * (torch.arange(spectrum.shape[-1], device=u.device) < keep)
-    freq = torch.fft.rfftn(v, s=p.sizes, dim=p.dims) * spectrum
-    y = torch.fft.irfftn(freq, s=p.sizes, dim=p.dims)[_crop(shape)]
+    y = p.irfft(p.rfft(v) * spectrum, shape)
     if postgate is not None:
         y = y * postgate
     if D is not None:
