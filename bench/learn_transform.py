@@ -11,12 +11,13 @@ matrix needs none). P is the paper's relaxation: at each level of the recursion,
 N/2^k entries (the first level, N, twice), a soft choice (a sigmoid of a learned logit, mixing
 with the identity) of the even/odd separation, then of reversing the block's second half (the
 DCT's reordering, then the bit reversal, fit this form); after Adam every choice is
-rounded to 0 or 1 (both ways where it ended near 1/2: ``AMBIGUOUS``) and the polish, Adam then
-L-BFGS, trains the twiddles alone. Targets, all orthonormal: the unitary
+rounded to 0 or 1 (both ways where it ended near 1/2: ``AMBIGUOUS``) and the polish trains the
+twiddles alone: Adam per rounding, then L-BFGS on the best one. Targets, all orthonormal: the unitary
 DFT F/√N, the Sylvester Hadamard H/√N, the orthonormal DCT-II (scipy's norm="ortho"; the model
 output's real part). Prints the RMSE ‖M − T‖_F/N per size beside the paper's (Figure 3: DFT
 RMSE about 3e-6 to 8e-5 for N = 8 … 1024), and writes learn-transform-cpu.json and .png to --out.
-Each size takes the best of ``--restarts`` random starts.
+Each size takes the best of up to ``--restarts`` random starts (it stops at the first with RMSE
+≤ 1e-6, ``GOOD_ENOUGH``).
 """
 from __future__ import annotations
 
@@ -121,8 +122,8 @@ MAX_TRIED = 3
 
 def learn(name: str, n: int, steps: int, seed: int) -> float:
     """RMSE of one run: Adam on twiddles and permutation logits, then the permutation rounded
-    (both ways where a choice is ambiguous) and, per rounding, Adam then L-BFGS on the
-    twiddles; the best polish."""
+    (both ways where a choice is ambiguous), Adam on the twiddles per rounding, and L-BFGS on
+    the best of them (a wrong rounding stays orders of magnitude behind: 0.1 against 1e-3)."""
     generator = torch.Generator().manual_seed(seed)
     model = BP(n, permute=name != "hadamard", generator=generator)
     goal, real = target(name, n), name == "dct"
@@ -139,16 +140,26 @@ def learn(name: str, n: int, steps: int, seed: int) -> float:
             for i, flip in zip(unsure, flips):
                 fixed[i] = 1 - fixed[i] if flip else fixed[i]
             roundings.append(fixed.reshape(p.shape))
-    return min(_polish(model, learned, fixed, goal, real, steps // 3) for fixed in roundings)
-
-
-def _polish(model: BP, twiddle: torch.Tensor, fixed, goal: torch.Tensor, real: bool, steps: int) -> float:
-    """Adam (``steps``), then L-BFGS, on the twiddles (from ``twiddle``) with the permutation
-    fixed; the final RMSE."""
-    model.fixed = fixed
+    trained = []
+    for fixed in roundings:
+        model.fixed = fixed
+        with torch.no_grad():
+            model.twiddle.copy_(learned)
+        _adam(model, [model.twiddle], goal, real, steps // 3, lr=0.01)
+        with torch.no_grad():
+            trained.append((float(_rmse(model, goal, real)), fixed, model.twiddle.detach().clone()))
+    _, model.fixed, twiddle = min(trained, key=lambda t: t[0])
     with torch.no_grad():
         model.twiddle.copy_(twiddle)
-    _adam(model, [model.twiddle], goal, real, steps, lr=0.01)
+    return _lbfgs(model, goal, real)
+
+
+LBFGS_ROUNDS = 3
+"""L-BFGS runs of up to 500 iterations each; the next runs only if the last one gained more than 1%."""
+
+
+def _lbfgs(model: BP, goal: torch.Tensor, real: bool) -> float:
+    """L-BFGS on the twiddles (the permutation fixed); the final RMSE."""
     polish = torch.optim.LBFGS([model.twiddle], lr=1, max_iter=500, tolerance_grad=1e-14, tolerance_change=1e-16,
                                history_size=50, line_search_fn="strong_wolfe")
 
@@ -158,10 +169,30 @@ def _polish(model: BP, twiddle: torch.Tensor, fixed, goal: torch.Tensor, real: b
         loss.backward()
         return loss
 
-    for _ in range(3):
-        polish.step(closure)
     with torch.no_grad():
-        return float(_rmse(model, goal, real))
+        rmse = float(_rmse(model, goal, real))
+    for _ in range(LBFGS_ROUNDS):
+        polish.step(closure)
+        with torch.no_grad():
+            last, rmse = rmse, float(_rmse(model, goal, real))
+        if rmse > 0.99 * last:
+            break
+    return rmse
+
+
+GOOD_ENOUGH = 1e-6
+"""A size stops taking new starts once one reaches this RMSE (below the paper's DFT RMSE at
+every N)."""
+
+
+def best_of_starts(name: str, n: int, steps: int, restarts: int) -> float:
+    """The least RMSE of up to ``restarts`` starts (seeds 0, 1, ...), stopping at GOOD_ENOUGH."""
+    best = math.inf
+    for seed in range(restarts):
+        best = min(best, learn(name, n, steps, seed))
+        if best <= GOOD_ENOUGH:
+            break
+    return best
 
 
 def run(names, sizes, steps, restarts, out: Path | None) -> list[dict]:
@@ -169,7 +200,7 @@ def run(names, sizes, steps, restarts, out: Path | None) -> list[dict]:
     jobs = [(name, n) for name in names for n in sizes]
     for name, n in _timing.progress(jobs, "learn", lambda j: f"{j[0]} N={j[1]}"):
         t0 = time.perf_counter()
-        rmse = min(learn(name, n, steps, seed) for seed in range(restarts))
+        rmse = best_of_starts(name, n, steps, restarts)
         records.append({"transform": name, "n": n, "rmse": rmse, "seconds": time.perf_counter() - t0,
                         "steps": steps, "restarts": restarts})
         print(f"  {name} N={n}: RMSE {rmse:.2e} ({records[-1]['seconds']:.0f} s)", flush=True)
