@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import sys
 
 import torch
@@ -38,7 +37,7 @@ from fastspec.butterfly import random_orthogonal_twiddle
 from fastspec.ops import butterfly as ops
 from fastspec.reference.butterfly import butterfly_per_factor, butterfly_reference, monarch_reference, monarch_two_bmm
 
-from harness import Case, Harness  # bench/harness.py
+from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
 
 GPU = {"batch": 16384, "sizes": [1024, 4096, 16384], "dtypes": ["float32", "bfloat16"]}
 CPU = {"batch": 1024, "sizes": [1024, 4096], "dtypes": ["float32"]}
@@ -176,29 +175,18 @@ def cases(ops_wanted, device, quick: bool, sizes=None, batch=None, dtypes=None):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (default bench/results)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, short timing")
+    add_run_arguments(parser, quick="tiny sizes, short timing")
     parser.add_argument("--ops", nargs="+", choices=["butterfly", "monarch"], default=["butterfly", "monarch"])
     parser.add_argument("--sizes", nargs="+", type=int, metavar="N", help="replaces the sizes n")
     parser.add_argument("--batch", type=int, help="replaces the batch")
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 3 on CPU, 1 on GPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: all)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = _timing.default_device()
-    gpu = device.type == "cuda"
-    timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {"warmup_ms": 10, "rep_ms": 50 if gpu else 200}
-    rounds = args.rounds or (1 if gpu or args.quick else 3)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"butterfly benchmark on {_timing.device_name(device)}: backends "
-          f"{_timing.usable_backends(device, timing=True)}; {rounds} round(s); load average {load}", flush=True)
-    with Harness("butterfly", device, args.out, rounds=rounds, **timing) as harness:
-        for case in _timing.progress(cases(args.ops, device, args.quick, args.sizes, args.batch, args.dtypes),
+    run = run_settings(args)
+    print_header("butterfly", run, _timing.usable_backends(run.device, timing=True))
+    with Harness("butterfly", run.device, args.out, rounds=run.rounds, **run.timing) as harness:
+        for case in _timing.progress(cases(args.ops, run.device, args.quick, args.sizes, args.batch, args.dtypes),
                                      "butterfly", lambda c: f"{c.op} {c.shape} {c.dtype}"):
             harness.run(case)
-        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     return 1 if harness.failures else 0
 
 

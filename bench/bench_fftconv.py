@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 
 import torch
@@ -41,7 +40,7 @@ from fastspec import _timing
 from fastspec.ops import fftconv as ops
 from fastspec.reference.fftconv import fft_conv_pytorch
 
-from harness import Case, Harness  # bench/harness.py
+from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
 
 GPU_BATCH, GPU_CHANNELS, GPU_MAX_ELEMENTS = 64, 768, 2**28
 CPU_BATCH, CPU_CHANNELS = 8, 64
@@ -194,45 +193,32 @@ def add_memory_targets(records: list[dict], device: torch.device) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (default bench/results)")
-    parser.add_argument("--quick", action="store_true", help="L = 256 plain forward and gated forward+backward, short timing")
+    add_run_arguments(parser, quick="L = 256 plain forward and gated forward+backward, short timing")
     parser.add_argument("--lengths", nargs="+", type=int, metavar="L")
     parser.add_argument("--dtypes", nargs="+", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--kinds", nargs="+", choices=list(KINDS), help="default: all, in this order")
     parser.add_argument("--batch", type=int, help="B for every length")
     parser.add_argument("--channels", type=int, help="H for every length")
-    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 3 on CPU, 1 on GPU)")
     parser.add_argument("--rep-ms", type=float, help="timing per function and case, over all rounds "
                         "(default: 50 on GPU, 100 on CPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: all)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    device = _timing.default_device()
-    gpu = device.type == "cuda"
-    lengths, dtypes, kinds = (LENGTHS, GPU_DTYPES, list(KINDS)) if gpu else (CPU_LENGTHS, CPU_DTYPES, list(KINDS))
+    run = run_settings(args, cpu_rep_ms=args.rep_ms or 100, gpu_rep_ms=args.rep_ms or 50, quick_rep_ms=args.rep_ms or 20)
+    lengths, dtypes, kinds = (LENGTHS, GPU_DTYPES, list(KINDS)) if run.gpu else (CPU_LENGTHS, CPU_DTYPES, list(KINDS))
     if args.quick:
         lengths, dtypes, kinds = [256], dtypes[:1], ["plain", "gated-bwd"]
     lengths, kinds = args.lengths or lengths, args.kinds or kinds
     dtypes = [getattr(torch, d) for d in args.dtypes or dtypes]
-    timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {"warmup_ms": 10, "rep_ms": 50 if gpu else 100}
-    timing["rep_ms"] = args.rep_ms or timing["rep_ms"]
-    rounds = args.rounds or (1 if gpu or args.quick else 3)
 
     points = [(L, dtype, *KINDS[kind]) for kind in kinds for dtype in dtypes for L in lengths]
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"fft_conv benchmark on {_timing.device_name(device)}: backends "
-          f"{[b for b in _timing.usable_backends(device, timing=True) if b in ops._IMPLS]}, flashfftconv "
-          f"{'found' if flashfftconv() else 'not installed'}; {rounds} round(s); load average {load}", flush=True)
-    with Harness("fftconv", device, args.out, rounds=rounds, **timing) as harness:
+    print_header("fft_conv", run, [b for b in _timing.usable_backends(run.device, timing=True) if b in ops._IMPLS],
+                 f"flashfftconv {'found' if flashfftconv() else 'not installed'}")
+    with Harness("fftconv", run.device, args.out, rounds=run.rounds, **run.timing) as harness:
         try:
             for L, dtype, gated, backward in _timing.progress(
                     points, "fftconv", lambda p: f"L={p[0]} {p[1]} {'gated' if p[2] else 'plain'}{' fwd+bwd' * p[3]}"):
-                harness.run(make_case(L, dtype, gated, backward, device, args.batch, args.channels))
+                harness.run(make_case(L, dtype, gated, backward, run.device, args.batch, args.channels))
         finally:  # also when the run is cut short: the records written say what was met
-            add_memory_targets(harness.records, device)
-            print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+            add_memory_targets(harness.records, run.device)
     return 1 if harness.failures else 0
 
 

@@ -29,7 +29,7 @@ import fastspec
 from fastspec import _timing
 from fastspec.reference.fwht import fwht_dense, fwht_reference
 
-from harness import Case, Harness  # bench/harness.py
+from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
 
 GPU_ROWS = 16 * 2048
 """Rows up to n = 2^15 on GPU (the shape of Dao's fast-hadamard-transform benchmark)."""
@@ -169,30 +169,21 @@ def make_case(n: int, dtype: torch.dtype, rows: int, device: torch.device) -> Ca
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (default bench/results)")
-    parser.add_argument("--quick", action="store_true", help="a few sizes, one dtype, shorter timing")
+    add_run_arguments(parser, quick="a few sizes, one dtype, shorter timing", cpu_rounds=CPU_ROUNDS,
+                      cpu_threads=CPU_THREADS)
     parser.add_argument("--dtypes", nargs="+", choices=["float16", "bfloat16", "float32", "float64"])
     parser.add_argument("--sizes", nargs="+", type=int, metavar="N", help="transform lengths n")
     parser.add_argument("--rows", nargs="+", type=int, help="row counts for every n (default: see the module docstring)")
-    parser.add_argument("--threads", type=int, help=f"CPU: torch.set_num_threads (default {CPU_THREADS})")
-    parser.add_argument("--rounds", type=int, help=f"interleaved timing rounds (default: {CPU_ROUNDS} on CPU, 1 on GPU)")
     args = parser.parse_args(argv)
-
-    device = _timing.default_device()
-    gpu = device.type == "cuda"
+    run = run_settings(args, quick_rep_ms=30, cpu_rounds=CPU_ROUNDS, quick_rounds=3, cpu_threads=CPU_THREADS)
+    device, gpu = run.device, run.gpu
     if gpu:
         sizes = [2**10, 2**12, 2**15, 2**20] if args.quick else [2**k for k in range(8, 21)]
         dtypes = ["float16"] if args.quick else ["float16", "bfloat16", "float32"]
     else:
         sizes = [2**10, 2**12] if args.quick else [2**k for k in range(8, 15)]
         dtypes = ["float32"] if args.quick else ["float32", "float64"]
-        torch.set_num_threads(args.threads or CPU_THREADS)
     sizes, dtypes = args.sizes or sizes, [getattr(torch, d) for d in args.dtypes or dtypes]
-    rounds = args.rounds or (1 if gpu else 3 if args.quick else CPU_ROUNDS)
-    if args.quick:
-        timing = {"warmup_ms": 5, "rep_ms": 20 if gpu else 30}
-    else:
-        timing = {"warmup_ms": 10, "rep_ms": 50 if gpu else 200}
 
     points = [(n, dtype, rows) for dtype in dtypes for n in sizes for rows in args.rows or default_rows(n, dtype, device)]
     if not (args.quick or args.sizes):  # the model widths first: half precision on GPU, float32 on CPU
@@ -200,10 +191,9 @@ def main(argv=None) -> int:
         points = [(n, dtype, (args.rows or default_rows(n, dtype, device))[0])
                   for dtype in width_dtypes for n in MODEL_WIDTHS] + points
     peers = ["fast_hadamard_transform"] if gpu else ["fht_cpu", "hadamard_transform"]
-    print(f"fwht benchmark on {_timing.device_name(device)}: backends {_timing.usable_backends(device, timing=True)}, "
-          + ", ".join(f"{p} {'found' if peer(p) else 'not installed'}" for p in peers)
-          + f"; {rounds} interleaved round{'s' * (rounds > 1)}", flush=True)
-    with Harness("fwht", device, args.out, rounds=rounds, **timing) as harness:
+    print_header("fwht", run, _timing.usable_backends(device, timing=True),
+                 ", ".join(f"{p} {'found' if peer(p) else 'not installed'}" for p in peers))
+    with Harness("fwht", device, args.out, rounds=run.rounds, **run.timing) as harness:
         for n, dtype, rows in _timing.progress(points, "fwht", lambda p: f"n={p[0]} {p[1]} rows={p[2]}"):
             harness.run(make_case(n, dtype, rows, device))
     return 1 if harness.failures else 0

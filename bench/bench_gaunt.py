@@ -33,7 +33,7 @@ from fastspec.ops import gaunt as ops
 from fastspec.reference.gaunt import gaunt_reference
 from fastspec.spherical import from_e3nn, num_coefficients, to_e3nn
 
-from harness import Case, Harness  # bench/harness.py
+from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
 
 DEGREES = (1, 2, 4, 6, 8, 10, 12)
 GPU_ORDER = (6, 12, 8, 2, 4, 10, 1)
@@ -211,30 +211,25 @@ def case(rows: int, channels: int, lmax: int, dtype: torch.dtype, device: torch.
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (default bench/results)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, short timing")
+    add_run_arguments(parser, quick="tiny sizes, short timing")
     parser.add_argument("--degrees", nargs="+", type=int, help="default: 1 2 4 6 8 10 12 (GPU: in GPU_ORDER)")
     parser.add_argument("--dtypes", nargs="+", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--rows", type=int)
     parser.add_argument("--channels", type=int)
-    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 3 on CPU, 1 on GPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--no-backward", action="store_true", help="forward only")
     parser.add_argument("--no-e3nn", action="store_true", help="leave e3nn out")
     args = parser.parse_args(argv)
-    device = _timing.default_device()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    run = run_settings(args, cpu_rep_ms=200, gpu_rep_ms=100, warmup_ms=25, quick_rounds=3)
+    device = run.device
     rows, channels = GPU_SIZE if device.type == "cuda" else CPU_SIZE
     if args.quick:
         rows, channels = 64, 4
     args.degrees = args.degrees or ([2] if args.quick else list(GPU_ORDER if device.type == "cuda" else DEGREES))
     rows, channels = args.rows or rows, args.channels or channels
     dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
-    rounds = args.rounds or (3 if device.type != "cuda" else 1)
-    timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {"warmup_ms": 25, "rep_ms": 100 if device.type == "cuda"
-                                                                                else 200}
-    with Harness("gaunt", device, args.out, rounds=rounds, **timing) as harness:
+    print_header("gaunt", run, _timing.usable_backends(device, timing=True),
+                 "e3nn left out" if args.no_e3nn else f"e3nn {'found' if _e3nn() else 'not installed'}")
+    with Harness("gaunt", device, args.out, rounds=run.rounds, **run.timing) as harness:
         for lmax in args.degrees:
             for name in dtypes:
                 for backward in ((False,) if args.no_backward else (False, True)):

@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 import sys
 
 import torch
@@ -48,7 +47,7 @@ from fastspec.ops import ssm as ops
 from fastspec.reference.ssm import (linear_scan_reference, selective_scan_parallel_pytorch, selective_scan_reference,
                                     selective_state_update_reference, ssm_kernel_reference)
 
-from harness import Case, Harness  # bench/harness.py
+from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
 
 GPU = {"selective_scan": ((8, 2048, 16), [512, 2048, 8192], ["bfloat16", "float32"]),
        "linear_scan": ((8, 1536), [4096, 65536], ["float32"]),
@@ -281,29 +280,18 @@ def cases(ops_wanted, device, quick: bool, lengths=None):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", help="output folder (default bench/results)")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, short timing")
+    add_run_arguments(parser, quick="tiny sizes, short timing")
     parser.add_argument("--ops", nargs="+", choices=list(GPU), default=list(GPU))
     parser.add_argument("--lengths", nargs="+", type=int, metavar="L", help="replaces every op's lengths")
-    parser.add_argument("--rounds", type=int, help="interleaved timing rounds (default: 3 on CPU, 1 on GPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads (torch.set_num_threads; default: all)")
     args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = _timing.default_device()
-    gpu = device.type == "cuda"
-    timing = {"warmup_ms": 5, "rep_ms": 20} if args.quick else {"warmup_ms": 10, "rep_ms": 50 if gpu else 200}
-    rounds = args.rounds or (1 if gpu or args.quick else 3)
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"ssm benchmark on {_timing.device_name(device)}: backends {_timing.usable_backends(device, timing=True)}; "
-          f"mamba_ssm {'found' if _optional('mamba_ssm', '__name__') else 'not installed'}, accelerated-scan "
-          f"{'found' if _optional('accelerated_scan', '__name__') else 'not installed'}; {rounds} round(s); "
-          f"load average {load}", flush=True)
-    with Harness("ssm", device, args.out, rounds=rounds, **timing) as harness:
-        for case in _timing.progress(cases(args.ops, device, args.quick, args.lengths), "ssm",
+    run = run_settings(args)
+    peers = ", ".join(f"{name} {'found' if _optional(module, '__name__') else 'not installed'}"
+                      for name, module in (("mamba_ssm", "mamba_ssm"), ("accelerated-scan", "accelerated_scan")))
+    print_header("ssm", run, _timing.usable_backends(run.device, timing=True), peers)
+    with Harness("ssm", run.device, args.out, rounds=run.rounds, **run.timing) as harness:
+        for case in _timing.progress(cases(args.ops, run.device, args.quick, args.lengths), "ssm",
                                      lambda c: f"{c.op} {c.shape} {c.dtype}"):
             harness.run(case)
-        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     return 1 if harness.failures else 0
 
 

@@ -17,8 +17,10 @@ On exit, also after SIGTERM or an error, it prints a table and writes
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import signal
 import statistics
 from collections.abc import Callable
@@ -62,6 +64,59 @@ class Case:
     note: str | None = None
 
 
+def add_run_arguments(parser: argparse.ArgumentParser, quick: str, cpu_rounds: int = 3,
+                      cpu_threads: int | None = None) -> None:
+    """The options every family's command line has: --out, --quick (``quick`` says what it
+    runs), --rounds and --threads (their help states the family's defaults)."""
+    parser.add_argument("--out", help="output folder (default bench/results)")
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--rounds", type=int, help=f"interleaved timing rounds (default: {cpu_rounds} on CPU, 1 on GPU)")
+    parser.add_argument("--threads", type=int, help=f"CPU threads (torch.set_num_threads; default: {cpu_threads or 'all'})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """Timing of one family's run (the options of ``add_run_arguments`` applied to its defaults)."""
+
+    device: torch.device
+    rounds: int
+    timing: dict
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def run_settings(args: argparse.Namespace, *, cpu_rep_ms: float = 200, gpu_rep_ms: float = 50,
+                 quick_rep_ms: float = 20, warmup_ms: float = 10, cpu_rounds: int = 3, quick_rounds: int = 1,
+                 cpu_threads: int | None = None) -> RunSettings:
+    """Sets the torch threads (--threads, else ``cpu_threads`` on the CPU) and returns the
+    device, the rounds (--rounds; else 1 on GPU, ``quick_rounds`` with --quick, ``cpu_rounds``)
+    and the timing (``quick_rep_ms`` per function with --quick, after 5 ms of warm-up)."""
+    device = _timing.default_device()
+    gpu = device.type == "cuda"
+    threads = args.threads or (None if gpu else cpu_threads)
+    if threads:
+        torch.set_num_threads(threads)
+    rounds = args.rounds or (1 if gpu else quick_rounds if args.quick else cpu_rounds)
+    if args.quick:
+        timing = {"warmup_ms": 5, "rep_ms": quick_rep_ms}
+    else:
+        timing = {"warmup_ms": warmup_ms, "rep_ms": gpu_rep_ms if gpu else cpu_rep_ms}
+    return RunSettings(device, rounds, timing)
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def print_header(family: str, run: RunSettings, backends: list[str], peers: str = "") -> None:
+    """The run's first line: the device, the backends timed, which peers were found, the rounds
+    and the load (other jobs on the machine make CPU timings loose)."""
+    print(f"{family} benchmark on {_timing.device_name(run.device)}: backends {backends}"
+          f"{', ' + peers if peers else ''}; {run.rounds} round(s); load average {load_average()}", flush=True)
+
+
 def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
@@ -88,6 +143,7 @@ class Harness:
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGTERM, self._old_handler)
+        print(f"load average at the end: {load_average()}", flush=True)
         self.report()
         return False
 
