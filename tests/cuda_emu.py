@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -88,3 +89,27 @@ def build(cu_files: list[str], entry: str, cache_dir: str) -> ctypes.CDLL:
             assert done.returncode == 0, done.stderr[-6000:]
             os.replace(lib + ".tmp", lib)
     return ctypes.CDLL(lib)
+
+
+def build_cached(request, tmp_path_factory, cu_files: list[str], entry: str) -> ctypes.CDLL:
+    """``build`` into pytest's cache (kept between runs: a library is rebuilt only when its
+    sources change), or a temporary folder under ``-p no:cacheprovider``; for a module-scoped
+    fixture of a test file."""
+    cache = getattr(request.config, "cache", None)
+    cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
+    return build(cu_files, entry, cache_dir)
+
+
+GUARD = 8
+"""Elements on both sides of a ``guarded`` output, to catch stray writes."""
+
+
+def guarded(shape, dtype, offset: int = 0):
+    """An all-7.0 output tensor inside a buffer with GUARD elements on both sides, and those two
+    guards (views, to check afterwards that they are still 7.0); ``offset`` extra elements in
+    front shift the output off 16-byte alignment."""
+    import torch
+
+    numel, start = math.prod(shape), GUARD + offset
+    buf = torch.full((numel + 2 * GUARD + offset,), 7.0, dtype=dtype)
+    return buf[start: start + numel].view(shape), (buf[:start], buf[start + numel:])

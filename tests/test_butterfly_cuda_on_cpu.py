@@ -36,7 +36,6 @@ extern "C" int butterfly_emulated(const void* twiddle, const void* x, void* out,
 """
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # fastspec::ButterflyDType
 SUCCESS, INVALID_VALUE = 0, 1  # cudaError_t
-GUARD = 8  # elements around each output, to catch stray writes
 MAX_LOG2N = 14  # kButterflyMaxLog2N
 _UNAVAILABLE = cuda_emu.unavailable_reason()
 pytestmark = [
@@ -48,9 +47,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def emulated(request, tmp_path_factory):
     """The built library (threads of a block in parallel unless a test says otherwise)."""
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
-    lib = cuda_emu.build([CU], ENTRY, cache_dir)
+    lib = cuda_emu.build_cached(request, tmp_path_factory, [CU], ENTRY)
     lib.butterfly_emulated.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 2 + [ctypes.c_int] * 4
     return lib
 
@@ -65,14 +62,6 @@ def launch(emulated):
 def _tile_rows(log2n):
     """Rows of one tile (butterfly.cu, Plan): 2^14 floats for n <= 2^13 (2^9 rows below n = 32)."""
     return 2**9 if log2n < 5 else max(1, 2**14 >> log2n)
-
-
-def _guarded(shape, dtype, offset=0):
-    """An all-7.0 tensor inside a buffer with GUARD elements on both sides (returned as views,
-    to check afterwards); `offset` extra elements in front shift it off 16-byte alignment."""
-    numel, start = math.prod(shape), GUARD + offset
-    buf = torch.full((numel + 2 * GUARD + offset,), 7.0, dtype=dtype)
-    return buf[start: start + numel].view(shape), (buf[:start], buf[start + numel:])
 
 
 def _run(launch, capfd, tw, x, out, increasing):
@@ -99,7 +88,7 @@ def _check_sizes(launch, capfd, log2n, dtype, offset=0):
         tw = random_orthogonal_twiddle(2, nblocks, n, dtype, "cpu")
         tw_before = tw.clone()
         for increasing in (True, False):
-            out, guards = _guarded(x.shape, dtype, offset)
+            out, guards = cuda_emu.guarded(x.shape, dtype, offset)
             assert _run(launch, capfd, tw, x, out, increasing) == SUCCESS
             assert_close_to_reference(out, butterfly_reference(tw, x, increasing), _floor(n, nblocks, dtype))
             assert all((g == 7.0).all() for g in guards), "wrote outside the output"
@@ -119,10 +108,10 @@ def test_kernel_matches_reference(launch, capfd, dtype, log2n):
 def test_unaligned_rows(launch, capfd, log2n):
     """x and out one element off 16-byte alignment (the kernel needs element alignment only)."""
     x = random_input((3, 2, 2**log2n), torch.float16, device="cpu")
-    x_off, _ = _guarded(x.shape, torch.float16, offset=1)
+    x_off, _ = cuda_emu.guarded(x.shape, torch.float16, offset=1)
     x_off.copy_(x)
     tw = random_orthogonal_twiddle(2, 2, 2**log2n, torch.float16, "cpu")
-    out, guards = _guarded(x.shape, torch.float16, offset=1)
+    out, guards = cuda_emu.guarded(x.shape, torch.float16, offset=1)
     assert _run(launch, capfd, tw, x_off, out, False) == SUCCESS
     assert_close_to_reference(out, butterfly_reference(tw, x, False))
     assert all((g == 7.0).all() for g in guards), "wrote outside the output"

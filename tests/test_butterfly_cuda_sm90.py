@@ -6,19 +6,14 @@ static within the 227 KiB of a block, and each 2×2 twiddle matrix read as one v
 (16 bytes for float32, 8 for half precision).
 What the kernel computes is checked by tests/test_butterfly_cuda_on_cpu.py.
 """
-import os
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
 
 from conftest import cuobjdump
-from test_fftconv_cuda_sm90 import TORCH_NVCC_FLAGS
+from sass import BLOCK_SHARED_LIMIT, compile_cubin, per_instance, resources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCK_SHARED_LIMIT = 227 * 1024
 REGISTERS_PER_BLOCK = 64 * 1024
 _INSTANCE = re.compile(r"butterfly_forward_kernelI(\w+?)Li(\d+)EE")
 _DTYPE = {"f": "float32", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
@@ -37,33 +32,22 @@ def plan(log2n: int) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def cubin(tmp_path_factory):
-    if shutil.which("nvcc") is None:
-        pytest.skip("needs nvcc")
-    path = str(tmp_path_factory.mktemp("sm90") / "butterfly.cubin")
-    cmd = ["nvcc", "-std=c++17", "-O3", f"-I{ROOT}/csrc", *TORCH_NVCC_FLAGS, "-gencode=arch=compute_90a,code=sm_90a",
-           "-cubin", os.path.join(ROOT, "csrc", "butterfly", "butterfly.cu"), "-o", path]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return path
+    return compile_cubin(tmp_path_factory, "butterfly/butterfly.cu")
 
 
-def _per_instance(text: str, header: str) -> dict:
-    """Split cuobjdump output into {(dtype, log2n): section text}."""
-    sections = re.split(rf"^\s*{header}\s*:?\s*", text, flags=re.MULTILINE)[1:]
-    out = {}
-    for section in sections:
-        m = _INSTANCE.search(section.split("\n", 1)[0])
-        out[(_DTYPE[m.group(1)], int(m.group(2)))] = section
-    return out
+def _per_instance(text: str) -> dict:
+    """{(dtype, log2n): section}"""
+    return per_instance(text, _INSTANCE, lambda m: (_DTYPE[m.group(1)], int(m.group(2))))
 
 
 def test_every_instance_is_compiled(cubin):
-    instances = _per_instance(cuobjdump("-res-usage", cubin), "Function")
+    instances = _per_instance(cuobjdump("-res-usage", cubin))
     assert set(instances) == {(d, n) for d in _DTYPE.values() for n in range(1, 15)}
 
 
 def test_no_spills_and_resources_fit(cubin):
-    for (dtype, log2n), usage in _per_instance(cuobjdump("-res-usage", cubin), "Function").items():
-        fields = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage.split("\n", 1)[1])}
+    for (dtype, log2n), usage in _per_instance(cuobjdump("-res-usage", cubin)).items():
+        fields = resources(usage)
         assert fields["STACK"] == 0 and fields["LOCAL"] == 0, f"{dtype} n=2^{log2n}: registers spill ({fields})"
         threads, tile_floats = plan(log2n)
         assert fields["REG"] * threads <= REGISTERS_PER_BLOCK, f"{dtype} n=2^{log2n}: {fields['REG']} x {threads}"
@@ -73,6 +57,6 @@ def test_no_spills_and_resources_fit(cubin):
 
 def test_twiddle_matrices_load_as_one_vector(cubin):
     """Each 2×2 matrix is one 16-byte (float32) or 8-byte (half) load: LDG.E.128 / LDG.E.64."""
-    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
+    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin)).items():
         load = "LDG.E.128" if dtype == "float32" else "LDG.E.64"
         assert load in sass, f"{dtype} n=2^{log2n}: no {load} for the twiddles"

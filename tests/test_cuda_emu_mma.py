@@ -69,9 +69,7 @@ DTYPES = [torch.float16, torch.bfloat16]
 
 @pytest.fixture(scope="module")
 def lib(request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
-    built = cuda_emu.build([], cuda_emu.rewrite_for_host(KERNEL), cache_dir)
+    built = cuda_emu.build_cached(request, tmp_path_factory, [], cuda_emu.rewrite_for_host(KERNEL))
     built.mma_emulated.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int] * 4
     cuda_emu.set_schedule(built, "parallel")
     return built

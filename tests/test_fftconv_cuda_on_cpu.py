@@ -33,7 +33,6 @@ extern "C" int fftconv_emulated(const void* u, const void* pre, const void* post
 """
 DTYPE_CODE = {torch.float16: 1, torch.bfloat16: 2}  # fastspec::FftConvDType
 SUCCESS, INVALID_VALUE = 0, 1  # cudaError_t
-GUARD = 8  # elements around the output, to catch stray writes
 _UNAVAILABLE = cuda_emu.unavailable_reason()
 pytestmark = [
     pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernel runs for real (tests/test_fftconv.py)"),
@@ -43,9 +42,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def emulated(request, tmp_path_factory):
-    cache = getattr(request.config, "cache", None)
-    cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
-    lib = cuda_emu.build([CU], ENTRY, cache_dir)
+    lib = cuda_emu.build_cached(request, tmp_path_factory, [CU], ENTRY)
     lib.fftconv_emulated.argtypes = [ctypes.c_void_p] * 6 + [ctypes.c_int64] * 3 + [ctypes.c_int] * 2
     return lib
 
@@ -75,15 +72,13 @@ def _run(launch, capfd, u, k, mode, pregate=None, postgate=None, D=None, offset=
     n = ops.cuda_fft_size(mode, L, k.shape[1])
     records = ops.cuda_spectrum(k, mode, (L,))
     ins = [None if t is None else _placed(t, offset) for t in (u, pregate, postgate)]
-    buf = torch.full((u.numel() + 2 * GUARD + offset,), 7.0, dtype=u.dtype)
-    start = GUARD + offset
-    y = buf[start: start + u.numel()].view(u.shape)
+    y, guards = cuda_emu.guarded(u.shape, u.dtype, offset)
     d = None if D is None else D.float()
     rc = launch(_ptr(ins[0]), _ptr(ins[1]), _ptr(ins[2]), _ptr(d), records.data_ptr(), y.data_ptr(), B, H, L,
                 n.bit_length() - 1, DTYPE_CODE[u.dtype])
     assert "runtime error" not in capfd.readouterr().err, "UBSan: misaligned access"
     assert rc == SUCCESS
-    return y, (buf[:start], buf[start + u.numel():])
+    return y, guards
 
 
 def _inputs(B, H, L, Lk, dtype, gates, with_d):

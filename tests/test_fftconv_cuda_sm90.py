@@ -6,56 +6,38 @@ stages on tensor cores (HMMA.16816.F32.BF16, three per 16 x 16 tile: hiÂ·hi, hiÂ
 and 16-byte global loads and stores (the path for aligned rows with L % 8 == 0).
 What the kernel computes is checked by tests/test_fftconv_cuda_on_cpu.py.
 """
-import os
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
 
 from conftest import cuobjdump
+from sass import BLOCK_SHARED_LIMIT, compile_cubin, per_instance, resources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BLOCK_SHARED_LIMIT = 227 * 1024
 _INSTANCE = re.compile(r"fftconv_forward_kernelI(\w+?)Li(\d+)EE")
 _DTYPE = {"6__half": "float16", "13__nv_bfloat16": "bfloat16"}
-# The defines torch.utils.cpp_extension adds to every nvcc call of the real build.
-TORCH_NVCC_FLAGS = ["-D__CUDA_NO_HALF_OPERATORS__", "-D__CUDA_NO_HALF_CONVERSIONS__",
-                    "-D__CUDA_NO_BFLOAT16_CONVERSIONS__", "-D__CUDA_NO_HALF2_OPERATORS__", "--expt-relaxed-constexpr"]
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the extension is built and run")
 
 
 @pytest.fixture(scope="module")
 def cubin(tmp_path_factory):
-    if shutil.which("nvcc") is None:
-        pytest.skip("needs nvcc")
-    path = str(tmp_path_factory.mktemp("sm90") / "fftconv.cubin")
-    cmd = ["nvcc", "-std=c++17", "-O3", f"-I{ROOT}/csrc", *TORCH_NVCC_FLAGS, "-gencode=arch=compute_90a,code=sm_90a",
-           "-cubin", os.path.join(ROOT, "csrc", "fftconv", "fftconv.cu"), "-o", path]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return path
+    return compile_cubin(tmp_path_factory, "fftconv/fftconv.cu")
 
 
-def _per_instance(text: str, header: str) -> dict:
-    """Split cuobjdump output into {(dtype, log2n): section text}."""
-    sections = re.split(rf"^\s*{header}\s*:?\s*", text, flags=re.MULTILINE)[1:]
-    out = {}
-    for section in sections:
-        m = _INSTANCE.search(section.split("\n", 1)[0])
-        out[(_DTYPE[m.group(1)], int(m.group(2)))] = section
-    return out
+def _per_instance(text: str) -> dict:
+    """{(dtype, log2n): section}"""
+    return per_instance(text, _INSTANCE, lambda m: (_DTYPE[m.group(1)], int(m.group(2))))
 
 
 def test_every_instance_is_compiled(cubin):
-    instances = _per_instance(cuobjdump("-res-usage", cubin), "Function")
+    instances = _per_instance(cuobjdump("-res-usage", cubin))
     assert set(instances) == {(d, n) for d in _DTYPE.values() for n in range(7, 16)}
 
 
 def test_no_spills_and_shared_memory_fits(cubin):
-    for (dtype, log2n), usage in _per_instance(cuobjdump("-res-usage", cubin), "Function").items():
-        fields = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage.split("\n", 1)[1])}
+    for (dtype, log2n), usage in _per_instance(cuobjdump("-res-usage", cubin)).items():
+        fields = resources(usage)
         assert fields["STACK"] == 0 and fields["LOCAL"] == 0, f"{dtype} N=2^{log2n}: registers spill ({fields})"
         dynamic = 8 << (log2n - 1)  # M complex float32 values
         assert fields["SHARED"] + dynamic <= BLOCK_SHARED_LIMIT, f"{dtype} N=2^{log2n}: {fields['SHARED']} + {dynamic} B"
@@ -63,10 +45,10 @@ def test_no_spills_and_shared_memory_fits(cubin):
 
 def test_dft_stages_run_on_tensor_cores(cubin):
     """Every instance multiplies with bfloat16 tensor-core mma into float32 (HMMA.16816.F32.BF16)."""
-    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
+    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin)).items():
         assert "HMMA.16816.F32.BF16" in sass, f"{dtype} N=2^{log2n}: no bfloat16 tensor-core mma"
 
 
 def test_aligned_rows_move_16_bytes_per_access(cubin):
-    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
+    for (dtype, log2n), sass in _per_instance(cuobjdump("-sass", cubin)).items():
         assert "LDG.E.128" in sass and "STG.E.128" in sass, f"{dtype} N=2^{log2n}: no 16-byte LDG/STG"

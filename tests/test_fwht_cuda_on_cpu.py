@@ -26,7 +26,6 @@ extern "C" int fwht_emulated(const void* x, void* out, int64_t rows, int log2n, 
 """
 DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # fastspec::DType
 SUCCESS, INVALID_VALUE = 0, 1  # cudaError_t
-GUARD = 8  # elements around each output, to catch stray writes
 _UNAVAILABLE = cuda_emu.unavailable_reason()
 pytestmark = [
     pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the kernel runs for real (tests/test_fwht.py)"),
@@ -37,9 +36,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def emulated(request, tmp_path_factory):
     """The built library (threads of a block in parallel unless a test says otherwise)."""
-    cache = getattr(request.config, "cache", None)  # absent under -p no:cacheprovider
-    cache_dir = str(cache.mkdir("cuda_emu")) if cache is not None else str(tmp_path_factory.mktemp("cuda_emu"))
-    lib = cuda_emu.build([CU], ENTRY, cache_dir)
+    lib = cuda_emu.build_cached(request, tmp_path_factory, [CU], ENTRY)
     lib.fwht_emulated.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float, ctypes.c_int]
     return lib
 
@@ -49,15 +46,6 @@ def fwht_launch(emulated):
     """fwht_launch(x, out, rows, log2n, scale, dtype_code) -> cudaError_t, on tensor pointers."""
     cuda_emu.set_schedule(emulated, "parallel")
     return emulated.fwht_emulated
-
-
-def _guarded(shape, dtype, offset=0):
-    """An uninitialised-looking (all 7.0) tensor inside a buffer with GUARD elements on both
-    sides (returned as views, to check afterwards); `offset` extra elements before it shift
-    it off 16-byte alignment."""
-    numel, start = shape[0] * shape[1], GUARD + offset
-    buf = torch.full((numel + 2 * GUARD + offset,), 7.0, dtype=dtype)
-    return buf[start: start + numel].view(shape), (buf[:start], buf[start + numel:])
 
 
 def _run(fwht_launch, x, out, scale, capfd, log2n=None):
@@ -85,7 +73,7 @@ def _rows(log2n, dtype):
 def test_kernel_matches_reference(fwht_launch, capfd, dtype, log2n, aligned):
     rows, scale = _rows(log2n, dtype), 0.5
     x = random_input((rows, 2**log2n), dtype, device="cpu")
-    out, guards = _guarded(x.shape, dtype, offset=0 if aligned else 1)
+    out, guards = cuda_emu.guarded(x.shape, dtype, offset=0 if aligned else 1)
     assert _run(fwht_launch, x, out, scale, capfd) == SUCCESS
     assert_close_to_reference(out, fwht_reference(x.double(), scale))
     assert all((g == 7.0).all() for g in guards), "wrote outside the output"

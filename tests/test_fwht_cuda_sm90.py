@@ -6,18 +6,14 @@ dynamic shared memory, sized by a static_assert in the source), and 16-byte glob
 and stores in the instances that take the vectorized path.
 What the kernel computes is checked by tests/test_fwht_cuda_on_cpu.py.
 """
-import os
 import re
-import shutil
-import subprocess
 
 import pytest
 import torch
 
 from conftest import cuobjdump
+from sass import STATIC_SHARED_LIMIT, compile_cubin, per_instance, resources
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STATIC_SHARED_LIMIT = 48 * 1024
 _INSTANCE = re.compile(r"fwht_kernelI(\w+?)Li(\d+)ELb([01])E")
 _DTYPE = {"f": "float32", "6__half": "float16", "13__nv_bfloat16": "bfloat16"}
 
@@ -27,34 +23,23 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the 
 
 @pytest.fixture(scope="module")
 def cubin(tmp_path_factory):
-    if shutil.which("nvcc") is None:
-        pytest.skip("needs nvcc")
-    path = str(tmp_path_factory.mktemp("sm90") / "fwht.cubin")
-    cmd = ["nvcc", "-std=c++17", "-O3", f"-I{ROOT}/csrc", "-gencode=arch=compute_90a,code=sm_90a", "-cubin",
-           os.path.join(ROOT, "csrc", "fwht", "fwht.cu"), "-o", path]
-    subprocess.run(cmd, check=True, capture_output=True)
-    return path
+    return compile_cubin(tmp_path_factory, "fwht/fwht.cu")
 
 
-def _per_instance(text: str, header: str) -> dict:
-    """Split cuobjdump output into {(dtype, log2n, vectorized): section text}."""
-    sections = re.split(rf"^\s*{header}\s*:?\s*", text, flags=re.MULTILINE)[1:]
-    out = {}
-    for section in sections:
-        m = _INSTANCE.search(section.split("\n", 1)[0])
-        out[(_DTYPE[m.group(1)], int(m.group(2)), m.group(3) == "1")] = section
-    return out
+def _per_instance(text: str) -> dict:
+    """{(dtype, log2n, vectorized): section}"""
+    return per_instance(text, _INSTANCE, lambda m: (_DTYPE[m.group(1)], int(m.group(2)), m.group(3) == "1"))
 
 
 def test_every_instance_is_compiled(cubin):
-    instances = _per_instance(cuobjdump("-res-usage", cubin), "Function")
+    instances = _per_instance(cuobjdump("-res-usage", cubin))
     expected = {(d, n, v) for d in _DTYPE.values() for n in range(16) for v in (True, False)}
     assert set(instances) == expected
 
 
 def test_no_spills_and_static_shared_memory_fits(cubin):
-    for instance, usage in _per_instance(cuobjdump("-res-usage", cubin), "Function").items():
-        fields = {k: int(v) for k, v in re.findall(r"(\w+):(\d+)", usage.split("\n", 1)[1])}
+    for instance, usage in _per_instance(cuobjdump("-res-usage", cubin)).items():
+        fields = resources(usage)
         assert fields["STACK"] == 0 and fields["LOCAL"] == 0, f"{instance}: registers spill ({fields})"
         assert fields["SHARED"] <= STATIC_SHARED_LIMIT, f"{instance}: {fields['SHARED']} bytes of shared memory"
 
@@ -62,7 +47,7 @@ def test_no_spills_and_static_shared_memory_fits(cubin):
 def test_vectorized_instances_move_16_bytes_per_access(cubin):
     """Rows of 2^11 and more load with 16-byte asynchronous copies into shared memory
     (LDGSTS, cp.async bypassing L1), shorter rows with 16-byte loads into registers."""
-    for (dtype, log2n, vectorized), sass in _per_instance(cuobjdump("-sass", cubin), "Function").items():
+    for (dtype, log2n, vectorized), sass in _per_instance(cuobjdump("-sass", cubin)).items():
         if vectorized:
             load = "LDGSTS.E.BYPASS.128" if log2n >= 11 else "LDG.E.128"
             assert load in sass and "STG.E.128" in sass, f"{dtype} n=2^{log2n}: no 16-byte {load} and STG.E.128"
