@@ -37,7 +37,8 @@ from fastspec.butterfly import random_orthogonal_twiddle
 from fastspec.ops import butterfly as ops
 from fastspec.reference.butterfly import butterfly_per_factor, butterfly_reference, monarch_reference, monarch_two_bmm
 
-from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
+from harness import (Case, Harness, add_run_arguments, control_note, print_header, run_settings,  # bench/harness.py
+                     with_control)
 
 GPU = {"batch": 16384, "sizes": [1024, 4096, 16384], "dtypes": ["float32", "bfloat16"]}
 CPU = {"batch": 1024, "sizes": [1024, 4096], "dtypes": ["float32"]}
@@ -133,7 +134,8 @@ def monarch_case(batch: int, n: int, dtype, device, backward: bool) -> Case:
     def ours(backend, x, a, c, w):
         return ops.monarch_multiply(x, a, c, backend=backend)
 
-    baselines = {"dense": lambda x, a, c, w: F.linear(x, w), "two-bmm": lambda x, a, c, w: monarch_two_bmm(x, a, c)}
+    baselines = with_control({"dense": lambda x, a, c, w: F.linear(x, w),
+                              "two-bmm": lambda x, a, c, w: monarch_two_bmm(x, a, c)}, "two-bmm", device)
     candidates = {k: functools.partial(ours, k) for k in _timing.usable_backends(device, timing=True)
                   if k in ops._MONARCH}
 
@@ -144,7 +146,8 @@ def monarch_case(batch: int, n: int, dtype, device, backward: bool) -> Case:
                 if base in times:
                     notes.append(f"vs {base} >= {need}: {'met' if times[base] / times[backend] >= need else 'missed'}")
         if device.type == "cpu" and backend == "torch" and "two-bmm" in times:
-            notes.append(f"vs two-bmm >= 1: {'met' if times['two-bmm'] >= times[backend] else 'missed'}")
+            notes.append(f"vs two-bmm >= 1: {'met' if times['two-bmm'] >= times[backend] else 'missed'}"
+                         f"{control_note(times, 'two-bmm')}")
         return "; ".join(notes) or None
 
     wrap = with_backward if backward else (lambda fn: fn)

@@ -26,7 +26,8 @@ grad_y, u and the gates again, and du and the gates' gradients) over the copy ba
 ``torch.clone`` measured in the same run. Each row's target note gives, on the GPU, the
 issue's targets: forward gated ≥ 8× over the PyTorch baseline at L = 1K, ≥ 5× at 4K–16K,
 ≥ 2× at 1M; forward+backward ≥ 4× at 1K–16K; peak memory ≤ 1/6 of the baseline's. On the
-CPU: the torch backend at least as fast as the baseline, beside the run's noise (CONTROL).
+CPU: the torch backend at least as fast as the baseline, beside the run's noise (the baseline
+timed twice: harness.with_control).
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ from fastspec import _timing
 from fastspec.ops import fftconv as ops
 from fastspec.reference.fftconv import fft_conv_pytorch
 
-from harness import Case, Harness, add_run_arguments, print_header, run_settings  # bench/harness.py
+from harness import (Case, Harness, add_run_arguments, control_note, print_header, run_settings,  # bench/harness.py
+                     with_control)
 
 GPU_BATCH, GPU_CHANNELS, GPU_MAX_ELEMENTS = 64, 768, 2**28
 CPU_BATCH, CPU_CHANNELS = 8, 64
@@ -129,12 +131,6 @@ def floor_bytes(shape, dtype, gated: bool, backward: bool) -> int:
     return tensors * torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
 
 
-CONTROL = "pytorch again"
-"""On the CPU, the baseline is timed twice, as two functions: the ratio of the two times is the
-run's noise (a shared 2-core machine moves a forward at L ≤ 8K by 10–20% between runs), against
-which a speedup near 1 is read."""
-
-
 def target(device, L, gated, backward):
     """Case.target: the issue's speed target for this point, met or missed."""
 
@@ -143,8 +139,7 @@ def target(device, L, gated, backward):
             return None
         speedup = times["pytorch"] / times[backend]
         if device.type != "cuda":
-            control = f" (noise: pytorch / pytorch again {times['pytorch'] / times[CONTROL]:.2f})" if CONTROL in times else ""
-            return f"vs pytorch >= 1: {'met' if speedup >= 1 else 'missed'}{control}"
+            return f"vs pytorch >= 1: {'met' if speedup >= 1 else 'missed'}{control_note(times, 'pytorch')}"
         if backward and 1024 <= L <= 16384:
             return f"vs pytorch >= {GPU_BACKWARD_SPEEDUP:g}: {'met' if speedup >= GPU_BACKWARD_SPEEDUP else 'missed'}"
         if gated and not backward and L in GPU_SPEEDUP:
@@ -164,9 +159,7 @@ def make_case(L: int, dtype: torch.dtype, gated: bool, backward: bool, device: t
     def pytorch(u, k, pregate=None, postgate=None):
         return fft_conv_pytorch(u, k, pregate=pregate, postgate=postgate)
 
-    baselines = {"pytorch": pytorch}
-    if device.type != "cuda":  # the same function once more: how far apart two timings of one thing land
-        baselines[CONTROL] = lambda *inputs, **gates: pytorch(*inputs, **gates)
+    baselines = with_control({"pytorch": pytorch}, "pytorch", device)
     flash = flashfftconv()
     if flash is not None and device.type == "cuda" and dtype in (torch.float16, torch.bfloat16):
         module = flash(2 * L, dtype=dtype).to(device)

@@ -117,6 +117,23 @@ def print_header(family: str, run: RunSettings, backends: list[str], peers: str 
           f"{', ' + peers if peers else ''}; {run.rounds} round(s); load average {load_average()}", flush=True)
 
 
+def with_control(baselines: dict[str, Callable], name: str, device: torch.device) -> dict[str, Callable]:
+    """``baselines`` plus, on the CPU, baseline ``name`` once more as "<name> again": the ratio
+    of the two times (``control_note``) is how far apart two timings of one function land in
+    this run (a shared 2-core machine moves a millisecond-long call by 10–20% between runs),
+    against which a speedup near 1 is read."""
+    if torch.device(device).type == "cuda":
+        return baselines
+    fn = baselines[name]
+    return {**baselines, f"{name} again": lambda *args, **kwargs: fn(*args, **kwargs)}
+
+
+def control_note(times: dict[str, float], name: str) -> str:
+    """" (noise: <name> / <name> again 1.03)" where ``with_control`` timed it twice, else ""."""
+    again = f"{name} again"
+    return f" (noise: {name} / {again} {times[name] / times[again]:.2f})" if name in times and again in times else ""
+
+
 def _nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 

@@ -144,8 +144,11 @@ def learn(name: str, n: int, steps: int, seed: int) -> float:
                 fixed[i] = 1 - fixed[i] if flip else fixed[i]
             roundings.append(fixed.reshape(p.shape))
     best = math.inf
-    for fixed in roundings:
-        best = min(best, _polish(model, learned, fixed, goal, real, steps // 3))
+    for i, fixed in enumerate(roundings):
+        t0 = time.perf_counter()
+        best = min(best, rmse := _polish(model, learned, fixed, goal, real, steps // 3))
+        print(f"    start {seed}, rounding {i + 1}/{len(roundings)}: RMSE {rmse:.2e} ({time.perf_counter() - t0:.0f} s)",
+              flush=True)
         if best <= GOOD_ENOUGH:
             break
     return best
