@@ -1,7 +1,7 @@
 """Learn fast transforms from data with a butterfly: the experiment of Dao et al. 2019, section 4.1.
 
     python bench/learn_transform.py [--sizes 8 16 32 64 128 256] [--transforms dft hadamard dct]
-                                    [--steps 1500] [--restarts 3] [--out DIR]
+                                    [--steps 1500] [--restarts 3] [--first-seed 0] [--out DIR]
 
 The paper's setup in spirit: the inputs are the identity (so the model's output is its matrix),
 the loss the mean squared error to the target matrix, Adam then a polish (L-BFGS). The model is
@@ -191,24 +191,25 @@ def _lbfgs(model: BP, goal: torch.Tensor, real: bool) -> float:
     return rmse
 
 
-def best_of_starts(name: str, n: int, steps: int, restarts: int) -> float:
-    """The least RMSE of up to ``restarts`` starts (seeds 0, 1, ...), stopping at GOOD_ENOUGH."""
+def best_of_starts(name: str, n: int, steps: int, restarts: int, first_seed: int = 0) -> float:
+    """The least RMSE of up to ``restarts`` starts (seeds first_seed, first_seed + 1, ...),
+    stopping at GOOD_ENOUGH."""
     best = math.inf
-    for seed in range(restarts):
+    for seed in range(first_seed, first_seed + restarts):
         best = min(best, learn(name, n, steps, seed))
         if best <= GOOD_ENOUGH:
             break
     return best
 
 
-def run(names, sizes, steps, restarts, out: Path | None) -> list[dict]:
+def run(names, sizes, steps, restarts, out: Path | None, first_seed: int = 0) -> list[dict]:
     records = []
     jobs = [(name, n) for name in names for n in sizes]
     for name, n in _timing.progress(jobs, "learn", lambda j: f"{j[0]} N={j[1]}"):
         t0 = time.perf_counter()
-        rmse = best_of_starts(name, n, steps, restarts)
+        rmse = best_of_starts(name, n, steps, restarts, first_seed)
         records.append({"transform": name, "n": n, "rmse": rmse, "seconds": time.perf_counter() - t0,
-                        "steps": steps, "restarts": restarts})
+                        "steps": steps, "restarts": restarts, "first_seed": first_seed})
         print(f"  {name} N={n}: RMSE {rmse:.2e} ({records[-1]['seconds']:.0f} s)", flush=True)
         if out is not None:  # after every size: a long run cut short keeps what it learned
             out.mkdir(parents=True, exist_ok=True)
@@ -256,9 +257,10 @@ def main(argv=None) -> int:
                         default=["dft", "hadamard", "dct"])
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--restarts", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="the first start's seed (the others follow)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder (default bench/results)")
     args = parser.parse_args(argv)
-    run(args.transforms, args.sizes, args.steps, args.restarts, args.out)
+    run(args.transforms, args.sizes, args.steps, args.restarts, args.out, args.first_seed)
     return 0
 
 
