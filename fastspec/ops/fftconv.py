@@ -175,6 +175,14 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def _gated(t: torch.Tensor, gate: torch.Tensor | None, acc: torch.dtype) -> torch.Tensor:
+    """t·gate (t without a gate) in ``acc``: half precision widened once and multiplied in
+    place (one new tensor, where ``t.to(acc) * gate`` makes two); t itself when nothing changes."""
+    if gate is None:
+        return t.to(acc)
+    return t * gate if t.dtype == acc else t.to(acc).mul_(gate)
+
+
 def _blocks(batch: int, channels: int, row_bytes: int, device: torch.device) -> list[tuple[slice, slice]]:
     """(batch, channel) slices covering every row, each of about a block's bytes of rows."""
     budget = CUDA_BLOCK_BYTES if device.type == "cuda" else CPU_BLOCK_BYTES
@@ -243,8 +251,7 @@ def torch_forward(u, k, k_spectrum, pregate, postgate, D, mode, keep=0, *, save=
         z_all = torch.empty(u.shape, dtype=acc, device=u.device) if postgate is not None else None
     for bs, hs in blocks:
         uc, dst = _rows(u, bs, hs), None if direct else _rows(out, bs, hs)
-        v = uc if pregate is None else uc.to(acc) * _rows(pregate, bs, hs)  # half: the product in float32
-        freq = p.rfft(v.to(acc))
+        freq = p.rfft(_gated(uc, None if pregate is None else _rows(pregate, bs, hs), acc))
         block_spectrum = spectrum if hs == ALL_ROWS else spectrum[hs]
         if save and direct:
             v_freq_all, freq = freq, freq * block_spectrum
@@ -297,10 +304,10 @@ def torch_backward(grad_y, u, k, pregate, postgate, D, mode, needs, keep=0, *, s
         if saved is not None:
             v_freq = _rows(saved[0], bs, hs)
         elif need_dpost or need_dk:
-            v = uc.to(acc) if pregate is None else uc.to(acc) * pregate[bs, hs]
+            v = _gated(uc, None if pregate is None else pregate[bs, hs], acc)
             v_freq = p.rfft(v)
         if need_dv or need_dk:
-            gz = gc.to(acc) if postgate is None else gc.to(acc) * postgate[bs, hs]
+            gz = _gated(gc, None if postgate is None else postgate[bs, hs], acc)
             gz_freq = p.rfft(gz)
         if need_dpost and saved is not None:
             torch.mul(_rows(saved[1], bs, hs), gc, out=_rows(dpost, bs, hs))
