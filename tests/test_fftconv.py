@@ -97,6 +97,22 @@ def _assert_grad_close(name, grad, ref):
         _assert_close(grad, ref)
 
 
+def _check_every_grad(leaves, weight, mode, backend, **options):
+    """fft_conv of ``leaves`` (u, k and any of pregate, postgate, D) on ``backend`` and the
+    float64 reference, with every gradient through (y · weight).sum() checked against the
+    reference's; returns (y, reference y)."""
+    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
+    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
+    rest = [n for n in leaves if n not in ("u", "k")]
+    out = fastspec.fft_conv(ours["u"], ours["k"], mode=mode, backend=backend, **options, **{n: ours[n] for n in rest})
+    ref = fft_conv_reference(theirs["u"], theirs["k"], mode=mode, **options, **{n: theirs[n] for n in rest})
+    (out * weight).sum().backward()
+    (ref * weight.double()).sum().backward()
+    for name in leaves:
+        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
+    return out, ref.detach()
+
+
 def _skip_unsupported(backend, dtype, mode, shape, kshape):
     reason = ops._IMPLS[backend].unsupported(dtype, mode, tuple(shape), tuple(kshape))
     if reason:
@@ -480,17 +496,7 @@ def test_triton_two_levels(monkeypatch, mode, L, taps, dtype, param_dtype, B):
     k = random_input((1, taps), param_dtype or dtype) / taps**0.5
     kwargs = {"pregate": random_input(u.shape, dtype), "postgate": random_input(u.shape, dtype),
               "D": random_input((1,), param_dtype or dtype)}
-    leaves = {"u": u, "k": k, **kwargs}
-    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
-    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
-    weight = random_input(u.shape, dtype)
-    out = fastspec.fft_conv(ours["u"], ours["k"], mode=mode, backend="triton", **{n: ours[n] for n in kwargs})
-    ref = fft_conv_reference(theirs["u"], theirs["k"], mode=mode, **{n: theirs[n] for n in kwargs})
-    _assert_close(out, ref.detach())
-    (out * weight).sum().backward()
-    (ref * weight.double()).sum().backward()
-    for name in leaves:
-        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
+    _assert_close(*_check_every_grad({"u": u, "k": k, **kwargs}, random_input(u.shape, dtype), mode, "triton"))
 
 
 ONE_LAUNCH = [("circular", 5001, 3000, torch.float16, None, 3), ("circular", 32768, 100, torch.float32, None, 1),
@@ -531,16 +537,7 @@ def test_triton_one_launch_backward_32768(mode, L, taps, dtype):
     """Every gradient at N = 32768 (one inner row a tile), the backward in one launch."""
     u, k, kwargs = _case(2, 1, L, mode, dtype)
     k = k[:, :taps] / taps**0.5
-    leaves = {"u": u, "k": k, **kwargs}
-    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
-    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
-    weight = random_input(u.shape, dtype)
-    out = fastspec.fft_conv(ours["u"], ours["k"], mode=mode, backend="triton", **{n: ours[n] for n in kwargs})
-    ref = fft_conv_reference(theirs["u"], theirs["k"], mode=mode, **{n: theirs[n] for n in kwargs})
-    (out * weight).sum().backward()
-    (ref * weight.double()).sum().backward()
-    for name in leaves:
-        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
+    _check_every_grad({"u": u, "k": k, **kwargs}, random_input(u.shape, dtype), mode, "triton")
 
 
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
@@ -582,19 +579,9 @@ def test_keep_frequencies_matches_the_truncated_reference(backend, L, taps, keep
     not (the filter is projected first); keep > L/2 keeps everything."""
     u, k, kwargs = _case(3, 2, L, "circular", torch.float32)
     k = k[:, :taps]
-    leaves = {"u": u, "k": k, **kwargs}
-    ours = {n: t.clone().requires_grad_() for n, t in leaves.items()}
-    theirs = {n: t.double().requires_grad_() for n, t in leaves.items()}
-    weight = random_input(u.shape, torch.float32)
-    out = fastspec.fft_conv(ours["u"], ours["k"], mode="circular", keep_frequencies=keep, backend=backend,
-                            **{n: ours[n] for n in kwargs})
-    ref = fft_conv_reference(theirs["u"], theirs["k"], mode="circular", keep_frequencies=keep,
-                             **{n: theirs[n] for n in kwargs})
-    _assert_close(out, ref.detach())
-    (out * weight).sum().backward()
-    (ref * weight.double()).sum().backward()
-    for name in leaves:
-        _assert_grad_close(name, ours[name].grad, theirs[name].grad)
+    out, ref = _check_every_grad({"u": u, "k": k, **kwargs}, random_input(u.shape, torch.float32), "circular",
+                                 backend, keep_frequencies=keep)
+    _assert_close(out, ref)
     if keep > L // 2:
         _assert_close(out, fft_conv_reference(u, k, mode="circular", **kwargs))
 
