@@ -3,6 +3,7 @@ that implements them (a backend registered in fastspec.ops.fftconv._IMPLS is cov
 without further changes); the FFTConv and Conv1dFFT modules; the errors."""
 import dataclasses
 import gc
+import math
 
 import pytest
 import scipy.signal
@@ -632,10 +633,15 @@ def test_triton_keep_frequencies_two_levels():
     out = fastspec.fft_conv(*leaves, mode="circular", keep_frequencies=9, backend="triton")
     refs = [t.double().requires_grad_() for t in (u, k)]
     ref = fastspec.fft_conv(*refs, mode="circular", keep_frequencies=9, backend="torch")
-    _assert_close(out, ref.detach())
+    # y and du keep 17 of the 8192 bins: their norm is about √(17/8192) of the FFT operands',
+    # so the operands' float32 rounding is that much larger relative to them (2 seeds in 20
+    # reached 1.4e-6 and 3.5e-6 against the 1e-6 floor)
+    floor = FLOAT32_FLOOR * math.sqrt(8192 / 17)
+    assert_close_to_reference(out, ref.detach(), floor=floor)
     grads = zip(("u", "k"), torch.autograd.grad((out * weight).sum(), leaves), torch.autograd.grad((ref * weight).sum(), refs))
-    for name, a, b in grads:
-        _assert_grad_close(name, a, b)
+    (_, du, du_ref), (_, dk, dk_ref) = grads
+    assert_close_to_reference(du, du_ref, floor=floor)
+    _assert_grad_close("k", dk, dk_ref)
 
 
 @pytest.mark.skipif("triton" not in ops._IMPLS or not fastspec.backends()["triton"].available, reason="no triton")
